@@ -1,0 +1,120 @@
+"""What an actor is, as the runtime sees it.
+
+An actor declares the message types it consumes and, optionally, a per-intent `State` struct. The runtime
+calls `handle(msg, ctx)` for each message of an intent, one at a time and in log order; `ctx` carries that
+intent's state (loaded from JetStream KV), a `publish` that puts messages into the log, and `wake_at`
+for absolute-deadline timers. After the handler returns the runtime saves the state, then acknowledges
+the message: a crash anywhere in between replays the message, and since every published message has a
+deterministic id the replay publishes nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+import msgspec
+import structlog
+
+from bus.clock import Clock
+from messages import InvalidMessage, Message
+
+__all__ = ["Actor", "IntentContext", "Publisher", "Services"]
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+class Publisher(Protocol):
+    async def __call__(self, msg: Message) -> None: ...
+
+
+class IntentContext(Generic[S]):
+    """One intent as one actor sees it while handling one message."""
+
+    def __init__(
+        self,
+        intent_id: str,
+        partition: int,
+        state: S | None,
+        publish: Publisher,
+        clock: Clock,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self.intent_id = intent_id
+        self.partition = partition
+        self.state: S | None = state
+        self.publish = publish
+        self.clock = clock
+        self.log = log
+        self.dirty = False
+        self.deleted = False
+        self.wake_at_ns: int | None = None
+        self.published: list[Message] = []
+
+    def save(self, state: S) -> None:
+        """Keep `state` for this intent (written to KV after the handler, before the ack)."""
+        self.state = state
+        self.dirty = True
+        self.deleted = False
+
+    def forget(self) -> None:
+        """This actor is done with the intent: drop its state and timers."""
+        self.state = None
+        self.deleted = True
+        self.dirty = False
+        self.wake_at_ns = 0
+
+    def wake_at(self, at_ns: int) -> None:
+        """Call `on_timer` for this intent at absolute time `at_ns` (replaces an earlier request)."""
+        self.wake_at_ns = at_ns
+
+
+class Services:
+    """What the runtime offers an actor beyond its contexts."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        run_for_intent: Callable[[str, int, Callable[[IntentContext[Any]], Awaitable[None]]], None],
+        publish: Publisher,
+        replica: str,
+    ) -> None:
+        self.clock = clock
+        self.run_for_intent = run_for_intent
+        """Queue work for an intent behind its messages (e.g. a venue event for one of its orders)."""
+        self.publish = publish
+        self.replica = replica
+
+
+class Actor(Generic[S]):
+    """Base class: override what you need. Actors never import each other and never touch nats-py."""
+
+    name: ClassVar[str] = ""
+    consumes: ClassVar[tuple[type[Message], ...]] = ()
+    State: ClassVar[type[msgspec.Struct] | None] = None
+
+    async def start(self, services: Services) -> None:
+        """Open venues, start background watchers."""
+
+    async def stop(self) -> None:
+        """Close what `start` opened."""
+
+    async def handle(self, msg: Message, ctx: IntentContext[S]) -> None:
+        raise NotImplementedError
+
+    async def on_timer(self, ctx: IntentContext[S]) -> None:
+        """A deadline requested with `ctx.wake_at` has come."""
+
+    async def on_resume(self, ctx: IntentContext[S]) -> None:
+        """This replica took over the intent's partition (start-up or failover): re-arm timers, re-watch."""
+
+    async def on_invalid(self, subject: str, raw: bytes, error: InvalidMessage, publish: Publisher) -> None:
+        """A message on one of our subjects did not decode. It is already dead-lettered."""
+
+    def endpoints(self) -> dict[str, Callable[[bytes], Awaitable[bytes]]]:
+        """Extra request/reply endpoints, served at `execbus.ctl.<actor>.<name>`."""
+        return {}
+
+    def status(self) -> dict[str, Any]:
+        """Extra fields for the `status` endpoint of this actor's micro service."""
+        return {}

@@ -1,0 +1,109 @@
+"""The typed bus: publish a message and its subject and headers follow from it; subscribe and get messages.
+
+This is the only place (with the runtime) that calls nats-py. Publishing goes through JetStream so every
+message is in the log and a repeated `msg_id` is stored once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import PubAck
+
+from bus.connect import connect
+from bus.settings import BusSettings
+from bus.streams import Buckets, ensure_layout
+from messages import DeadLetter, InvalidMessage, Message, decode, encode, headers_for, subjects
+
+__all__ = ["Bus", "subject_of"]
+
+log = structlog.get_logger("execbus.bus")
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+def subject_of(msg: Message) -> str:
+    return subjects.subject(msg.kind, msg.venue, msg.symbol, msg.intent_id)
+
+
+class Bus:
+    """One NATS connection, its JetStream context and the execbus layout on it."""
+
+    def __init__(self, nc: Client, settings: BusSettings) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.settings = settings
+        self._buckets: Buckets | None = None
+
+    @classmethod
+    async def connect(cls, url: str, settings: BusSettings | None = None, *, name: str = "execbus") -> Bus:
+        bus = cls(await connect(url, name=name), settings or BusSettings.from_env())
+        await bus.setup()
+        return bus
+
+    async def setup(self) -> Buckets:
+        if self._buckets is None:
+            self._buckets = await ensure_layout(self.js, self.settings)
+        return self._buckets
+
+    @property
+    def buckets(self) -> Buckets:
+        assert self._buckets is not None, "call setup() first"
+        return self._buckets
+
+    async def publish(self, msg: Message) -> PubAck:
+        """Into the log; returns once JetStream stored it (or recognised it as a duplicate)."""
+        if not msg.ts_init:
+            msg = msgspec.structs.replace(msg, ts_init=time.time_ns())
+        return await self.js.publish(subject_of(msg), encode(msg), headers=headers_for(msg))
+
+    async def dead_letter(self, actor: str, subject: str, reason: str, raw: bytes) -> None:
+        letter = DeadLetter(
+            actor=actor,
+            subject=subject,
+            reason=reason,
+            raw=raw.decode("utf-8", errors="replace"),
+            ts_event=time.time_ns(),
+        )
+        await self.js.publish(subjects.dead_letter(actor), encode(letter))
+        log.warning("dead_lettered", actor=actor, subject=subject, reason=reason)
+
+    async def subscribe(
+        self, pattern: str, handler: Callable[[Message], Awaitable[None]]
+    ) -> Subscription:
+        """Live (core NATS) subscription to data-plane subjects, decoded; for tools and monitors.
+        Undecodable payloads are logged and skipped: a monitor must not die on someone else's bad input."""
+
+        async def on_msg(raw: Msg) -> None:
+            try:
+                message = decode(raw.data)
+            except InvalidMessage as exc:
+                log.warning("undecodable_message", subject=raw.subject, error=str(exc))
+                return
+            await handler(message)
+
+        return await self.nc.subscribe(pattern, cb=on_msg)
+
+    async def request(self, subject: str, payload: msgspec.Struct, reply_type: type[T], timeout: float = 2.0) -> T:
+        reply = await self.nc.request(subject, encode(payload), timeout=timeout)
+        return msgspec.json.decode(reply.data, type=reply_type)
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+    def raw(self) -> Client:
+        """The connection itself, for the runtime and control-plane services."""
+        return self.nc
+
+    def __repr__(self) -> str:
+        return f"Bus({self.nc.connected_url!r})"
+
+    def __getstate__(self) -> Any:  # pragma: no cover - a bus is not picklable
+        raise TypeError("Bus cannot be pickled")

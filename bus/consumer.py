@@ -1,0 +1,114 @@
+"""A streaming pull consumer: messages are handed over the moment they arrive.
+
+nats-py's `fetch(batch=n)` waits until the whole batch is in or the timeout passes, which puts the timeout
+into the latency of every message on a quiet system. This keeps pull requests outstanding instead (the way
+nats.go's `Consume` does): a new request is sent when half the credit is used, and a pull request that
+expires returns its unused credit (`Nats-Pending-Messages`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+__all__ = ["PullStream"]
+
+log = structlog.get_logger("execbus.bus")
+
+_STATUS = "Status"
+_PENDING = "Nats-Pending-Messages"
+
+
+class PullStream:
+    """Pull from one durable consumer and call `on_message` (synchronously, in arrival order) for each."""
+
+    def __init__(
+        self,
+        nc: Client,
+        stream: str,
+        durable: str,
+        on_message: Callable[[Msg], None],
+        *,
+        batch: int = 256,
+        expires_s: float = 5.0,
+        heartbeat_s: float = 1.0,
+    ) -> None:
+        self._nc = nc
+        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._on_message = on_message
+        self._batch = batch
+        self._expires_ns = int(expires_s * 1e9)
+        self._heartbeat_s = heartbeat_s
+        self._pending = 0
+        self._last_seen = time.monotonic()
+        self._inbox = nc.new_inbox()
+        self._sub = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self.durable = durable
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_raw)
+        await self._pull(self._batch)
+        self._watchdog = asyncio.create_task(self._watch(), name=f"pull-watchdog-{self.durable}")
+
+    async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            try:
+                await self._watchdog
+            except asyncio.CancelledError:
+                pass
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # connection already closed: nothing left to unsubscribe
+                pass
+            self._sub = None
+
+    async def _pull(self, n: int) -> None:
+        if n <= 0 or self._nc.is_closed:
+            return
+        self._pending += n
+        request = {
+            "batch": n,
+            "expires": self._expires_ns,
+            "idle_heartbeat": int(self._heartbeat_s * 1e9),
+        }
+        await self._nc.publish(self._api, json.dumps(request).encode(), reply=self._inbox)
+
+    async def _on_raw(self, msg: Msg) -> None:
+        self._last_seen = time.monotonic()
+        status = msg.headers.get(_STATUS) if msg.headers else None
+        if status is None:
+            self._pending -= 1
+            self._on_message(msg)
+        elif status == "100":
+            return  # idle heartbeat: the request is alive
+        else:
+            # 404/408: the request ended (no messages, expired); 409: the server cut it short.
+            unused = msg.headers.get(_PENDING) if msg.headers else None
+            self._pending -= int(unused) if unused and unused.isdigit() else self._pending
+            self._pending = max(self._pending, 0)
+            if status == "409":
+                log.debug("pull_request_ended", durable=self.durable, reason=msg.headers.get("Description"))
+        if self._pending <= self._batch // 2:
+            await self._pull(self._batch - self._pending)
+
+    async def _watch(self) -> None:
+        """After a reconnect the server has forgotten our requests; silence longer than three heartbeats
+        means start over with full credit."""
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            if time.monotonic() - self._last_seen > 3 * self._heartbeat_s and not self._nc.is_closed:
+                self._pending = 0
+                self._last_seen = time.monotonic()
+                try:
+                    await self._pull(self._batch)
+                except Exception as exc:  # disconnected: try again next beat
+                    log.debug("pull_retry_failed", durable=self.durable, error=repr(exc))

@@ -1,0 +1,150 @@
+"""Partition ownership: N replicas of an actor share the partitions, one owner per partition at a time.
+
+Every replica heartbeats a membership key; all replicas compute the same rendezvous-hash assignment from
+the live members, and a replica works a partition only while it holds that partition's lease (a KV key
+created exclusively and renewed with compare-and-set). A replica that dies stops renewing, its keys
+expire with the bucket TTL, and the survivors take its partitions. A replica hands a partition over only
+after it has finished the messages it already took from it, so one intent is never worked by two
+replicas at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Awaitable, Callable
+
+import nats.js.errors
+import structlog
+from nats.js.kv import KeyValue
+
+__all__ = ["PartitionLeases", "rendezvous_owner"]
+
+log = structlog.get_logger("execbus.bus.partitions")
+
+
+def rendezvous_owner(partition: int, members: list[str]) -> str:
+    """Highest-random-weight owner: stable, and moves only 1/N of partitions when membership changes."""
+    return max(members, key=lambda m: (zlib.crc32(f"{partition}:{m}".encode()), m))
+
+
+class PartitionLeases:
+    def __init__(
+        self,
+        kv: KeyValue,
+        actor: str,
+        replica: str,
+        partitions: int,
+        ttl_s: float,
+        on_acquire: Callable[[int], Awaitable[None]],
+        on_release: Callable[[int], Awaitable[None]],
+    ) -> None:
+        self._kv = kv
+        self._actor = actor
+        self._replica = replica
+        self._partitions = partitions
+        self._ttl = ttl_s
+        self._on_acquire = on_acquire
+        self._on_release = on_release
+        self._held: dict[int, int] = {}  # partition -> revision of our lease
+        self._task: asyncio.Task[None] | None = None
+        self._first_round = asyncio.Event()
+        self.members: list[str] = []
+
+    @property
+    def held(self) -> list[int]:
+        return sorted(self._held)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"leases-{self._actor}-{self._replica}")
+        await self._first_round.wait()
+
+    async def stop(self) -> None:
+        """Release every partition (after draining it) so the others take over at once, not after a TTL."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for partition in list(self._held):
+            await self._release(partition)
+        try:
+            await self._kv.delete(self._member_key(self._replica))
+        except Exception:  # best effort: the key expires anyway
+            pass
+
+    def _member_key(self, replica: str) -> str:
+        return f"member.{self._actor}.{replica}"
+
+    def _lease_key(self, partition: int) -> str:
+        return f"lease.{self._actor}.{partition}"
+
+    async def _run(self) -> None:
+        interval = self._ttl / 3
+        while True:
+            try:
+                await self._round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS down for a moment: keep trying, leases may lapse
+                log.warning("lease_round_failed", actor=self._actor, error=repr(exc))
+            finally:
+                self._first_round.set()
+            await asyncio.sleep(interval)
+
+    async def _round(self) -> None:
+        await self._kv.put(self._member_key(self._replica), b"")
+        self.members = await self._live_members()
+        for partition in range(self._partitions):
+            owner = rendezvous_owner(partition, self.members)
+            if partition in self._held:
+                if owner != self._replica:
+                    await self._release(partition)
+                else:
+                    await self._renew(partition)
+            elif owner == self._replica:
+                await self._try_acquire(partition)
+
+    async def _live_members(self) -> list[str]:
+        prefix = f"member.{self._actor}."
+        try:
+            keys = await self._kv.keys(filters=[f"{prefix}*"])
+        except nats.js.errors.NoKeysError:
+            keys = []
+        members = sorted(k[len(prefix):] for k in keys)
+        return members or [self._replica]
+
+    async def _try_acquire(self, partition: int) -> None:
+        try:
+            revision = await self._kv.create(self._lease_key(partition), self._replica.encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return  # still held by its previous owner until it hands over or expires
+        self._held[partition] = revision
+        log.info("partition_acquired", actor=self._actor, replica=self._replica, partition=partition)
+        try:
+            await self._on_acquire(partition)
+        except Exception:
+            log.exception("partition_acquire_failed", actor=self._actor, partition=partition)
+            await self._release(partition)
+
+    async def _renew(self, partition: int) -> None:
+        try:
+            self._held[partition] = await self._kv.update(
+                self._lease_key(partition), self._replica.encode(), last=self._held[partition]
+            )
+        except nats.js.errors.KeyWrongLastSequenceError:
+            # We were too slow and someone else owns it now: stop working it immediately.
+            log.warning("partition_lease_lost", actor=self._actor, partition=partition)
+            self._held.pop(partition, None)
+            await self._on_release(partition)
+
+    async def _release(self, partition: int) -> None:
+        revision = self._held.pop(partition, None)
+        await self._on_release(partition)
+        if revision is not None:
+            try:
+                await self._kv.delete(self._lease_key(partition), last=revision)
+            except Exception:  # already expired or taken: nothing to give back
+                pass
+        log.info("partition_released", actor=self._actor, replica=self._replica, partition=partition)

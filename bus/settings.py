@@ -1,0 +1,44 @@
+"""Bus settings: one frozen struct, filled from defaults, the environment or the CLI."""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+
+__all__ = ["BusSettings"]
+
+
+class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How execbus uses NATS. The defaults suit one machine; tests shorten the windows."""
+
+    stream: str = "EXEC"
+    """The JetStream stream that records every `exec.>` message (the system of record)."""
+    partitions: int = 8
+    """Intents are hashed into this many partitions; one replica of an actor owns a partition at a time."""
+    duplicate_window_s: float = 120.0
+    """JetStream drops a second message with the same `Nats-Msg-Id` inside this window."""
+    max_age_s: float = 7 * 24 * 3600.0
+    """How long the log keeps messages (replay horizon)."""
+    lease_ttl_s: float = 3.0
+    """A replica that stops renewing its partition leases loses them after this long."""
+    ack_wait_s: float = 10.0
+    """Redelivery delay for a message taken but not acknowledged (a replica that died mid-message)."""
+    max_deliveries: int = 5
+    """A message whose handler fails this many times goes to the dead-letter subject."""
+    state_bucket: str = "execbus_state"
+    lease_bucket: str = "execbus_leases"
+    intent_bucket: str = "execbus_intents"
+    """Every intent id ever accepted: the duplicate guard that outlives the stream's duplicate window."""
+    fetch_batch: int = 256
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> BusSettings:
+        """`EXECBUS_PARTITIONS=16` etc. override the defaults; explicit `overrides` win."""
+        values: dict[str, object] = {}
+        for field in msgspec.structs.fields(cls):
+            raw = os.environ.get(f"EXECBUS_{field.name.upper()}")
+            if raw is not None:
+                values[field.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return msgspec.convert(values, cls, strict=False)

@@ -1,0 +1,153 @@
+"""One encoder and one typed decoder for the whole contract, plus readable decode errors and JSON Schema."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Union
+
+import msgspec
+
+from messages.base import Message
+from messages.intents import (
+    AttemptTimedOut,
+    ExecutionCompleted,
+    ExecutionTimedOut,
+    IntentAccepted,
+    IntentRejected,
+    StrategyFinished,
+    SubmitIntent,
+)
+from messages.ops import DeadLetter, IntentStatus, StatusQuery
+from messages.orders import (
+    CancelOrder,
+    CancelRejected,
+    OrderCanceled,
+    OrderFilled,
+    OrderFinalized,
+    OrderOutcomeUnknown,
+    OrderPlaced,
+    OrderRejected,
+    PlaceOrder,
+)
+from messages.pricing import PriceQuoted, PriceRequested, PriceUnavailable
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "BY_KIND",
+    "AnyMessage",
+    "InvalidMessage",
+    "encode",
+    "decode",
+    "decode_as",
+    "json_schema",
+    "HEADER_CORRELATION",
+    "headers_for",
+]
+
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    SubmitIntent,
+    IntentAccepted,
+    IntentRejected,
+    PriceRequested,
+    PriceQuoted,
+    PriceUnavailable,
+    PlaceOrder,
+    OrderPlaced,
+    OrderRejected,
+    OrderOutcomeUnknown,
+    CancelOrder,
+    OrderCanceled,
+    CancelRejected,
+    OrderFilled,
+    OrderFinalized,
+    AttemptTimedOut,
+    ExecutionTimedOut,
+    StrategyFinished,
+    ExecutionCompleted,
+)
+BY_KIND: dict[str, type[Message]] = {t.kind: t for t in MESSAGE_TYPES}
+
+AnyMessage = Union[MESSAGE_TYPES]  # type: ignore[valid-type]
+
+HEADER_CORRELATION = "Execbus-Correlation-Id"
+"""Our own header (never the reserved `Nats-` prefix): the intent id, for tools that read headers only."""
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+_any_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(AnyMessage)
+_decoders: dict[type[Message], msgspec.json.Decoder[Any]] = {
+    t: msgspec.json.Decoder(t) for t in MESSAGE_TYPES
+}
+
+
+class InvalidMessage(ValueError):
+    """A payload that is not a valid message. `field` is the offending field ("" if none applies)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(raw: bytes) -> Message:
+    """Any message, dispatched on its `"type"` tag."""
+    try:
+        return _any_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _explain(exc) from None
+
+
+def decode_as(raw: bytes, expected: type[Message]) -> Message:
+    """A message that must be of one type: a missing `"type"` tag is allowed, a different one is not."""
+    try:
+        return _decoders[expected].decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _explain(exc) from None
+
+
+def headers_for(msg: Message) -> dict[str, str]:
+    return {"Nats-Msg-Id": msg.msg_id, HEADER_CORRELATION: msg.intent_id}
+
+
+_AT = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
+_UNKNOWN = re.compile(r"unknown field `(?P<name>[^`]+)`")
+_NAMED = re.compile(r"^`(?P<name>[a-z_]+)`")
+
+
+def _explain(exc: Exception) -> InvalidMessage:
+    """Turn msgspec's error text into (field, reason): `Expected `str`, got `int` - at `$.side``
+    names `side`; our own `__post_init__` errors start with the field in backticks."""
+    text = str(exc)
+    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+        return InvalidMessage("", f"malformed JSON: {text}")
+    match = _AT.match(text)
+    reason = match.group("reason") if match else text
+    path = (match.group("path") or "") if match else ""
+    field = path.lstrip(".").replace("[", ".").replace("]", "")
+    for pattern in (_MISSING, _UNKNOWN, _NAMED):
+        named = pattern.search(reason)
+        if named:
+            name = named.group("name")
+            field = f"{field}.{name}" if field and not field.endswith(name) else name
+            break
+    if field == "type" or "tag" in reason and not field:
+        field = "type"
+    return InvalidMessage(field, reason)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (2020-12) of every message, for clients in other languages."""
+    schemas, components = msgspec.json.schema_components(
+        [*MESSAGE_TYPES, DeadLetter, StatusQuery, IntentStatus], ref_template="#/$defs/{name}"
+    )
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "execbus messages",
+        "description": "Every execbus message; the `type` property names the message.",
+        "anyOf": list(schemas),
+        "$defs": components,
+    }
