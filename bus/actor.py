@@ -49,7 +49,8 @@ class IntentContext(Generic[S]):
         self.dirty = False
         self.deleted = False
         self.wake_at_ns: int | None = None
-        self.published: list[Message] = []
+        self.message_seq = 0
+        """Stream sequence of the message being handled (0 for timers and venue events)."""
 
     def save(self, state: S) -> None:
         """Keep `state` for this intent (written to KV after the handler, before the ack)."""
@@ -78,8 +79,14 @@ class Services:
         run_for_intent: Callable[[str, int, Callable[[IntentContext[Any]], Awaitable[None]]], None],
         publish: Publisher,
         replica: str,
+        claim_once: Callable[[str, str], Awaitable[bool]],
+        find_state: Callable[[str], Awaitable[Any]],
     ) -> None:
+        self.find_state = find_state
+        """This actor's stored state of any intent (not only in owned partitions), or None."""
         self.clock = clock
+        self.claim_once = claim_once
+        """Durable first-wins guard (JetStream KV `create`): the intent-id check beyond the duplicate window."""
         self.run_for_intent = run_for_intent
         """Queue work for an intent behind its messages (e.g. a venue event for one of its orders)."""
         self.publish = publish

@@ -23,13 +23,16 @@ async def connect(url: str, *, name: str = "execbus") -> Client:
     async def on_error(exc: Exception) -> None:
         log.warning("nats_error", error=repr(exc), connection=name)
 
+    client: list[Client] = []
+
     async def on_disconnect() -> None:
-        log.warning("nats_disconnected", connection=name)
+        closing = bool(client) and (client[0].is_closed or client[0].is_draining)
+        (log.debug if closing else log.warning)("nats_disconnected", connection=name)
 
     async def on_reconnect() -> None:
         log.info("nats_reconnected", connection=name)
 
-    return await nats.connect(
+    nc = await nats.connect(
         url,
         name=name,
         max_reconnect_attempts=-1,
@@ -40,3 +43,5 @@ async def connect(url: str, *, name: str = "execbus") -> Client:
         reconnected_cb=on_reconnect,
         pending_size=64 * 1024 * 1024,
     )
+    client.append(nc)
+    return nc

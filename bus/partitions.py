@@ -16,7 +16,10 @@ from collections.abc import Awaitable, Callable
 
 import nats.js.errors
 import structlog
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+
+from bus.kv import list_keys, live_value
 
 __all__ = ["PartitionLeases", "rendezvous_owner"]
 
@@ -31,6 +34,7 @@ def rendezvous_owner(partition: int, members: list[str]) -> str:
 class PartitionLeases:
     def __init__(
         self,
+        js: JetStreamContext,
         kv: KeyValue,
         actor: str,
         replica: str,
@@ -39,6 +43,7 @@ class PartitionLeases:
         on_acquire: Callable[[int], Awaitable[None]],
         on_release: Callable[[int], Awaitable[None]],
     ) -> None:
+        self._js = js
         self._kv = kv
         self._actor = actor
         self._replica = replica
@@ -108,11 +113,10 @@ class PartitionLeases:
 
     async def _live_members(self) -> list[str]:
         prefix = f"member.{self._actor}."
-        try:
-            keys = await self._kv.keys(filters=[f"{prefix}*"])
-        except nats.js.errors.NoKeysError:
-            keys = []
-        members = sorted(k[len(prefix):] for k in keys)
+        members = []
+        for key in await list_keys(self._js, self._kv._name, f"{prefix}*"):
+            if await live_value(self._kv, key) is not None:  # a stopped replica leaves a delete marker
+                members.append(key[len(prefix):])
         return members or [self._replica]
 
     async def _try_acquire(self, partition: int) -> None:
@@ -121,7 +125,7 @@ class PartitionLeases:
         except nats.js.errors.KeyWrongLastSequenceError:
             return  # still held by its previous owner until it hands over or expires
         self._held[partition] = revision
-        log.info("partition_acquired", actor=self._actor, replica=self._replica, partition=partition)
+        log.debug("partition_acquired", actor=self._actor, replica=self._replica, partition=partition)
         try:
             await self._on_acquire(partition)
         except Exception:
@@ -147,4 +151,4 @@ class PartitionLeases:
                 await self._kv.delete(self._lease_key(partition), last=revision)
             except Exception:  # already expired or taken: nothing to give back
                 pass
-        log.info("partition_released", actor=self._actor, replica=self._replica, partition=partition)
+        log.debug("partition_released", actor=self._actor, replica=self._replica, partition=partition)

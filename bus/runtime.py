@@ -53,7 +53,7 @@ class ActorHost:
         self.log = structlog.get_logger("execbus.actor").bind(actor=actor.name, replica=self.replica)
         settings = bus.settings
         self._settings = settings
-        self._store = StateStore(bus.buckets.state, actor.name, actor.State)
+        self._store = StateStore(bus.js, bus.buckets.state, actor.name, actor.State)
         self._streams: dict[int, PullStream] = {}
         self._queues: dict[str, asyncio.Queue[_Work]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -70,10 +70,13 @@ class ActorHost:
     # -- lifecycle --------------------------------------------------------------------------------------
 
     async def start(self) -> ActorHost:
-        services = Services(self.clock, self.run_for_intent, self._publish, self.replica)
+        services = Services(
+            self.clock, self.run_for_intent, self._publish, self.replica, self._claim_once, self._store.find
+        )
         await self.actor.start(services)
         self._timer_task = asyncio.create_task(self._run_timers(), name=f"timers-{self.actor.name}")
         self._leases = PartitionLeases(
+            self.bus.js,
             self.bus.buckets.leases,
             self.actor.name,
             self.replica,
@@ -204,7 +207,8 @@ class ActorHost:
             await self._reject(raw, exc)
             return
         try:
-            await self._run_step(intent_id, partition, "msg", msg, raise_errors=True)
+            seq = raw.metadata.sequence.stream if raw.metadata else 0
+            await self._run_step(intent_id, partition, "msg", msg, raise_errors=True, seq=seq)
         except StaleState:
             await raw.nak(delay=0.1)  # someone else owns this intent now; let them have it
         except Exception as exc:
@@ -213,12 +217,13 @@ class ActorHost:
             await raw.ack()
 
     async def _run_step(
-        self, intent_id: str, partition: int, kind: str, payload: Any, *, raise_errors: bool = False
+        self, intent_id: str, partition: int, kind: str, payload: Any, *, raise_errors: bool = False, seq: int = 0
     ) -> None:
         state = await self._store.load(partition, intent_id)
         ctx: IntentContext[Any] = IntentContext(
             intent_id, partition, state, self._publish, self.clock, self.log.bind(intent_id=intent_id)
         )
+        ctx.message_seq = seq
         try:
             if kind == "msg":
                 await self.actor.handle(payload, ctx)
@@ -276,6 +281,16 @@ class ActorHost:
             await raw.term()
         else:
             await raw.nak(delay=min(0.05 * 2**delivered, 2.0))
+
+    async def _claim_once(self, key: str, token: str) -> bool:
+        """True for the first claimant of `key` (and for that same claimant again: same `token`)."""
+        kv = self.bus.buckets.intents
+        try:
+            await kv.create(key, token.encode())
+            return True
+        except nats.js.errors.KeyWrongLastSequenceError:
+            entry = await kv.get(key)
+            return entry.value == token.encode()
 
     # -- timers -----------------------------------------------------------------------------------------
 

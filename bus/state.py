@@ -11,7 +11,10 @@ from typing import Any
 
 import msgspec
 import nats.js.errors
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+
+from bus.kv import list_keys, live_value
 
 __all__ = ["StateStore", "StaleState"]
 
@@ -21,7 +24,8 @@ class StaleState(RuntimeError):
 
 
 class StateStore:
-    def __init__(self, kv: KeyValue, actor: str, state_type: type[msgspec.Struct] | None) -> None:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, actor: str, state_type: type[msgspec.Struct] | None) -> None:
+        self._js = js
         self._kv = kv
         self._actor = actor
         self._type = state_type
@@ -78,11 +82,17 @@ class StateStore:
         if self._decoder is None:
             return []
         prefix = f"{self._actor}.{partition}."
-        try:
-            keys = await self._kv.keys(filters=[f"{prefix}*"])
-        except nats.js.errors.NoKeysError:
-            return []
-        return [k[len(prefix):] for k in keys]
+        return [k[len(prefix):] for k in await list_keys(self._js, self._kv._name, f"{prefix}*")]
+
+    async def find(self, intent_id: str) -> Any:
+        """An intent's state from any partition (for status queries served by any replica)."""
+        if self._decoder is None:
+            return None
+        for key in await list_keys(self._js, self._kv._name, f"{self._actor}.*.{intent_id}"):
+            value = await live_value(self._kv, key)
+            if value:
+                return self._decoder.decode(value)
+        return None
 
     def drop_partition(self, partition: int) -> None:
         prefix = f"{self._actor}.{partition}."

@@ -28,6 +28,7 @@ from messages.orders import (
     CancelRejected,
     OrderCanceled,
     OrderFilled,
+    LateFillRecorded,
     OrderFinalized,
     OrderOutcomeUnknown,
     OrderPlaced,
@@ -41,6 +42,6 @@ __all__ = [
     "headers_for", "json_schema", "AttemptTimedOut", "ExecutionCompleted", "ExecutionParams",
     "ExecutionTimedOut", "IntentAccepted", "IntentRejected", "StrategyFinished", "SubmitIntent",
     "DeadLetter", "IntentStatus", "OrderStatus", "StatusQuery", "CancelOrder", "CancelRejected",
-    "OrderCanceled", "OrderFilled", "OrderFinalized", "OrderOutcomeUnknown", "OrderPlaced", "OrderRejected",
+    "OrderCanceled", "OrderFilled", "LateFillRecorded", "OrderFinalized", "OrderOutcomeUnknown", "OrderPlaced", "OrderRejected",
     "PlaceOrder", "PriceQuoted", "PriceRequested", "PriceUnavailable",
 ]

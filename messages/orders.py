@@ -28,6 +28,7 @@ __all__ = [
     "CancelRejected",
     "OrderFilled",
     "OrderFinalized",
+    "LateFillRecorded",
     "FinalOrderStatus",
 ]
 
@@ -153,3 +154,16 @@ class OrderFinalized(_OrderMessage, frozen=True, kw_only=True):
 
     def validate(self) -> None:
         require_non_negative("filled_qty", self.filled_qty)
+
+
+class LateFillRecorded(_OrderMessage, frozen=True, kw_only=True):
+    """A fill that reached the tracker after the intent's report: recorded and announced, never lost."""
+
+    trade_id: str
+    qty: Decimal
+    price: Decimal
+    filled_qty_now: Decimal
+    """The intent's filled quantity including this fill."""
+
+    def dedup_suffix(self) -> str:
+        return f"{self.client_order_id}.{self.trade_id}"

@@ -22,12 +22,14 @@ class PriceRequested(Message, frozen=True, kw_only=True):
     mode: PriceMode
     qty: Decimal
     """How much the attempt will trade: the pricer reports the book's cost to take it."""
+    request: int = 0
+    """Retry counter for the same attempt (after `PriceUnavailable`): part of the message id."""
 
     def validate(self) -> None:
         require_positive("qty", self.qty)
 
     def dedup_suffix(self) -> str:
-        return str(self.attempt)
+        return f"{self.attempt}.{self.request}"
 
 
 class PriceQuoted(Message, frozen=True, kw_only=True):
@@ -44,9 +46,10 @@ class PriceQuoted(Message, frozen=True, kw_only=True):
     sweep_avg_price: Decimal | None = None
     """Average price of taking `qty` from the book now (None when the visible book is too thin)."""
     book_ts_ns: int = 0
+    request: int = 0
 
     def dedup_suffix(self) -> str:
-        return str(self.attempt)
+        return f"{self.attempt}.{self.request}"
 
 
 class PriceUnavailable(Message, frozen=True, kw_only=True):
@@ -55,6 +58,7 @@ class PriceUnavailable(Message, frozen=True, kw_only=True):
     attempt: int
     reason: str
     book_age_ms: int | None = None
+    request: int = 0
 
     def dedup_suffix(self) -> str:
-        return str(self.attempt)
+        return f"{self.attempt}.{self.request}"

@@ -1,0 +1,47 @@
+"""The market-fallback actor: when an execution's budget runs out with quantity left, it executes the
+remainder at market. It only subscribes to `ExecutionTimedOut` and places through the same placer, so the
+supervisor needs to know nothing about how the fallback works."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bus.actor import Actor, IntentContext
+from messages import ExecutionTimedOut, PlaceOrder
+from messages.base import Message
+
+__all__ = ["MarketFallback", "FALLBACK_ATTEMPT"]
+
+FALLBACK_ATTEMPT = 0
+"""Attempt number of the fallback order; its client order id is `<intent>-F`."""
+
+
+class MarketFallback(Actor[None]):
+    name = "market_fallback"
+    consumes = (ExecutionTimedOut,)
+
+    def __init__(self) -> None:
+        self.executed = 0
+
+    def status(self) -> dict[str, Any]:
+        return {"executed": self.executed}
+
+    async def handle(self, msg: Message, ctx: IntentContext[None]) -> None:
+        assert isinstance(msg, ExecutionTimedOut)
+        if msg.fallback != "market":
+            return
+        self.executed += 1
+        ctx.log.info("fallback_market", remaining=str(msg.remaining_qty))
+        await ctx.publish(
+            PlaceOrder(
+                intent_id=msg.intent_id,
+                venue=msg.venue,
+                symbol=msg.symbol,
+                client_order_id=f"{msg.intent_id}-F",
+                attempt=FALLBACK_ATTEMPT,
+                side=msg.side,
+                order_type="market",
+                qty=msg.remaining_qty,
+                origin="market_fallback",
+            )
+        )

@@ -1,0 +1,392 @@
+"""The reconciler: turns what the venue says about our orders into `OrderFilled` and `OrderFinalized`.
+
+It is the only actor that declares an order terminal, and it does so only once every fill of the order is
+published (fills are deduplicated by trade id). Sources, in order of speed:
+
+- the venue's `watch_orders` / `watch_my_trades` streams (event-based), when the venue has them;
+- polling `fetch_order` on a timer, which also catches whatever the streams dropped;
+- an immediate check after a cancel was accepted or refused, since the supervisor waits on it.
+
+A network error is never read as "not found", and "not found" right after placement is only counted and
+retried: venues answer that for a while after accepting an order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from decimal import Decimal
+from typing import Any
+
+import ccxt
+import msgspec
+import structlog
+
+from bus.actor import Actor, IntentContext, Services
+from messages import (
+    CancelRejected,
+    OrderCanceled,
+    OrderFilled,
+    OrderFinalized,
+    OrderPlaced,
+    OrderRejected,
+    PlaceOrder,
+)
+from messages.base import Message
+from venues.gateway import to_decimal
+
+__all__ = ["Reconciler", "ReconcilerState", "Watched"]
+
+log = structlog.get_logger("execbus.actor.reconciler")
+NS = 1_000_000_000
+FINAL_STATUS = {"closed": "filled", "canceled": "canceled", "expired": "expired", "rejected": "rejected"}
+ORPHAN_LIMIT = 10_000
+ORPHAN_TTL_S = 60.0
+
+
+class Watched(msgspec.Struct, kw_only=True):
+    client_order_id: str
+    attempt: int
+    side: str
+    order_id: str | None = None
+    trade_ids: list[str] = msgspec.field(default_factory=list)
+    filled: Decimal = Decimal(0)
+    notional: Decimal = Decimal(0)
+    final: bool = False
+    canceling: bool = False
+    not_found: int = 0
+
+
+class ReconcilerState(msgspec.Struct, kw_only=True):
+    venue: str
+    symbol: str
+    orders: dict[str, Watched] = msgspec.field(default_factory=dict)
+
+
+class Reconciler(Actor[ReconcilerState]):
+    name = "reconciler"
+    consumes = (PlaceOrder, OrderPlaced, OrderRejected, OrderCanceled, CancelRejected)
+    State = ReconcilerState
+
+    def __init__(
+        self,
+        venues: Any,
+        *,
+        poll_interval_s: float = 2.0,
+        confirm_interval_s: float = 0.2,
+        use_streams: bool = True,
+    ) -> None:
+        self._venues = venues
+        self._poll_ns = int(poll_interval_s * NS)
+        self._confirm_ns = int(confirm_interval_s * NS)
+        self._use_streams = use_streams
+        self._services: Services | None = None
+        self._routes: dict[tuple[str, str], tuple[str, int]] = {}  # (venue, cid or "#"+order id) -> intent
+        self._orphans: OrderedDict[tuple[str, str], list[tuple[float, str, dict[str, Any]]]] = OrderedDict()
+        self._streams: dict[str, list[asyncio.Task[None]]] = {}
+        self.stats = {"fills": 0, "finalized": 0, "polls": 0, "stream_events": 0, "synthesized": 0}
+
+    async def start(self, services: Services) -> None:
+        self._services = services
+
+    async def stop(self) -> None:
+        tasks = [t for ts in self._streams.values() for t in ts]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._streams.clear()
+
+    def status(self) -> dict[str, Any]:
+        return {**self.stats, "watched": len(self._routes), "orphans": len(self._orphans), "streams": list(self._streams)}
+
+    # -- messages ---------------------------------------------------------------------------------------
+
+    async def handle(self, msg: Message, ctx: IntentContext[ReconcilerState]) -> None:
+        state = ctx.state or ReconcilerState(venue=msg.venue, symbol=msg.symbol)
+        match msg:
+            case PlaceOrder():
+                if msg.client_order_id not in state.orders:
+                    state.orders[msg.client_order_id] = Watched(
+                        client_order_id=msg.client_order_id, attempt=msg.attempt, side=msg.side
+                    )
+                self._route(state.venue, msg.client_order_id, None, ctx)
+                await self._ensure_streams(state.venue)
+            case OrderPlaced():
+                watched = state.orders.setdefault(
+                    msg.client_order_id,
+                    Watched(client_order_id=msg.client_order_id, attempt=msg.attempt, side=msg.side),
+                )
+                watched.order_id = msg.order_id
+                self._route(state.venue, msg.client_order_id, msg.order_id, ctx)
+                await self._ensure_streams(state.venue)
+                await self._replay_orphans(state, watched, ctx)
+            case OrderRejected():
+                watched = state.orders.get(msg.client_order_id)
+                if watched is not None:
+                    watched.final = True  # nothing rests at the venue; the rejection itself is the terminal event
+                    self._unroute(state.venue, watched)
+            case OrderCanceled() | CancelRejected():
+                watched = state.orders.get(msg.client_order_id)
+                if watched is not None and not watched.final:
+                    watched.canceling = True
+                    watched.order_id = watched.order_id or msg.order_id
+                    await self._poll(state, watched, ctx)
+        self._commit(state, ctx)
+
+    async def on_timer(self, ctx: IntentContext[ReconcilerState]) -> None:
+        state = ctx.state
+        if state is None:
+            return
+        for watched in list(state.orders.values()):
+            if not watched.final and watched.order_id is not None:
+                await self._poll(state, watched, ctx)
+        self._commit(state, ctx)
+
+    async def on_resume(self, ctx: IntentContext[ReconcilerState]) -> None:
+        """Taking over: route the venue's events to these orders again and check each one now, since
+        fills may have happened while nobody was watching."""
+        state = ctx.state
+        if state is None:
+            return
+        await self._ensure_streams(state.venue)
+        for watched in state.orders.values():
+            if not watched.final:
+                self._route(state.venue, watched.client_order_id, watched.order_id, ctx)
+        await self.on_timer(ctx)
+
+    def _commit(self, state: ReconcilerState, ctx: IntentContext[ReconcilerState]) -> None:
+        open_orders = [w for w in state.orders.values() if not w.final]
+        if not open_orders:
+            for watched in state.orders.values():
+                self._unroute(state.venue, watched)
+            ctx.forget()
+            return
+        ctx.save(state)
+        interval = self._confirm_ns if any(w.canceling for w in open_orders) else self._poll_ns
+        ctx.wake_at(ctx.clock.now_ns() + interval)
+
+    # -- venue truth ------------------------------------------------------------------------------------
+
+    async def _poll(self, state: ReconcilerState, watched: Watched, ctx: IntentContext[ReconcilerState]) -> None:
+        if watched.order_id is None:
+            return
+        self.stats["polls"] += 1
+        exchange = await self._venues.get(state.venue)
+        try:
+            order = await exchange.fetch_order(watched.order_id, state.symbol)
+        except ccxt.OrderNotFound:
+            watched.not_found += 1  # venues lag after placement: keep asking, conclude nothing
+            ctx.log.info("order_not_found_yet", client_order_id=watched.client_order_id, times=watched.not_found)
+            return
+        except ccxt.BaseError as exc:
+            ctx.log.info("order_poll_failed", client_order_id=watched.client_order_id, error=type(exc).__name__)
+            return
+        await self._apply_order(state, watched, order, ctx)
+
+    async def _apply_trade(self, state: ReconcilerState, watched: Watched, trade: dict[str, Any], ctx: IntentContext[ReconcilerState]) -> None:
+        trade_id = str(trade.get("id"))
+        if trade_id in watched.trade_ids or watched.final:
+            return
+        qty = _exact(trade, "amount", ("qty", "amount"))
+        price = _exact(trade, "price", ("price",))
+        if qty is None or price is None or qty <= 0:
+            ctx.log.warning("trade_without_amount", trade_id=trade_id)
+            return
+        fee = trade.get("fee") or {}
+        watched.trade_ids.append(trade_id)
+        watched.filled += qty
+        watched.notional += qty * price
+        self.stats["fills"] += 1
+        await ctx.publish(
+            OrderFilled(
+                intent_id=ctx.intent_id,
+                venue=state.venue,
+                symbol=state.symbol,
+                client_order_id=watched.client_order_id,
+                order_id=str(watched.order_id or trade.get("order")),
+                trade_id=trade_id,
+                attempt=watched.attempt,
+                side=watched.side,  # type: ignore[arg-type]
+                qty=qty,
+                price=price,
+                fee=to_decimal(fee.get("cost")) or Decimal(0),
+                fee_currency=str(fee.get("currency") or ""),
+                liquidity="maker" if trade.get("takerOrMaker") == "maker" else "taker",
+            )
+        )
+
+    async def _apply_order(self, state: ReconcilerState, watched: Watched, order: dict[str, Any], ctx: IntentContext[ReconcilerState]) -> None:
+        if watched.final:
+            return
+        watched.order_id = watched.order_id or str(order.get("id"))
+        venue_filled = to_decimal(order.get("filled")) or Decimal(0)
+        status = order.get("status")
+        if venue_filled > watched.filled:
+            await self._fetch_missing_trades(state, watched, ctx)
+        if status not in FINAL_STATUS:
+            return
+        if venue_filled > watched.filled:
+            await self._synthesize(state, watched, order, venue_filled, ctx)
+        if watched.filled > venue_filled:
+            ctx.log.error("fills_exceed_venue_filled", ours=str(watched.filled), venue=str(venue_filled))
+        watched.final = True
+        self._unroute(state.venue, watched)
+        self.stats["finalized"] += 1
+        await ctx.publish(
+            OrderFinalized(
+                intent_id=ctx.intent_id,
+                venue=state.venue,
+                symbol=state.symbol,
+                client_order_id=watched.client_order_id,
+                order_id=watched.order_id,
+                attempt=watched.attempt,
+                status=FINAL_STATUS[status],  # type: ignore[arg-type]
+                filled_qty=watched.filled,
+                avg_price=(watched.notional / watched.filled) if watched.filled else None,
+            )
+        )
+
+    async def _fetch_missing_trades(self, state: ReconcilerState, watched: Watched, ctx: IntentContext[ReconcilerState]) -> None:
+        exchange = await self._venues.get(state.venue)
+        try:
+            if exchange.has.get("fetchOrderTrades"):
+                trades = await exchange.fetch_order_trades(watched.order_id, state.symbol)
+            else:
+                trades = await exchange.fetch_my_trades(state.symbol)
+        except ccxt.BaseError as exc:
+            ctx.log.info("trade_fetch_failed", error=type(exc).__name__)
+            return
+        for trade in trades:
+            if str(trade.get("order")) == watched.order_id:
+                await self._apply_trade(state, watched, trade, ctx)
+
+    async def _synthesize(self, state: ReconcilerState, watched: Watched, order: dict[str, Any], venue_filled: Decimal, ctx: IntentContext[ReconcilerState]) -> None:
+        """The venue reports more filled than the trades we could see (a venue without trade history):
+        book the difference at the order's average price so totals stay exact in quantity."""
+        delta = venue_filled - watched.filled
+        average = to_decimal(order.get("average")) or to_decimal(order.get("price"))
+        if average is None:
+            ctx.log.error("cannot_price_missing_fill", client_order_id=watched.client_order_id, qty=str(delta))
+            return
+        self.stats["synthesized"] += 1
+        price = (average * venue_filled - watched.notional) / delta
+        await self._apply_trade(
+            state,
+            watched,
+            {"id": f"{watched.order_id}-cum-{venue_filled}", "amount": delta, "price": price, "order": watched.order_id},
+            ctx,
+        )
+
+    # -- streams ----------------------------------------------------------------------------------------
+
+    def _route(self, venue: str, cid: str, order_id: str | None, ctx: IntentContext[ReconcilerState]) -> None:
+        target = (ctx.intent_id, ctx.partition)
+        self._routes[(venue, cid)] = target
+        if order_id is not None:
+            self._routes[(venue, "#" + order_id)] = target
+
+    def _unroute(self, venue: str, watched: Watched) -> None:
+        self._routes.pop((venue, watched.client_order_id), None)
+        if watched.order_id is not None:
+            self._routes.pop((venue, "#" + watched.order_id), None)
+            self._orphans.pop((venue, watched.order_id), None)
+
+    async def _ensure_streams(self, venue: str) -> None:
+        if not self._use_streams or venue in self._streams:
+            return
+        exchange = await self._venues.get(venue)
+        tasks: list[asyncio.Task[None]] = []
+        if exchange.has.get("watchOrders"):
+            tasks.append(asyncio.create_task(self._stream(exchange, venue, "order"), name=f"orders-{venue}"))
+        if exchange.has.get("watchMyTrades"):
+            tasks.append(asyncio.create_task(self._stream(exchange, venue, "trade"), name=f"trades-{venue}"))
+        self._streams[venue] = tasks
+
+    async def _stream(self, exchange: Any, venue: str, kind: str) -> None:
+        watch = exchange.watch_orders if kind == "order" else exchange.watch_my_trades
+        backoff = 0.1
+        while True:
+            try:
+                items = await watch()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the stream broke; polling covers the gap
+                log.warning("venue_stream_error", venue=venue, kind=kind, error=repr(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for item in items:
+                self.stats["stream_events"] += 1
+                self._dispatch(venue, kind, item)
+
+    def _dispatch(self, venue: str, kind: str, item: dict[str, Any]) -> None:
+        assert self._services is not None
+        order_id = str(item.get("id") if kind == "order" else item.get("order"))
+        cid = item.get("clientOrderId") if kind == "order" else None
+        target = self._routes.get((venue, "#" + order_id)) or (cid and self._routes.get((venue, cid)))
+        if not target:
+            self._keep_orphan(venue, order_id, kind, item)
+            return
+        intent_id, partition = target
+
+        async def apply(ctx: IntentContext[ReconcilerState]) -> None:
+            state = ctx.state
+            if state is None:
+                return
+            watched = _find(state, order_id, cid)
+            if watched is None:
+                return
+            if kind == "order":
+                watched.order_id = watched.order_id or order_id
+                self._route(venue, watched.client_order_id, order_id, ctx)
+                await self._replay_orphans(state, watched, ctx)
+                await self._apply_order(state, watched, item, ctx)
+            else:
+                await self._apply_trade(state, watched, item, ctx)
+            self._commit(state, ctx)
+
+        self._services.run_for_intent(intent_id, partition, apply)
+
+    def _keep_orphan(self, venue: str, order_id: str, kind: str, item: dict[str, Any]) -> None:
+        """An event for an order we do not know yet (its OrderPlaced is still on the way) or that another
+        replica watches. Kept briefly so the first case loses nothing."""
+        now = time.monotonic()
+        self._orphans.setdefault((venue, order_id), []).append((now, kind, item))
+        while len(self._orphans) > ORPHAN_LIMIT:
+            self._orphans.popitem(last=False)
+        while self._orphans:
+            key, events = next(iter(self._orphans.items()))
+            if now - events[0][0] < ORPHAN_TTL_S:
+                break
+            self._orphans.pop(key)
+
+    async def _replay_orphans(self, state: ReconcilerState, watched: Watched, ctx: IntentContext[ReconcilerState]) -> None:
+        if watched.order_id is None:
+            return
+        for _at, kind, item in self._orphans.pop((state.venue, watched.order_id), []):
+            if kind == "trade":
+                await self._apply_trade(state, watched, item, ctx)
+            else:
+                await self._apply_order(state, watched, item, ctx)
+
+
+def _find(state: ReconcilerState, order_id: str, cid: str | None) -> Watched | None:
+    if cid and cid in state.orders:
+        return state.orders[cid]
+    return next((w for w in state.orders.values() if w.order_id == order_id), None)
+
+
+def _exact(item: dict[str, Any], field: str, info_keys: tuple[str, ...]) -> Decimal | None:
+    """Prefer the venue's own decimal string (in `info`) over ccxt's float."""
+    info = item.get("info") or {}
+    if isinstance(info, dict):
+        for key in info_keys:
+            raw = info.get(key)
+            if isinstance(raw, str):
+                try:
+                    return Decimal(raw)
+                except ArithmeticError:
+                    break
+    return to_decimal(item.get(field))

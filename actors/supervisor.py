@@ -1,0 +1,585 @@
+"""The supervisor: one state machine per intent that drives its strategy by messages.
+
+It validates and accepts (or rejects) an intent, asks the pricer for prices, tells the placer what to place
+and cancel, keeps the attempt and total deadlines as absolute times in its state, and announces
+`ExecutionTimedOut` for the market-fallback actor. It never talks to a venue except to read market rules.
+
+Invariant it keeps: the next attempt (or the fallback) is only started once every earlier order is
+confirmed terminal by the reconciler (`OrderFinalized`), and its quantity is the intent's quantity minus
+everything filled so far.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Any
+
+import msgspec
+
+from bus.actor import Actor, IntentContext, Publisher, Services
+from messages import (
+    AttemptTimedOut,
+    CancelOrder,
+    CancelRejected,
+    ExecutionTimedOut,
+    IntentAccepted,
+    IntentRejected,
+    InvalidMessage,
+    OrderFinalized,
+    OrderOutcomeUnknown,
+    OrderPlaced,
+    OrderRejected,
+    PlaceOrder,
+    PriceQuoted,
+    PriceRequested,
+    PriceUnavailable,
+    StrategyFinished,
+    SubmitIntent,
+    subjects,
+)
+from messages.base import Message
+
+__all__ = ["Supervisor", "SupervisorState", "OrderRecord"]
+
+NS = 1_000_000_000
+PRICE_RETRY_NS = 200_000_000
+MAX_PRICE_REQUESTS = 10
+FALLBACK_GRACE_NS = 30 * NS
+MARKET_BUDGET_NS = 60 * NS
+ESCALATION = ("touch", "inside", "cross")
+
+
+class OrderRecord(msgspec.Struct, kw_only=True):
+    client_order_id: str
+    attempt: int
+    origin: str
+    qty: Decimal
+    price: Decimal | None = None
+    order_id: str | None = None
+    status: str = "pending"
+    """pending -> open | unknown -> final; `cancel` is set once a cancel was asked for."""
+    cancel: bool = False
+    filled: Decimal = Decimal(0)
+
+
+class SupervisorState(msgspec.Struct, kw_only=True):
+    intent: SubmitIntent
+    accepted_ns: int
+    deadline_ns: int
+    """End of the strategy's budget (aggressive: total timeout; simple: timeout; market: a sanity cap)."""
+    phase: str = "arrival"
+    """arrival -> pricing -> working -> (canceling) -> ... -> fallback -> finished"""
+    attempt: int = 0
+    attempt_deadline_ns: int = 0
+    price_request: int = 0
+    arrival_bid: Decimal | None = None
+    arrival_ask: Decimal | None = None
+    tick_size: Decimal | None = None
+    min_amount: Decimal | None = None
+    amount_step: Decimal | None = None
+    orders: list[OrderRecord] = msgspec.field(default_factory=list)
+    fallback_used: bool = False
+    reason: str = ""
+
+    def order(self, client_order_id: str) -> OrderRecord | None:
+        return next((o for o in self.orders if o.client_order_id == client_order_id), None)
+
+    @property
+    def filled(self) -> Decimal:
+        return sum((o.filled for o in self.orders), Decimal(0))
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.intent.qty - self.filled
+
+    @property
+    def all_final(self) -> bool:
+        return all(o.status == "final" for o in self.orders)
+
+
+class Supervisor(Actor[SupervisorState]):
+    name = "supervisor"
+    consumes = (
+        SubmitIntent,
+        PriceQuoted,
+        PriceUnavailable,
+        OrderPlaced,
+        OrderRejected,
+        OrderOutcomeUnknown,
+        CancelRejected,
+        OrderFinalized,
+        PlaceOrder,
+    )
+    State = SupervisorState
+
+    def __init__(self, venues: Any) -> None:
+        self._venues = venues
+        self._services: Services | None = None
+        self.accepted = 0
+        self.rejected = 0
+
+    async def start(self, services: Services) -> None:
+        self._services = services
+
+    def status(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "rejected": self.rejected}
+
+    # -- intake -----------------------------------------------------------------------------------------
+
+    async def on_invalid(self, subject: str, raw: bytes, error: InvalidMessage, publish: Publisher) -> None:
+        """A submission that does not decode still gets an answer on its intent's subjects."""
+        parts = subjects.parse(subject)
+        if parts is None or parts.kind != SubmitIntent.kind:
+            return
+        try:
+            rejection = IntentRejected(
+                intent_id=parts.intent_id,
+                venue=parts.venue,
+                symbol=parts.symbol,
+                field=error.field,
+                reason=error.reason,
+            )
+        except (ValueError, msgspec.ValidationError):
+            return  # the subject itself is unusable: the dead letter is all we can do
+        await publish(rejection)
+
+    async def handle(self, msg: Message, ctx: IntentContext[SupervisorState]) -> None:
+        if isinstance(msg, SubmitIntent):
+            await self._submit(msg, ctx)
+            return
+        state = ctx.state
+        if state is None or state.phase == "finished":
+            ctx.log.debug("message_for_unknown_intent", kind=msg.kind)
+            return
+        match msg:
+            case PlaceOrder(origin="market_fallback"):
+                if state.order(msg.client_order_id) is None:
+                    state.orders.append(
+                        OrderRecord(
+                            client_order_id=msg.client_order_id, attempt=msg.attempt, origin=msg.origin, qty=msg.qty
+                        )
+                    )
+            case PlaceOrder():
+                pass  # our own command coming back from the log
+            case PriceQuoted():
+                await self._quoted(msg, state, ctx)
+            case PriceUnavailable():
+                await self._price_unavailable(msg, state, ctx)
+            case OrderPlaced():
+                await self._placed(msg, state, ctx)
+            case OrderOutcomeUnknown():
+                record = state.order(msg.client_order_id)
+                if record is not None and record.status == "pending":
+                    record.status = "unknown"
+            case OrderRejected():
+                await self._order_rejected(msg, state, ctx)
+            case CancelRejected():
+                ctx.log.info("cancel_rejected", client_order_id=msg.client_order_id, reason=msg.reason)
+            case OrderFinalized():
+                await self._finalized(msg, state, ctx)
+        if ctx.state is not None and not ctx.deleted:
+            ctx.save(state)
+
+    async def _submit(self, intent: SubmitIntent, ctx: IntentContext[SupervisorState]) -> None:
+        if ctx.state is not None:
+            return  # the same submission redelivered after we accepted it
+        problem = await self._validate(intent)
+        if problem is not None:
+            field, reason = problem
+            self.rejected += 1
+            await ctx.publish(_reject(intent, field, reason))
+            return
+        assert self._services is not None
+        if not await self._services.claim_once(f"intent.{intent.intent_id}", str(ctx.message_seq)):
+            self.rejected += 1
+            await ctx.publish(_reject(intent, "intent_id", "duplicate: this intent id was already submitted", dup=True))
+            return
+        now = ctx.clock.now_ns()
+        params = intent.params
+        budget = {
+            "market": MARKET_BUDGET_NS,
+            "simple_limit": _ns(params.timeout_seconds),
+            "aggressive_limit": _ns(params.total_timeout_seconds),
+        }[intent.strategy]
+        rules = await self._rules(intent)
+        state = SupervisorState(
+            intent=intent,
+            accepted_ns=now,
+            deadline_ns=now + budget,
+            tick_size=rules.get("tick_size"),
+            min_amount=rules.get("min_amount"),
+            amount_step=rules.get("amount_step"),
+        )
+        self.accepted += 1
+        await ctx.publish(
+            IntentAccepted(
+                intent_id=intent.intent_id,
+                venue=intent.venue,
+                symbol=intent.symbol,
+                side=intent.side,
+                qty=intent.qty,
+                strategy=intent.strategy,
+                deadline_ns=state.deadline_ns,
+            )
+        )
+        await self._request_price(state, ctx, attempt=0, mode="arrival", qty=intent.qty)
+        ctx.save(state)
+
+    async def _validate(self, intent: SubmitIntent) -> tuple[str, str] | None:
+        """Semantic checks against the venue's market: the types were checked by the decoder."""
+        if not self._venues.known(intent.venue):
+            return "venue", f"unknown venue {intent.venue!r}"
+        try:
+            exchange = await self._venues.get(intent.venue)
+        except Exception as exc:
+            return "venue", f"venue {intent.venue!r} unavailable: {exc}"
+        if intent.symbol not in (exchange.markets or {}):
+            return "symbol", f"{intent.venue} has no market {intent.symbol!r}"
+        rules = await self._rules(intent)
+        step, minimum = rules.get("amount_step"), rules.get("min_amount")
+        if minimum is not None and intent.qty < minimum:
+            return "qty", f"{intent.qty} is below the market minimum amount {minimum}"
+        if step is not None and intent.qty % step != 0:
+            return "qty", f"{intent.qty} is finer than the market amount step {step}"
+        if intent.params.trigger_fill_price is not None and intent.strategy == "market":
+            return "params.trigger_fill_price", "only limit strategies honour a break-even price"
+        return None
+
+    async def _rules(self, intent: SubmitIntent) -> dict[str, Decimal | None]:
+        from venues.gateway import market_rules  # venue knowledge, not another actor
+
+        return market_rules(await self._venues.get(intent.venue), intent.symbol)
+
+    # -- pricing ----------------------------------------------------------------------------------------
+
+    async def _request_price(
+        self, state: SupervisorState, ctx: IntentContext[SupervisorState], *, attempt: int, mode: str, qty: Decimal
+    ) -> None:
+        state.attempt = attempt
+        state.phase = "arrival" if attempt == 0 else "pricing"
+        intent = state.intent
+        await ctx.publish(
+            PriceRequested(
+                intent_id=intent.intent_id,
+                venue=intent.venue,
+                symbol=intent.symbol,
+                attempt=attempt,
+                side=intent.side,
+                mode=mode,  # type: ignore[arg-type]
+                qty=qty,
+                request=state.price_request,
+            )
+        )
+        state.price_request += 1
+        ctx.wake_at(ctx.clock.now_ns() + 2 * NS)  # a pricer that never answers must not stall the intent
+
+    async def _price_unavailable(
+        self, msg: PriceUnavailable, state: SupervisorState, ctx: IntentContext[SupervisorState]
+    ) -> None:
+        if msg.attempt != state.attempt or state.phase not in ("arrival", "pricing"):
+            return
+        ctx.log.warning("price_unavailable", attempt=msg.attempt, reason=msg.reason)
+        if state.price_request >= MAX_PRICE_REQUESTS or ctx.clock.now_ns() >= state.deadline_ns:
+            await self._no_more_attempts(state, ctx, f"no price: {msg.reason}")
+            return
+        ctx.wake_at(ctx.clock.now_ns() + PRICE_RETRY_NS)
+
+    async def on_timer(self, ctx: IntentContext[SupervisorState]) -> None:
+        state = ctx.state
+        if state is None or state.phase == "finished":
+            return
+        now = ctx.clock.now_ns()
+        if state.phase in ("arrival", "pricing"):
+            if state.price_request >= MAX_PRICE_REQUESTS:
+                await self._no_more_attempts(state, ctx, "no price from the pricer")
+            else:
+                mode = "arrival" if state.attempt == 0 else self._mode(state, state.attempt)
+                await self._request_price(state, ctx, attempt=state.attempt, mode=mode, qty=state.remaining)
+        elif state.phase == "working" and now >= state.attempt_deadline_ns:
+            await self._cancel_working(state, ctx)
+        elif state.phase == "fallback" and now >= state.deadline_ns + FALLBACK_GRACE_NS:
+            await self._finish(state, ctx, "fallback did not complete in time")
+        if not ctx.deleted:
+            ctx.save(state)
+
+    async def on_resume(self, ctx: IntentContext[SupervisorState]) -> None:
+        """After a restart: the deadlines are in the state; arm the next one."""
+        state = ctx.state
+        if state is None:
+            return
+        if state.phase == "working":
+            ctx.wake_at(state.attempt_deadline_ns)
+        elif state.phase == "fallback":
+            ctx.wake_at(state.deadline_ns + FALLBACK_GRACE_NS)
+        elif state.phase in ("arrival", "pricing"):
+            ctx.wake_at(ctx.clock.now_ns())
+
+    def _mode(self, state: SupervisorState, attempt: int) -> str:
+        if state.intent.strategy == "aggressive_limit":
+            return ESCALATION[min(attempt - 1, len(ESCALATION) - 1)]
+        if state.intent.strategy == "simple_limit":
+            return "touch"
+        return "cross"
+
+    async def _quoted(self, msg: PriceQuoted, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        if msg.attempt != state.attempt or state.phase not in ("arrival", "pricing"):
+            return
+        if msg.attempt == 0:
+            state.arrival_bid, state.arrival_ask = msg.bid, msg.ask
+            state.tick_size = state.tick_size or msg.tick_size
+            if state.intent.strategy == "market":
+                await self._place_market(msg, state, ctx)
+            else:
+                await self._request_price(
+                    state, ctx, attempt=1, mode=self._mode(state, 1), qty=state.remaining
+                )
+            return
+        await self._place_limit(msg, state, ctx)
+
+    # -- placing ----------------------------------------------------------------------------------------
+
+    async def _place(
+        self,
+        state: SupervisorState,
+        ctx: IntentContext[SupervisorState],
+        *,
+        order_type: str,
+        price: Decimal | None,
+        attempt_deadline_ns: int,
+    ) -> None:
+        intent = state.intent
+        qty = state.remaining
+        cid = f"{intent.intent_id}-{state.attempt}"
+        state.orders.append(OrderRecord(client_order_id=cid, attempt=state.attempt, origin="supervisor", qty=qty, price=price))
+        state.phase = "working"
+        state.attempt_deadline_ns = attempt_deadline_ns
+        await ctx.publish(
+            PlaceOrder(
+                intent_id=intent.intent_id,
+                venue=intent.venue,
+                symbol=intent.symbol,
+                client_order_id=cid,
+                attempt=state.attempt,
+                side=intent.side,
+                order_type=order_type,  # type: ignore[arg-type]
+                qty=qty,
+                price=price,
+            )
+        )
+        ctx.wake_at(attempt_deadline_ns)
+
+    async def _place_market(self, quote: PriceQuoted, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        """Market strategy, with the old market executor's slippage protection: when the book says taking
+        the quantity would cost more than `max_slippage_bps` past the touch, rest a limit at the cap."""
+        state.attempt = 1
+        cap_bps = state.intent.params.max_slippage_bps
+        if cap_bps is not None:
+            cap = _cap_price(state.intent.side, quote, cap_bps)
+            expected = quote.sweep_avg_price
+            too_expensive = expected is None or (
+                expected > cap if state.intent.side == "buy" else expected < cap
+            )
+            if too_expensive:
+                ctx.log.info("slippage_cap_switches_to_limit", cap=str(cap), expected=str(expected))
+                state.reason = f"slippage cap {cap_bps} bps: limit at {cap}"
+                timeout = ctx.clock.now_ns() + _ns(state.intent.params.timeout_seconds)
+                await self._place(state, ctx, order_type="limit", price=cap, attempt_deadline_ns=timeout)
+                return
+        await self._place(state, ctx, order_type="market", price=None, attempt_deadline_ns=state.deadline_ns)
+
+    async def _place_limit(self, quote: PriceQuoted, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        intent, params = state.intent, state.intent.params
+        price = quote.price
+        tick = state.tick_size or quote.tick_size
+        now = ctx.clock.now_ns()
+        if intent.strategy == "simple_limit":
+            offset = price * params.price_offset_pct / 100
+            price = price - offset if intent.side == "buy" else price + offset
+            deadline = state.deadline_ns
+        else:
+            per_attempt = params.attempt_timeout_seconds or params.total_timeout_seconds / params.max_retries
+            deadline = min(now + _ns(per_attempt), state.deadline_ns)
+        price = _to_tick(price, tick, intent.side)
+        bound = _break_even_bound(intent)
+        if bound is not None:
+            bounded = min(price, bound) if intent.side == "buy" else max(price, bound)
+            if bounded != price:
+                ctx.log.info("break_even_bound_applied", wanted=str(price), bound=str(bound))
+            price = _to_tick(bounded, tick, intent.side)
+        await self._place(state, ctx, order_type="limit", price=price, attempt_deadline_ns=deadline)
+
+    async def _placed(self, msg: OrderPlaced, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        record = state.order(msg.client_order_id)
+        if record is None:
+            return
+        record.order_id = msg.order_id
+        if record.status in ("pending", "unknown"):
+            record.status = "open"
+        if record.cancel:  # the deadline passed before the venue answered: cancel now that we know it
+            await self._send_cancel(state, record, ctx, "attempt deadline passed")
+
+    async def _order_rejected(self, msg: OrderRejected, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        record = state.order(msg.client_order_id)
+        if record is None or record.status == "final":
+            return
+        record.status = "final"
+        state.reason = f"order {msg.client_order_id} rejected: {msg.error}: {msg.reason}"
+        if msg.retryable:
+            await self._next_step(state, ctx)
+        elif state.phase == "fallback":
+            await self._finish(state, ctx, state.reason)
+        else:
+            await self._no_more_attempts(state, ctx, state.reason, allow_fallback=False)
+
+    # -- attempts ---------------------------------------------------------------------------------------
+
+    async def _cancel_working(self, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        for record in state.orders:
+            if record.status != "final" and not record.cancel and record.origin == "supervisor":
+                if state.intent.strategy == "aggressive_limit":
+                    await ctx.publish(
+                        AttemptTimedOut(
+                            intent_id=state.intent.intent_id,
+                            venue=state.intent.venue,
+                            symbol=state.intent.symbol,
+                            attempt=record.attempt,
+                            client_order_id=record.client_order_id,
+                        )
+                    )
+                record.cancel = True
+                await self._send_cancel(state, record, ctx, "attempt deadline passed")
+        state.phase = "canceling"
+
+    async def _send_cancel(
+        self, state: SupervisorState, record: OrderRecord, ctx: IntentContext[SupervisorState], reason: str
+    ) -> None:
+        intent = state.intent
+        await ctx.publish(
+            CancelOrder(
+                intent_id=intent.intent_id,
+                venue=intent.venue,
+                symbol=intent.symbol,
+                client_order_id=record.client_order_id,
+                order_id=record.order_id,
+                reason=reason,
+            )
+        )
+
+    async def _finalized(self, msg: OrderFinalized, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        record = state.order(msg.client_order_id)
+        if record is None or record.status == "final":
+            return
+        record.status = "final"
+        record.filled = msg.filled_qty
+        record.order_id = record.order_id or msg.order_id
+        if not state.all_final:
+            return
+        await self._next_step(state, ctx)
+
+    async def _next_step(self, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        """Every order is terminal: done, another attempt, or the fallback."""
+        if not state.all_final:
+            return
+        intent = state.intent
+        remaining = state.remaining
+        if remaining <= 0:
+            await self._finish(state, ctx, "filled")
+            return
+        if state.phase == "fallback":
+            await self._finish(state, ctx, state.reason or "fallback finished with quantity left")
+            return
+        if state.min_amount is not None and remaining < state.min_amount:
+            await self._finish(state, ctx, f"remainder {remaining} is below the venue minimum {state.min_amount}")
+            return
+        now = ctx.clock.now_ns()
+        if intent.strategy == "aggressive_limit":
+            if state.attempt < intent.params.max_retries and now < state.deadline_ns:
+                next_attempt = state.attempt + 1
+                await self._request_price(
+                    state, ctx, attempt=next_attempt, mode=self._mode(state, next_attempt), qty=remaining
+                )
+                return
+            await self._no_more_attempts(state, ctx, "budget exhausted")
+            return
+        await self._finish(state, ctx, state.reason or "timeout with quantity left")
+
+    async def _no_more_attempts(
+        self, state: SupervisorState, ctx: IntentContext[SupervisorState], reason: str, *, allow_fallback: bool = True
+    ) -> None:
+        intent = state.intent
+        remaining = state.remaining
+        wants_fallback = intent.strategy == "aggressive_limit" and intent.params.fallback == "market"
+        if allow_fallback and wants_fallback and remaining > 0 and state.all_final:
+            state.phase = "fallback"
+            state.fallback_used = True
+            state.reason = reason
+            await ctx.publish(
+                ExecutionTimedOut(
+                    intent_id=intent.intent_id,
+                    venue=intent.venue,
+                    symbol=intent.symbol,
+                    side=intent.side,
+                    remaining_qty=remaining,
+                    filled_qty=state.filled,
+                    fallback="market",
+                )
+            )
+            ctx.wake_at(max(state.deadline_ns, ctx.clock.now_ns()) + FALLBACK_GRACE_NS)
+            return
+        await self._finish(state, ctx, reason)
+
+    async def _finish(self, state: SupervisorState, ctx: IntentContext[SupervisorState], reason: str) -> None:
+        intent = state.intent
+        await ctx.publish(
+            StrategyFinished(
+                intent_id=intent.intent_id,
+                venue=intent.venue,
+                symbol=intent.symbol,
+                client_order_ids=tuple(o.client_order_id for o in state.orders),
+                reason=reason,
+                attempts=sum(1 for o in state.orders if o.origin == "supervisor"),
+                fallback_used=state.fallback_used,
+                arrival_bid=state.arrival_bid,
+                arrival_ask=state.arrival_ask,
+            )
+        )
+        state.phase = "finished"
+        ctx.forget()
+
+
+def _reject(intent: SubmitIntent, field: str, reason: str, *, dup: bool = False) -> IntentRejected:
+    return IntentRejected(
+        intent_id=intent.intent_id,
+        venue=intent.venue,
+        symbol=intent.symbol,
+        field=field,
+        reason=reason,
+        duplicate=dup,
+    )
+
+
+def _ns(seconds: Decimal) -> int:
+    return int(seconds * NS)
+
+
+def _to_tick(price: Decimal, tick: Decimal | None, side: str) -> Decimal:
+    """On the venue's grid, rounded in our favour (buy down, sell up) so rounding never crosses a bound."""
+    if tick is None or tick <= 0:
+        return price
+    rounding = ROUND_FLOOR if side == "buy" else ROUND_CEILING
+    return (price / tick).to_integral_value(rounding=rounding) * tick
+
+
+def _cap_price(side: str, quote: PriceQuoted, cap_bps: Decimal) -> Decimal:
+    touch = quote.ask if side == "buy" else quote.bid
+    factor = cap_bps / Decimal(10_000)
+    raw = touch * (1 + factor) if side == "buy" else touch * (1 - factor)
+    return _to_tick(raw, quote.tick_size, side)
+
+
+def _break_even_bound(intent: SubmitIntent) -> Decimal | None:
+    trigger = intent.params.trigger_fill_price
+    if trigger is None:
+        return None
+    slack = trigger * intent.params.trigger_slippage_bps / Decimal(10_000)
+    return trigger + slack if intent.side == "buy" else trigger - slack

@@ -1,0 +1,285 @@
+"""The tracker: authoritative per-order and per-intent totals, and the final report.
+
+It publishes `ExecutionCompleted` once the supervisor has said it will place nothing more
+(`StrategyFinished`) and every order of the intent is terminal with exactly its final filled quantity in
+fills, so the report's totals are the sum of its fills by construction. A fill that arrives after the
+report is recorded and announced (`LateFillRecorded`), never dropped. Status queries are answered over
+request/reply at `execbus.ctl.tracker.intent`.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from bus.actor import Actor, IntentContext, Services
+from messages import (
+    ExecutionCompleted,
+    IntentAccepted,
+    IntentRejected,
+    IntentStatus,
+    LateFillRecorded,
+    OrderFilled,
+    OrderFinalized,
+    OrderPlaced,
+    OrderRejected,
+    OrderStatus,
+    PlaceOrder,
+    PriceQuoted,
+    StatusQuery,
+    StrategyFinished,
+    encode,
+)
+from messages.base import Message
+
+__all__ = ["Tracker", "TrackerState", "build_report"]
+
+BPS = Decimal(10_000)
+
+
+class Fill(msgspec.Struct, kw_only=True, array_like=True):
+    trade_id: str
+    qty: Decimal
+    price: Decimal
+    fee_quote: Decimal
+
+
+class TrackedOrder(msgspec.Struct, kw_only=True):
+    client_order_id: str
+    attempt: int
+    order_id: str | None = None
+    state: str = "requested"
+    """requested -> placed -> final | rejected"""
+    final_filled: Decimal | None = None
+    fills: list[Fill] = msgspec.field(default_factory=list)
+
+    @property
+    def filled(self) -> Decimal:
+        return sum((f.qty for f in self.fills), Decimal(0))
+
+    @property
+    def settled(self) -> bool:
+        """Terminal, and every fill the venue reported for it is here."""
+        if self.state == "rejected":
+            return True
+        return self.state == "final" and self.final_filled == self.filled
+
+
+class TrackerState(msgspec.Struct, kw_only=True):
+    venue: str
+    symbol: str
+    side: str = ""
+    qty: Decimal = Decimal(0)
+    strategy: str = ""
+    accepted_ns: int = 0
+    arrival_bid: Decimal | None = None
+    arrival_ask: Decimal | None = None
+    orders: dict[str, TrackedOrder] = msgspec.field(default_factory=dict)
+    finished: StrategyFinished | None = None
+    rejected: str | None = None
+    report: ExecutionCompleted | None = None
+    late_fills: int = 0
+
+    @property
+    def fills(self) -> list[Fill]:
+        return [f for o in self.orders.values() for f in o.fills]
+
+    @property
+    def filled(self) -> Decimal:
+        return sum((o.filled for o in self.orders.values()), Decimal(0))
+
+
+class Tracker(Actor[TrackerState]):
+    name = "tracker"
+    consumes = (
+        IntentAccepted,
+        IntentRejected,
+        PriceQuoted,
+        PlaceOrder,
+        OrderPlaced,
+        OrderRejected,
+        OrderFilled,
+        OrderFinalized,
+        StrategyFinished,
+    )
+    State = TrackerState
+
+    def __init__(self) -> None:
+        self._services: Services | None = None
+        self.completed = 0
+        self.late = 0
+
+    async def start(self, services: Services) -> None:
+        self._services = services
+
+    def status(self) -> dict[str, Any]:
+        return {"completed": self.completed, "late_fills": self.late}
+
+    def endpoints(self) -> dict[str, Any]:
+        return {"intent": self._intent_status}
+
+    async def handle(self, msg: Message, ctx: IntentContext[TrackerState]) -> None:
+        state = ctx.state or TrackerState(venue=msg.venue, symbol=msg.symbol)
+        match msg:
+            case IntentAccepted():
+                state.side, state.qty, state.strategy = msg.side, msg.qty, msg.strategy
+                state.accepted_ns = msg.ts_event
+            case IntentRejected(duplicate=False):
+                if not state.accepted_ns:
+                    state.rejected = f"{msg.field}: {msg.reason}"
+            case PriceQuoted(attempt=0):
+                state.arrival_bid, state.arrival_ask = msg.bid, msg.ask
+            case PlaceOrder():
+                _order(state, msg.client_order_id, msg.attempt)
+            case OrderPlaced():
+                order = _order(state, msg.client_order_id, msg.attempt)
+                order.order_id = msg.order_id
+                if order.state == "requested":
+                    order.state = "placed"
+            case OrderRejected():
+                _order(state, msg.client_order_id, msg.attempt).state = "rejected"
+            case OrderFilled():
+                await self._fill(msg, state, ctx)
+            case OrderFinalized():
+                order = _order(state, msg.client_order_id, msg.attempt)
+                order.state = "final"
+                order.final_filled = msg.filled_qty
+                order.order_id = order.order_id or msg.order_id
+            case StrategyFinished():
+                state.finished = msg
+                state.arrival_bid = state.arrival_bid or msg.arrival_bid
+                state.arrival_ask = state.arrival_ask or msg.arrival_ask
+        await self._maybe_complete(state, ctx)
+        ctx.save(state)
+
+    async def _fill(self, msg: OrderFilled, state: TrackerState, ctx: IntentContext[TrackerState]) -> None:
+        order = _order(state, msg.client_order_id, msg.attempt)
+        if any(f.trade_id == msg.trade_id for f in order.fills):
+            return  # the same venue trade seen twice
+        base, _, quote = state.symbol.partition("/")
+        quote = quote.split(":")[0]
+        fee_quote = msg.fee * msg.price if msg.fee_currency == base else msg.fee
+        if msg.fee_currency not in (base, quote, ""):
+            ctx.log.warning("fee_in_third_currency_not_converted", currency=msg.fee_currency, fee=str(msg.fee))
+            fee_quote = Decimal(0)
+        order.fills.append(Fill(trade_id=msg.trade_id, qty=msg.qty, price=msg.price, fee_quote=fee_quote))
+        if state.filled > state.qty > 0:
+            ctx.log.error("overfill_detected", filled=str(state.filled), qty=str(state.qty))
+        if state.report is not None:
+            self.late += 1
+            state.late_fills += 1
+            ctx.log.warning("late_fill", trade_id=msg.trade_id, client_order_id=msg.client_order_id)
+            await ctx.publish(
+                LateFillRecorded(
+                    intent_id=msg.intent_id,
+                    venue=msg.venue,
+                    symbol=msg.symbol,
+                    client_order_id=msg.client_order_id,
+                    trade_id=msg.trade_id,
+                    qty=msg.qty,
+                    price=msg.price,
+                    filled_qty_now=state.filled,
+                )
+            )
+
+    async def _maybe_complete(self, state: TrackerState, ctx: IntentContext[TrackerState]) -> None:
+        finished = state.finished
+        if state.report is not None or finished is None:
+            return
+        for cid in finished.client_order_ids:
+            order = state.orders.get(cid)
+            if order is None or not order.settled:
+                return
+        report = build_report(state, finished, ctx.intent_id, ctx.clock.now_ns())
+        state.report = report
+        self.completed += 1
+        ctx.log.info("execution_completed", status=report.status, filled=str(report.filled_qty))
+        await ctx.publish(report)
+
+    async def _intent_status(self, payload: bytes) -> bytes:
+        query = msgspec.json.decode(payload, type=StatusQuery)
+        assert self._services is not None
+        state: TrackerState | None = await self._services.find_state(query.intent_id)
+        if state is None:
+            return encode(IntentStatus(intent_id=query.intent_id, known=False))
+        phase = (
+            "completed" if state.report else "rejected" if state.rejected else "finishing" if state.finished else "working"
+        )
+        return encode(
+            IntentStatus(
+                intent_id=query.intent_id,
+                known=True,
+                state=phase,
+                qty=state.qty,
+                filled_qty=state.filled,
+                completed=state.report is not None,
+                orders=tuple(
+                    OrderStatus(
+                        client_order_id=o.client_order_id,
+                        order_id=o.order_id,
+                        attempt=o.attempt,
+                        state=o.state,
+                        filled_qty=o.filled,
+                        fills=len(o.fills),
+                    )
+                    for o in state.orders.values()
+                ),
+            )
+        )
+
+
+def _order(state: TrackerState, cid: str, attempt: int) -> TrackedOrder:
+    order = state.orders.get(cid)
+    if order is None:
+        order = state.orders[cid] = TrackedOrder(client_order_id=cid, attempt=attempt)
+    return order
+
+
+def build_report(state: TrackerState, finished: StrategyFinished, intent_id: str, now_ns: int) -> ExecutionCompleted:
+    """Totals from the fills alone; slippage signed so that positive is a cost."""
+    fills = state.fills
+    filled = sum((f.qty for f in fills), Decimal(0))
+    notional = sum((f.qty * f.price for f in fills), Decimal(0))
+    fees = sum((f.fee_quote for f in fills), Decimal(0))
+    avg = notional / filled if filled else None
+    mid = (state.arrival_bid + state.arrival_ask) / 2 if state.arrival_bid and state.arrival_ask else None
+    slippage = None
+    if avg is not None and mid:
+        signed = (avg - mid) if state.side == "buy" else (mid - avg)
+        slippage = (signed / mid * BPS).quantize(Decimal("0.0001"))
+    all_rejected = bool(state.orders) and all(o.state == "rejected" for o in state.orders.values())
+    if filled >= state.qty:
+        status = "filled"
+    elif filled > 0:
+        status = "partially_filled"
+    elif all_rejected or not finished.client_order_ids:
+        status = "failed"
+    else:
+        status = "unfilled"
+    return ExecutionCompleted(
+        intent_id=intent_id,
+        venue=state.venue,
+        symbol=state.symbol,
+        status=status,  # type: ignore[arg-type]
+        side=state.side,  # type: ignore[arg-type]
+        strategy=state.strategy,
+        qty=state.qty,
+        filled_qty=filled,
+        avg_price=avg,
+        notional=notional,
+        fees=fees,
+        fee_currency=state.symbol.partition("/")[2].split(":")[0],
+        arrival_mid=mid,
+        slippage_bps=slippage,
+        attempts=finished.attempts,
+        fallback_used=finished.fallback_used,
+        fills=len(fills),
+        orders=finished.client_order_ids,
+        reason=finished.reason,
+        started_ns=state.accepted_ns,
+        completed_ns=now_ns,
+        duration_ms=Decimal(now_ns - state.accepted_ns) / Decimal(1_000_000) if state.accepted_ns else Decimal(0),
+        ts_event=now_ns,
+    )

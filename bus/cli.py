@@ -1,0 +1,258 @@
+"""`execbus` — the command line. Forms kept stable for scripts and operators:
+
+    execbus demo                      embedded NATS + paper exchange + all actors; runs a few intents
+    execbus up [--nats URL | --port N] [--store DIR]
+    execbus actor NAME [--nats URL]
+    execbus venue paper [--nats URL]
+    execbus submit --symbol BTC/USDT --side buy --qty 0.01 [--venue paper] [--strategy market]
+                   [--param key=value ...] [--intent-id ID] [--nats URL] [--json]
+    execbus schema
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import msgspec
+
+from bus.logging import configure_logging
+
+__all__ = ["main"]
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_USAGE = 0, 1, 2, 3, 64
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        return int(asyncio.run(args.run(args)) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="execbus", description="Order execution as a choreography of actors on NATS")
+    parser.add_argument("--log-level", default=None, help="debug, info, warning (default: $EXECBUS_LOG_LEVEL or info)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run a few intents on embedded NATS and the paper exchange")
+    p.add_argument("--json", action="store_true", help="print each report as one JSON line")
+    p.set_defaults(run=_demo)
+
+    p = sub.add_parser("up", help="embedded NATS (unless --nats), the paper venue and every actor")
+    p.add_argument("--nats", default=None, help="join this server instead of embedding one")
+    p.add_argument("--port", type=int, default=4222, help="port of the embedded server (-1: any free port)")
+    p.add_argument("--store", default=None, help="JetStream store directory (default: .execbus/ here)")
+    p.add_argument("--no-venue", action="store_true", help="do not serve the paper venue from this process")
+    p.set_defaults(run=_up)
+
+    p = sub.add_parser("actor", help="run one actor alone (scale by starting several)")
+    p.add_argument("name", help="supervisor, pricer, placer, reconciler, tracker or market_fallback")
+    p.add_argument("--nats", default=None)
+    p.set_defaults(run=_actor)
+
+    p = sub.add_parser("venue", help="serve a simulated venue on the bus")
+    p.add_argument("kind", choices=["paper"])
+    p.add_argument("--nats", default=None)
+    p.set_defaults(run=_venue)
+
+    p = sub.add_parser("submit", help="publish an intent, follow it, print its report")
+    p.add_argument("--symbol", required=True)
+    p.add_argument("--side", required=True, choices=["buy", "sell"])
+    p.add_argument("--qty", required=True)
+    p.add_argument("--venue", default="paper")
+    p.add_argument("--strategy", default="market", choices=["market", "simple_limit", "aggressive_limit"])
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--intent-id", default=None)
+    p.add_argument("--nats", default=None)
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the report")
+    p.add_argument("--json", action="store_true", help="print only the ExecutionCompleted message as JSON")
+    p.set_defaults(run=_submit)
+
+    p = sub.add_parser("schema", help="JSON Schema of every message")
+    p.set_defaults(run=_schema)
+    return parser
+
+
+def _url(args: argparse.Namespace) -> str:
+    return args.nats or os.environ.get("NATS_URL") or DEFAULT_URL
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+# -- commands ---------------------------------------------------------------------------------------------
+
+
+async def _schema(args: argparse.Namespace) -> int:
+    from messages import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+async def _up(args: argparse.Namespace) -> int:
+    from bus.system import System, SystemConfig
+
+    store = args.store or os.path.join(os.getcwd(), ".execbus")
+    system = System(SystemConfig(nats_url=args.nats, port=args.port, store_dir=store, paper_venue=not args.no_venue))
+    await system.start()
+    print(f"execbus up: NATS at {system.url}  (actors: {', '.join(system.hosts)})", flush=True)
+    try:
+        await _until_signal()
+    finally:
+        await system.stop()
+    return EXIT_OK
+
+
+async def _actor(args: argparse.Namespace) -> int:
+    from bus.bus import Bus
+    from bus.runtime import ActorHost
+    from bus.system import build_actor
+    from venues.gateway import VenuePool
+
+    url = _url(args)
+    venues = VenuePool(nats_url=url)
+    try:
+        actor = build_actor(args.name, venues)
+    except ValueError as exc:
+        print(f"execbus: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    bus = await Bus.connect(url, name=f"execbus-{args.name}")
+    host = await ActorHost(bus, actor).start()
+    print(f"execbus actor {args.name}: replica {host.replica} on {url}", flush=True)
+    try:
+        await _until_signal()
+    finally:
+        await host.stop()
+        await venues.close()
+        await bus.close()
+    return EXIT_OK
+
+
+async def _venue(args: argparse.Namespace) -> int:
+    from venues.config import PaperVenueConfig
+    from venues.service import run_paper_venue
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"execbus venue paper on {_url(args)}", flush=True)
+    await run_paper_venue(_url(args), PaperVenueConfig(), stop=stop)
+    return EXIT_OK
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """`key=value` pairs into intent params; values stay strings and the intent's types convert them."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param takes key=value, got {pair!r}")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def build_intent(args: argparse.Namespace) -> Any:
+    from messages import ExecutionParams, SubmitIntent
+
+    try:
+        qty = Decimal(args.qty)
+    except InvalidOperation:
+        raise ValueError(f"--qty must be a decimal number, got {args.qty!r}") from None
+    params = msgspec.convert(parse_params(args.param), ExecutionParams, strict=False)
+    return SubmitIntent(
+        intent_id=args.intent_id or f"cli-{uuid.uuid4().hex[:12]}",
+        venue=args.venue,
+        symbol=args.symbol,
+        side=args.side,
+        qty=qty,
+        strategy=args.strategy,
+        params=params,
+    )
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    from bus.bus import Bus
+    from bus.client import execute
+    from messages import ExecutionCompleted, IntentRejected, Message, encode
+
+    try:
+        intent = build_intent(args)
+    except (ValueError, msgspec.ValidationError) as exc:
+        print(f"execbus submit: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    bus = await Bus.connect(_url(args), name="execbus-submit")
+
+    async def follow(msg: Message) -> None:
+        if not args.json:
+            print(_progress_line(msg), flush=True)
+
+    try:
+        final = await execute(bus, intent, timeout=args.timeout, on_message=follow)
+    except (asyncio.TimeoutError, TimeoutError):
+        print(f"execbus submit: no report for {intent.intent_id} after {args.timeout}s", file=sys.stderr)
+        return EXIT_TIMEOUT
+    finally:
+        await bus.close()
+    if isinstance(final, IntentRejected):
+        if args.json:
+            print(encode(final).decode())
+        else:
+            print(f"rejected: {final.field}: {final.reason}", file=sys.stderr)
+        return EXIT_REJECTED
+    assert isinstance(final, ExecutionCompleted)
+    print(encode(final).decode() if args.json else format_report(final), flush=True)
+    return EXIT_FAILED if final.status == "failed" else EXIT_OK
+
+
+def _progress_line(msg: Any) -> str:
+    fields = {
+        k: v
+        for k, v in msgspec.structs.asdict(msg).items()
+        if k not in ("intent_id", "venue", "symbol", "msg_id", "ts_event", "ts_init", "params")
+        and v not in (None, "", (), False)
+    }
+    detail = " ".join(f"{k}={v}" for k, v in list(fields.items())[:7])
+    return f"  {type(msg).__name__:<20} {detail}"
+
+
+def format_report(report: Any) -> str:
+    lines = [
+        f"{report.intent_id}: {report.status} {report.side} {report.filled_qty}/{report.qty} {report.symbol} "
+        f"on {report.venue} ({report.strategy})",
+        f"  avg price {report.avg_price}  notional {report.notional}  fees {report.fees} {report.fee_currency}",
+        f"  arrival mid {report.arrival_mid}  slippage {report.slippage_bps} bps  attempts {report.attempts}"
+        f"  fallback {'yes' if report.fallback_used else 'no'}  fills {report.fills}  {report.duration_ms:.1f} ms",
+        f"  reason: {report.reason}",
+    ]
+    return "\n".join(lines)
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from bus.demo import run_demo
+
+    return await run_demo(json_lines=args.json)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""The composition root: starts what `execbus up` (and `demo`, and the end-to-end tests) run in one process —
+an embedded nats-server unless a URL is given, the paper venue service, and one replica of each actor.
+
+Actors are loaded by name from `actors.<module>` so the bus knows them only as a registry of factories;
+each gets the venue pool and its settings through its constructor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from bus.bus import Bus
+from bus.clock import Clock, WallClock
+from bus.runtime import ActorHost
+from bus.server import EmbeddedNats
+from bus.settings import BusSettings
+
+__all__ = ["ACTORS", "System", "SystemConfig", "build_actor"]
+
+log = structlog.get_logger("execbus.system")
+
+ACTORS: dict[str, str] = {
+    "supervisor": "actors.supervisor:Supervisor",
+    "pricer": "actors.pricer:Pricer",
+    "placer": "actors.placer:Placer",
+    "reconciler": "actors.reconciler:Reconciler",
+    "tracker": "actors.tracker:Tracker",
+    "market_fallback": "actors.market_fallback:MarketFallback",
+}
+USES_VENUES = {"supervisor", "pricer", "placer", "reconciler"}
+
+
+@dataclass
+class SystemConfig:
+    nats_url: str | None = None
+    """Join this server instead of embedding one."""
+    port: int = -1
+    store_dir: str | None = None
+    actors: tuple[str, ...] = tuple(ACTORS)
+    paper_venue: bool = True
+    """Serve the paper exchange from this process."""
+    paper_config: Any = None
+    """A `venues.config.PaperVenueConfig`; None for its defaults."""
+    actor_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Constructor keyword arguments per actor, e.g. {"reconciler": {"poll_interval_s": 0.2}}."""
+    settings: BusSettings | None = None
+
+
+def build_actor(name: str, venues: Any, options: dict[str, Any] | None = None) -> Any:
+    if name not in ACTORS:
+        raise ValueError(f"unknown actor {name!r}; one of {', '.join(ACTORS)}")
+    module_name, class_name = ACTORS[name].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if name in USES_VENUES:
+        return cls(venues, **(options or {}))
+    return cls(**(options or {}))
+
+
+class System:
+    """Everything in one process; `async with System(config) as system: system.url`."""
+
+    def __init__(self, config: SystemConfig | None = None, *, clock: Clock | None = None) -> None:
+        self.config = config or SystemConfig()
+        self.clock = clock or WallClock()
+        self.server: EmbeddedNats | None = None
+        self.bus: Bus | None = None
+        self.hosts: dict[str, ActorHost] = {}
+        self._venue_stop = asyncio.Event()
+        self._venue_task: asyncio.Task[None] | None = None
+        self._venues: Any = None
+        self.url = ""
+
+    async def start(self) -> System:
+        config = self.config
+        if config.nats_url:
+            self.url = config.nats_url
+        else:
+            store = config.store_dir or os.environ.get("EXECBUS_STORE")
+            self.server = EmbeddedNats(store_dir=Path(store) if store else None, port=config.port)
+            await self.server.start()
+            self.url = self.server.url
+        settings = config.settings or BusSettings.from_env()
+        self.bus = await Bus.connect(self.url, settings, name="execbus-system")
+        if config.paper_venue:
+            await self._start_paper_venue()
+        from venues.gateway import VenuePool
+
+        self._venues = VenuePool(nats_url=self.url)
+        for name in config.actors:
+            actor = build_actor(name, self._venues, config.actor_options.get(name))
+            self.hosts[name] = await ActorHost(self.bus, actor, clock=self.clock).start()
+        log.info("system_started", nats=self.url, actors=list(self.hosts))
+        return self
+
+    async def _start_paper_venue(self) -> None:
+        from venues.config import PaperVenueConfig
+        from venues.service import run_paper_venue
+
+        assert self.bus is not None
+        config = self.config.paper_config or PaperVenueConfig()
+        self._venue_task = asyncio.create_task(
+            run_paper_venue(self.url, config, stop=self._venue_stop), name="paper-venue"
+        )
+        # Ready when it answers a ping on its control subject.
+        for _ in range(200):
+            if self._venue_task.done():
+                self._venue_task.result()  # raises what stopped it
+                raise RuntimeError("paper venue stopped during start-up")
+            try:
+                await self.bus.nc.request(f"venue.{config.venue}.ctl.ping", b"{}", timeout=0.05)
+                return
+            except Exception:  # not subscribed yet
+                await asyncio.sleep(0.02)
+        raise TimeoutError("paper venue did not answer its ping within 5 s")
+
+    async def stop(self) -> None:
+        """Drain: actors finish what they took and hand back partitions, then the venue and server stop."""
+        for host in reversed(list(self.hosts.values())):
+            await host.stop()
+        self.hosts.clear()
+        if self._venues is not None:
+            await self._venues.close()
+        if self._venue_task is not None:
+            self._venue_stop.set()
+            try:
+                await asyncio.wait_for(self._venue_task, 10)
+            except Exception as exc:  # the venue failing to stop must not hide the rest of shutdown
+                log.warning("paper_venue_stop_failed", error=repr(exc))
+        if self.bus is not None:
+            await self.bus.close()
+        if self.server is not None:
+            await self.server.stop()
+            self.server.cleanup()
+        log.info("system_stopped")
+
+    async def __aenter__(self) -> System:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
