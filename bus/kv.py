@@ -27,4 +27,6 @@ async def live_value(kv: KeyValue, key: str) -> bytes | None:
         entry = await kv.get(key)
     except nats.js.errors.KeyNotFoundError:  # includes KeyDeletedError
         return None
-    return entry.value
+    if entry.operation in ("DEL", "PURGE"):
+        return None
+    return entry.value or b""  # nats-py hands an empty value back as None

@@ -11,7 +11,7 @@ replicas at once.
 from __future__ import annotations
 
 import asyncio
-import zlib
+import hashlib
 from collections.abc import Awaitable, Callable
 
 import nats.js.errors
@@ -28,7 +28,12 @@ log = structlog.get_logger("execbus.bus.partitions")
 
 def rendezvous_owner(partition: int, members: list[str]) -> str:
     """Highest-random-weight owner: stable, and moves only 1/N of partitions when membership changes."""
-    return max(members, key=lambda m: (zlib.crc32(f"{partition}:{m}".encode()), m))
+    return max(members, key=lambda m: (_weight(partition, m), m))
+
+
+def _weight(partition: int, member: str) -> int:
+    # A real hash: crc32 of short, similar strings ("3:A", "3:B") sends every partition to one member.
+    return int.from_bytes(hashlib.blake2b(f"{partition}:{member}".encode(), digest_size=8).digest(), "big")
 
 
 class PartitionLeases:
@@ -99,7 +104,7 @@ class PartitionLeases:
             await asyncio.sleep(interval)
 
     async def _round(self) -> None:
-        await self._kv.put(self._member_key(self._replica), b"")
+        await self._kv.put(self._member_key(self._replica), self._replica.encode())
         self.members = await self._live_members()
         for partition in range(self._partitions):
             owner = rendezvous_owner(partition, self.members)

@@ -1,0 +1,59 @@
+"""The whole system in the test process: embedded nats-server, paper venue, one replica of each actor."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from bus.system import System, SystemConfig
+from tests.helpers import Recorder, fast_settings
+from venues.config import PaperVenueConfig
+from venues.paper import PaperExchange
+
+
+class Running:
+    """A started system plus what tests need around it."""
+
+    def __init__(self, system: System, recorder: Recorder, exchange: Any) -> None:
+        self.system = system
+        self.recorder = recorder
+        self.exchange = exchange
+
+    @property
+    def bus(self) -> Any:
+        return self.system.bus
+
+
+async def start_running(config: SystemConfig) -> Running:
+    system = await System(config).start()
+    assert system.bus is not None
+    recorder = await Recorder().attach(system.bus)
+    exchange = PaperExchange({"options": {"natsUrl": system.url}})
+    await exchange.load_markets()
+    return Running(system, recorder, exchange)
+
+
+async def stop_running(running: Running) -> None:
+    await running.exchange.close()
+    await running.system.stop()
+
+
+def system_config(**overrides: Any) -> SystemConfig:
+    values: dict[str, Any] = {
+        "settings": fast_settings(),
+        "paper_config": PaperVenueConfig(speed=20.0),
+        "actor_options": {"reconciler": {"poll_interval_s": 0.5, "confirm_interval_s": 0.05}},
+    }
+    values.update(overrides)
+    return SystemConfig(**values)
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Running]:
+    r = await start_running(system_config())
+    try:
+        yield r
+    finally:
+        await stop_running(r)
