@@ -1,0 +1,155 @@
+"""The actor runtime on a real nats-server: isolation of bad input, retries, ordering, timers, state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
+
+from bus.actor import Actor, IntentContext
+from bus.bus import Bus
+from bus.runtime import ActorHost
+from bus.server import EmbeddedNats
+from messages import DeadLetter, IntentAccepted, SubmitIntent, subjects
+from messages.base import Message
+from tests.helpers import fast_settings, new_intent, wait_until
+
+
+class Count(msgspec.Struct):
+    seen: list[str] = msgspec.field(default_factory=list)
+    timer_fired: bool = False
+
+
+class Recording(Actor[Count]):
+    """Records what it handles; fails on intents whose id starts with 'boom'; holds 'slow' ones."""
+
+    name = "recording"
+    consumes = (SubmitIntent,)
+    State = Count
+
+    def __init__(self) -> None:
+        self.handled: list[tuple[str, str]] = []
+        self.invalid: list[str] = []
+        self.gate = asyncio.Event()
+        self.resumed: list[str] = []
+        self.timers: list[str] = []
+
+    async def handle(self, msg: Message, ctx: IntentContext[Count]) -> None:
+        assert isinstance(msg, SubmitIntent)
+        if msg.intent_id.startswith("boom"):
+            raise RuntimeError("handler bug")
+        if msg.intent_id.startswith("slow"):
+            await self.gate.wait()
+        state = ctx.state or Count()
+        state.seen.append(str(msg.qty))
+        ctx.save(state)
+        self.handled.append((msg.intent_id, str(msg.qty)))
+        if msg.intent_id.startswith("timer"):
+            ctx.wake_at(ctx.clock.now_ns() + 50_000_000)
+
+    async def on_timer(self, ctx: IntentContext[Count]) -> None:
+        self.timers.append(ctx.intent_id)
+        assert ctx.state is not None
+        ctx.state.timer_fired = True
+        ctx.save(ctx.state)
+
+    async def on_resume(self, ctx: IntentContext[Count]) -> None:
+        self.resumed.append(ctx.intent_id)
+
+    async def on_invalid(self, subject: str, raw: bytes, error: Any, publish: Any) -> None:
+        self.invalid.append(subject)
+
+
+@pytest.fixture
+async def bus(nats_server: EmbeddedNats) -> AsyncIterator[Bus]:
+    b = await Bus.connect(nats_server.url, fast_settings(max_deliveries=3))
+    yield b
+    await b.close()
+
+
+async def _dead_letters(bus: Bus) -> list[DeadLetter]:
+    letters: list[DeadLetter] = []
+
+    async def keep(msg: Any) -> None:
+        letters.append(msgspec.json.decode(msg.data, type=DeadLetter))
+
+    await bus.nc.subscribe(subjects.dead_letter("recording"), cb=keep)
+    await bus.nc.flush()
+    return letters
+
+
+async def test_an_undecodable_message_is_dead_lettered_with_its_bytes_and_the_actor_goes_on(bus: Bus) -> None:
+    actor = Recording()
+    letters = await _dead_letters(bus)
+    async with ActorHost(bus, actor):
+        await bus.nc.publish(subjects.subject("submit_intent", "paper", "BTC/USDT", "junk-1"), b"\xff{oops")
+        good = new_intent()
+        await bus.publish(good)
+        await wait_until(lambda: actor.handled and letters)
+
+    assert letters[0].subject == "exec.submit_intent.paper.BTC-USDT.junk-1"
+    assert "malformed JSON" in letters[0].reason
+    assert letters[0].raw.endswith("{oops")
+    assert actor.invalid == ["exec.submit_intent.paper.BTC-USDT.junk-1"]
+    assert actor.handled == [(good.intent_id, "0.01")]
+
+
+async def test_a_failing_handler_is_retried_then_dead_lettered_without_blocking_other_intents(bus: Bus) -> None:
+    actor = Recording()
+    letters = await _dead_letters(bus)
+    async with ActorHost(bus, actor) as host:
+        await bus.publish(new_intent(intent_id="boom-1"))
+        other = new_intent()
+        await bus.publish(other)
+        await wait_until(lambda: letters, timeout=10)
+
+    assert "handler failed 3 times" in letters[0].reason and "handler bug" in letters[0].reason
+    assert (other.intent_id, "0.01") in actor.handled
+    assert host.stats["failed"] == 3 and host.stats["dead_lettered"] == 1
+
+
+async def test_messages_of_one_intent_are_handled_in_order_while_other_intents_proceed(bus: Bus) -> None:
+    actor = Recording()
+    async with ActorHost(bus, actor):
+        for qty in ("1", "2", "3"):
+            # distinct msg ids: the same intent id would otherwise be one message to JetStream
+            await bus.publish(new_intent(intent_id="slow-1", qty=Decimal(qty), msg_id=f"slow-1.{qty}"))
+        fast = new_intent()
+        await bus.publish(fast)
+        await wait_until(lambda: any(i == fast.intent_id for i, _ in actor.handled))
+        assert all(i != "slow-1" for i, _ in actor.handled)  # still held at the gate
+        actor.gate.set()
+        await wait_until(lambda: len([1 for i, _ in actor.handled if i == "slow-1"]) == 3)
+
+    assert [q for i, q in actor.handled if i == "slow-1"] == ["1", "2", "3"]
+
+
+async def test_a_timer_fires_at_its_absolute_deadline_and_state_survives_a_restart(bus: Bus) -> None:
+    first = Recording()
+    async with ActorHost(bus, first):
+        await bus.publish(new_intent(intent_id="timer-1"))
+        await wait_until(lambda: first.timers == ["timer-1"])
+
+    second = Recording()
+    async with ActorHost(bus, second) as host:
+        await wait_until(lambda: "timer-1" in second.resumed)
+        found = await host._store.find("timer-1")
+
+    assert found == Count(seen=["0.01"], timer_fired=True)
+
+
+async def test_the_actor_publishes_with_deterministic_ids_so_a_replayed_handler_is_stored_once(bus: Bus) -> None:
+    intent = new_intent()
+    accepted = IntentAccepted(
+        intent_id=intent.intent_id, venue="paper", symbol="BTC/USDT", side="buy", qty=intent.qty,
+        strategy="market", deadline_ns=1,
+    )
+
+    first = await bus.publish(accepted)
+    again = await bus.publish(accepted)
+
+    assert not first.duplicate and again.duplicate and again.seq == first.seq
