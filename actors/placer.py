@@ -84,7 +84,11 @@ class Placer(Actor[PlacerState]):
                 await self._cancel(msg.client_order_id, msg.order_id, msg.venue, msg.symbol, state, ctx)
             case OrderFinalized():
                 state.cancels.pop(msg.client_order_id, None)
-                state.unknown.pop(msg.client_order_id, None)
+                pending = state.unknown.pop(msg.client_order_id, None)
+                if pending is not None and msg.order_id is not None:
+                    # The reconciler saw the order at the venue before our lookup did: that resolves it.
+                    state.placed[msg.client_order_id] = msg.order_id
+                    await self._published_placed(pending.command, msg.order_id, ctx, recovered=True)
                 if msg.client_order_id not in state.final:
                     state.final.append(msg.client_order_id)
         if self._done(state):
