@@ -106,15 +106,34 @@ class L2Book:
 
     def on_depth(self, upd: DepthUpdate) -> tuple[list[LevelChange], list[LevelChange]] | None:
         """Apply one diff batch; None if the book is not synced (the update is buffered)."""
-        if self.synced and upd.first_id != self.last_update_id + 1:
-            if upd.last_id <= self.last_update_id:
-                return None  # stale duplicate
-            log.warning("book_gap", symbol=self.symbol, expected=self.last_update_id + 1, got=upd.first_id)
-            self.synced = False
-        if not self.synced:
-            self._buffer.append(upd)
-            return None
-        return self._apply(upd)
+        if self.synced:
+            if upd.first_id == self.last_update_id + 1:
+                return self._apply(upd)
+            if upd.last_id > self.last_update_id:
+                log.warning("book_gap", symbol=self.symbol, expected=self.last_update_id + 1, got=upd.first_id)
+                self.synced = False
+                self._buffer.clear()
+            # else: ids from the past — a looped recording restarting; keep them for its snapshot
+        self._buffer_append(upd)
+        if not self.synced and self.resyncs == 0 and len(self._buffer) >= self.DIFF_ONLY_AFTER:
+            # a recording without any snapshot (e.g. a day file other than the first): build the
+            # book from the diffs alone; levels near the touch fill in quickly, the far book stays partial
+            log.warning("book_diff_only", symbol=self.symbol)
+            self.synced = True
+            self.resyncs += 1
+            for buffered in self._buffer:
+                changes = self._apply(buffered)
+            self._buffer.clear()
+            return changes
+        return None
+
+    DIFF_ONLY_AFTER = 50
+
+    def _buffer_append(self, upd: DepthUpdate) -> None:
+        """Keep the buffer one contiguous run of ids: the only kind a snapshot can continue."""
+        if self._buffer and upd.first_id != self._buffer[-1].last_id + 1:
+            self._buffer.clear()
+        self._buffer.append(upd)
 
     def _apply(self, upd: DepthUpdate) -> tuple[list[LevelChange], list[LevelChange]]:
         bid_changes = [(p, self.bids.set(p, q), q) for p, q in upd.bids]

@@ -19,6 +19,7 @@ Prices and sizes are `Decimal`, parsed from the exchange's strings, never floats
 
 from __future__ import annotations
 
+import functools
 import gzip
 import heapq
 from collections.abc import Iterable, Iterator
@@ -268,6 +269,11 @@ def _step(values: Iterable[Decimal]) -> Decimal:
 
 def inspect_recording(paths: Iterable[str | Path], *, max_lines: int = 5_000) -> RecordingInfo:
     """Infer symbol id, tick size and amount step from the first `max_lines` lines of a recording."""
+    return _inspect(tuple(str(p) for p in paths), max_lines)
+
+
+@functools.lru_cache(maxsize=32)
+def _inspect(paths: tuple[str, ...], max_lines: int) -> RecordingInfo:
     symbol_id: str | None = None
     prices: list[Decimal] = []
     qtys: list[Decimal] = []
