@@ -134,7 +134,7 @@ def _explain(exc: Exception) -> InvalidMessage:
         named = pattern.search(reason)
         if named:
             name = named.group("name")
-            field = f"{field}.{name}" if field and not field.endswith(name) else name
+            field = f"{field}.{name}" if field else name
             break
     if field == "type" or "tag" in reason and not field:
         field = "type"

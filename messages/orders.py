@@ -14,6 +14,7 @@ from messages.base import (
     OrderType,
     Side,
     TimeInForce,
+    check_decimal,
     require_non_negative,
     require_positive,
 )
@@ -135,7 +136,7 @@ class OrderFilled(_OrderMessage, frozen=True, kw_only=True):
     def validate(self) -> None:
         require_positive("qty", self.qty)
         require_positive("price", self.price)
-        require_non_negative("fee", self.fee)
+        check_decimal("fee", self.fee, minimum=None, strict=False)  # negative: a maker rebate
 
     def dedup_suffix(self) -> str:
         return f"{self.client_order_id}.{self.trade_id}"
@@ -164,6 +165,10 @@ class LateFillRecorded(_OrderMessage, frozen=True, kw_only=True):
     price: Decimal
     filled_qty_now: Decimal
     """The intent's filled quantity including this fill."""
+
+    def validate(self) -> None:
+        require_positive("qty", self.qty)
+        require_positive("price", self.price)
 
     def dedup_suffix(self) -> str:
         return f"{self.client_order_id}.{self.trade_id}"

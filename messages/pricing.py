@@ -48,6 +48,10 @@ class PriceQuoted(Message, frozen=True, kw_only=True):
     book_ts_ns: int = 0
     request: int = 0
 
+    def validate(self) -> None:
+        for name in ("price", "bid", "ask", "tick_size", "sweep_avg_price"):
+            require_positive(name, getattr(self, name))
+
     def dedup_suffix(self) -> str:
         return f"{self.attempt}.{self.request}"
 

@@ -43,6 +43,7 @@ _CONTROL = "execbus.ctl"
 _PLAIN = re.compile(r"[A-Za-z0-9]")
 _ESCAPE = re.compile(r"_([0-9A-F]{2})")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+_PARTITION = re.compile(r"[0-9]{1,6}")
 
 
 def symbol_token(symbol: str) -> str:
@@ -83,9 +84,13 @@ class SubjectParts(NamedTuple):
 def parse(subj: str) -> SubjectParts | None:
     """Split a data-plane subject (live or stored, with its partition token); None if it is not one."""
     tokens = subj.split(".")
-    if tokens[0] != PREFIX or len(tokens) not in (5, 6):
+    if tokens[0] != PREFIX or len(tokens) not in (5, 6) or not all(tokens[1:5]):
         return None
-    partition = int(tokens[5]) if len(tokens) == 6 and tokens[5].isdigit() else None
+    partition = None
+    if len(tokens) == 6:
+        if not _PARTITION.fullmatch(tokens[5]):
+            return None  # six tokens but no partition: not one of ours
+        partition = int(tokens[5])
     return SubjectParts(tokens[1], tokens[2], symbol_from_token(tokens[3]), tokens[4], partition)
 
 
