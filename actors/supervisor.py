@@ -415,8 +415,8 @@ class Supervisor(Actor[SupervisorState]):
         record.order_id = msg.order_id
         if record.status in ("pending", "unknown"):
             record.status = "open"
-        if record.cancel:  # the deadline passed before the venue answered: cancel now that we know it
-            await self._send_cancel(state, record, ctx, "attempt deadline passed")
+        # A cancel sent before this arrived needs no repeat: the placer handles an intent's commands in log
+        # order, so it saw this order's PlaceOrder before the CancelOrder.
 
     async def _order_rejected(self, msg: OrderRejected, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
         record = state.order(msg.client_order_id)
