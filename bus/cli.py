@@ -7,6 +7,7 @@
     execbus submit --symbol BTC/USDT --side buy --qty 0.01 [--venue paper] [--strategy market]
                    [--param key=value ...] [--intent-id ID] [--nats URL] [--json]
     execbus schema
+    execbus bench NAME [--quick] [--out DIR] [-- bench options]
 """
 
 from __future__ import annotations
@@ -81,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the report")
     p.add_argument("--json", action="store_true", help="print only the ExecutionCompleted message as JSON")
     p.set_defaults(run=_submit)
+
+    p = sub.add_parser("bench", help="benchmarks: latency, throughput, scale, fills, quality, replay, replay_speed")
+    p.add_argument("name", help="which benchmark (see bench/README.md)")
+    p.add_argument("--quick", action="store_true", help="small smoke-test sizes (CI), under a minute")
+    p.add_argument("--out", default=None, help="directory for the JSON result (default bench/results)")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="options for the benchmark itself")
+    p.set_defaults(run=_bench)
 
     p = sub.add_parser("schema", help="JSON Schema of every message")
     p.set_defaults(run=_schema)
@@ -246,6 +254,12 @@ def format_report(report: Any) -> str:
         f"  reason: {report.reason}",
     ]
     return "\n".join(lines)
+
+
+async def _bench(args: argparse.Namespace) -> int:
+    from bench.cli import run_bench
+
+    return await run_bench(args.name, quick=args.quick, out=args.out, extra=list(args.extra))
 
 
 async def _demo(args: argparse.Namespace) -> int:

@@ -57,3 +57,24 @@ async def running() -> AsyncIterator[Running]:
         yield r
     finally:
         await stop_running(r)
+
+
+def stepped_config() -> SystemConfig:
+    """A step-driven venue: the recorded market only moves when the test advances it."""
+    return system_config(
+        paper_config=PaperVenueConfig(speed=0),
+        actor_options={
+            "pricer": {"max_age_s": 3600.0},  # a frozen market is not a stale feed here
+            "reconciler": {"poll_interval_s": 0.3, "confirm_interval_s": 0.05},
+            "placer": {"resolve_interval_s": 0.05, "absent_grace_s": 0.5},
+        },
+    )
+
+
+@pytest.fixture
+async def stepped() -> AsyncIterator[Running]:
+    r = await start_running(stepped_config())
+    try:
+        yield r
+    finally:
+        await stop_running(r)

@@ -7,7 +7,6 @@ short. Every test asserts the invariants: fills <= intent, report totals == sum 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -24,29 +23,8 @@ from messages import (
     PlaceOrder,
     SubmitIntent,
 )
-from tests.e2e.conftest import Running, start_running, stop_running, system_config
+from tests.e2e.conftest import Running
 from tests.helpers import assert_invariants, new_intent
-from venues.config import PaperVenueConfig
-
-
-def stepped_config() -> Any:
-    return system_config(
-        paper_config=PaperVenueConfig(speed=0),
-        actor_options={
-            "pricer": {"max_age_s": 3600.0},  # a frozen market is not a stale feed here
-            "reconciler": {"poll_interval_s": 0.3, "confirm_interval_s": 0.05},
-            "placer": {"resolve_interval_s": 0.05, "absent_grace_s": 0.5},
-        },
-    )
-
-
-@pytest.fixture
-async def stepped() -> AsyncIterator[Running]:
-    r = await start_running(stepped_config())
-    try:
-        yield r
-    finally:
-        await stop_running(r)
 
 
 def aggressive(**params: Any) -> SubmitIntent:

@@ -42,14 +42,17 @@ async def test_market_buy_fills_and_reports_totals_equal_to_its_fills(running: R
     assert report.fees > 0
 
 
-async def test_market_sell_that_walks_levels_reports_the_volume_weighted_price(running: Running) -> None:
-    intent = new_intent(side="sell", qty=Decimal("3"))
+async def test_market_sell_that_walks_levels_reports_the_volume_weighted_price(stepped: Running) -> None:
+    book = await stepped.exchange.fetch_order_book("BTC/USDT")
+    assert book["bids"][0][1] < 10, "precondition: the first bid level holds less than 10 BTC"
+    intent = new_intent(side="sell", qty=Decimal("10"))
 
-    report = await execute(running.bus, intent, timeout=10)
+    report = await execute(stepped.bus, intent, timeout=10)
 
     assert isinstance(report, ExecutionCompleted) and report.status == "filled"
-    fills = await assert_invariants(report, running.recorder, running.exchange)
-    assert len({f.price for f in fills}) > 1, "3 BTC should take more than one bid level"
+    fills = await assert_invariants(report, stepped.recorder, stepped.exchange)
+    assert len({f.price for f in fills}) > 1, "10 BTC takes more than one bid level"
+    assert all(f.price <= Decimal(repr(book["bids"][0][0])) for f in fills)
 
 
 BAD_INTENTS = [
