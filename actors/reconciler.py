@@ -76,7 +76,9 @@ class Reconciler(Actor[ReconcilerState]):
         poll_interval_s: float = 2.0,
         confirm_interval_s: float = 0.2,
         use_streams: bool = True,
+        watch_venues: tuple[str, ...] = ("paper",),
     ) -> None:
+        self._watch_venues = watch_venues
         self._venues = venues
         self._poll_ns = int(poll_interval_s * NS)
         self._confirm_ns = int(confirm_interval_s * NS)
@@ -88,7 +90,14 @@ class Reconciler(Actor[ReconcilerState]):
         self.stats = {"fills": 0, "finalized": 0, "polls": 0, "stream_events": 0, "synthesized": 0}
 
     async def start(self, services: Services) -> None:
+        """Open the venues' order and trade streams now, so the first order's events are not missed
+        (a stream opened lazily at the first order can subscribe after that order already filled)."""
         self._services = services
+        for venue in self._watch_venues:
+            try:
+                await self._ensure_streams(venue)
+            except Exception as exc:  # the venue is not up yet: open its streams at its first order
+                log.warning("venue_streams_deferred", venue=venue, error=repr(exc))
 
     async def stop(self) -> None:
         tasks = [t for ts in self._streams.values() for t in ts]
@@ -302,6 +311,8 @@ class Reconciler(Actor[ReconcilerState]):
         if exchange.has.get("watchMyTrades"):
             tasks.append(asyncio.create_task(self._stream(exchange, venue, "trade"), name=f"trades-{venue}"))
         self._streams[venue] = tasks
+        for _ in range(3):  # let the watchers reach their subscriptions
+            await asyncio.sleep(0)
 
     async def _stream(self, exchange: Any, venue: str, kind: str) -> None:
         watch = exchange.watch_orders if kind == "order" else exchange.watch_my_trades

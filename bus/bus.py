@@ -40,6 +40,8 @@ class Bus:
         self.js = nc.jetstream()
         self.settings = settings
         self._buckets: Buckets | None = None
+        self.activity: Any = None
+        """Set by a simulation (bus/sim.py) to count messages in flight; None otherwise."""
 
     @classmethod
     async def connect(cls, url: str, settings: BusSettings | None = None, *, name: str = "execbus") -> Bus:
@@ -61,7 +63,10 @@ class Bus:
         """Into the log; returns once JetStream stored it (or recognised it as a duplicate)."""
         if not msg.ts_init:
             msg = msgspec.structs.replace(msg, ts_init=time.time_ns())
-        return await self.js.publish(subject_of(msg), encode(msg), headers=headers_for(msg))
+        ack = await self.js.publish(subject_of(msg), encode(msg), headers=headers_for(msg))
+        if self.activity is not None and not ack.duplicate:
+            self.activity.published(msg.kind)
+        return ack
 
     async def dead_letter(self, actor: str, subject: str, reason: str, raw: bytes) -> None:
         letter = DeadLetter(

@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("extra", nargs=argparse.REMAINDER, help="options for the benchmark itself")
     p.set_defaults(run=_bench)
 
+    _replay_parser(sub)
+
     p = sub.add_parser("schema", help="JSON Schema of every message")
     p.set_defaults(run=_schema)
     return parser
@@ -254,6 +256,147 @@ def format_report(report: Any) -> str:
         f"  reason: {report.reason}",
     ]
     return "\n".join(lines)
+
+
+def _replay_parser(sub: Any) -> None:
+    replay = sub.add_parser("replay", help="read the message log: show, fills, export, import, redrive")
+    rsub = replay.add_subparsers(dest="replay_command", required=True)
+
+    def source(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--nats", default=None, help="read the log on this server (default $NATS_URL)")
+        p.add_argument("--file", default=None, help="read an exported JSONL log instead of NATS")
+        p.add_argument("--stream", default=None, help="stream to read (default EXEC; EXEC_IMPORT for imports)")
+        p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+
+    p = rsub.add_parser("show", help="one intent's whole timeline")
+    p.add_argument("intent_id")
+    p.add_argument("--diagram", action="store_true", help="who published and who consumed each message")
+    source(p)
+    p.set_defaults(run=_replay_show)
+
+    p = rsub.add_parser("fills", help="fills in a time range, as a table or JSONL")
+    p.add_argument("--since", default=None, help="ISO time, or a duration ago such as 15m, 2h, 1d")
+    p.add_argument("--until", default=None)
+    p.add_argument("--venue", default=None)
+    p.add_argument("--symbol", default=None)
+    source(p)
+    p.set_defaults(run=_replay_fills)
+
+    p = rsub.add_parser("export", help="write the log (or one intent) as portable JSONL")
+    p.add_argument("--intent", default=None)
+    p.add_argument("--since", default=None)
+    p.add_argument("--until", default=None)
+    p.add_argument("-o", "--output", default="-", help="file (default: standard output)")
+    source(p)
+    p.set_defaults(run=_replay_export)
+
+    p = rsub.add_parser("import", help="load an exported JSONL log into EXEC_IMPORT (read-only, never executed)")
+    p.add_argument("log")
+    p.add_argument("--nats", default=None)
+    p.set_defaults(run=_replay_import)
+
+    p = rsub.add_parser("redrive", help="re-run a log's intents on a fresh simulated system; compare outcomes")
+    p.add_argument("log", help="an exported JSONL log")
+    p.add_argument("--data", nargs="*", default=None, help="recorded market files (default: the shipped sample)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_replay_redrive)
+
+
+async def _log_records(args: argparse.Namespace, live_filter: str, since: int | None = None, until: int | None = None) -> Any:
+    from bus.bus import Bus
+    from bus.replay import read_file, read_stream
+
+    if args.file:
+        return [r for r in read_file(args.file, live_filter) if (since is None or r.time_ns >= since) and (until is None or r.time_ns <= until)]
+    bus = await Bus.connect(_url(args), name="execbus-replay")
+    try:
+        return [r async for r in read_stream(bus, live_filter, stream=args.stream, since_ns=since, until_ns=until)]
+    finally:
+        await bus.close()
+
+
+async def _replay_show(args: argparse.Namespace) -> int:
+    from bus.replay import format_diagram, format_timeline, timeline
+
+    records = await _log_records(args, f"exec.*.*.*.{args.intent_id}")
+    if not records:
+        print(f"execbus replay: nothing logged for intent {args.intent_id}", file=sys.stderr)
+        return EXIT_FAILED
+    rows = timeline(records)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, default=str))
+    else:
+        print(format_diagram(rows) if args.diagram else format_timeline(rows))
+    return EXIT_OK
+
+
+async def _replay_fills(args: argparse.Namespace) -> int:
+    from bus.replay import fill_rows, format_fills
+    from messages import subjects
+
+    venue = args.venue or "*"
+    symbol = subjects.symbol_token(args.symbol) if args.symbol else "*"
+    since, until = parse_time(args.since), parse_time(args.until)
+    rows = fill_rows(await _log_records(args, f"exec.order_filled.{venue}.{symbol}.*", since, until))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(format_fills(rows))
+    return EXIT_OK
+
+
+async def _replay_export(args: argparse.Namespace) -> int:
+    from bus.replay import write_jsonl
+
+    live_filter = f"exec.*.*.*.{args.intent}" if args.intent else "exec.>"
+    records = await _log_records(args, live_filter, parse_time(args.since), parse_time(args.until))
+    if args.output == "-":
+        count = write_jsonl(records, sys.stdout)
+    else:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            count = write_jsonl(records, handle)
+    print(f"exported {count} records", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _replay_import(args: argparse.Namespace) -> int:
+    from bus.bus import Bus
+    from bus.replay import IMPORT_STREAM, import_records, read_file
+
+    bus = await Bus.connect(_url(args), name="execbus-replay")
+    try:
+        count = await import_records(bus, read_file(args.log))
+    finally:
+        await bus.close()
+    print(f"imported {count} records into {IMPORT_STREAM}; read them with --stream {IMPORT_STREAM}", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _replay_redrive(args: argparse.Namespace) -> int:
+    from bus.redrive import redrive_file
+
+    return await redrive_file(args.log, data=args.data, seed=args.seed, json_lines=args.json)
+
+
+def parse_time(text: str | None) -> int | None:
+    """ISO 8601 (`2024-08-08T23:55:00Z`) or a duration ago (`15m`, `2h`, `1d`, `30s`) -> epoch ns."""
+    if not text:
+        return None
+    import re
+    import time
+    from datetime import datetime
+
+    ago = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if ago:
+        seconds = float(ago.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[ago.group(2)]
+        return time.time_ns() - int(seconds * 1e9)
+    stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if stamp.tzinfo is None:
+        raise ValueError(f"give a time zone in {text!r} (e.g. a trailing Z)")
+    return int(stamp.timestamp() * 1e9)
 
 
 async def _bench(args: argparse.Namespace) -> int:

@@ -66,6 +66,9 @@ class ActorHost:
         self._control: ControlService | None = None
         self.stats = {"handled": 0, "dead_lettered": 0, "failed": 0, "timers": 0}
         self._started = False
+        self._activity = bus.activity
+        if self._activity is not None:
+            self._activity.add_consumer(self)
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -173,6 +176,8 @@ class ActorHost:
         self._enqueue(intent_id, partition, ("call", fn))
 
     def _enqueue(self, intent_id: str, partition: int, work: _Work) -> None:
+        if self._activity is not None:
+            self._activity.begin(delivered=work[0] == "msg")
         queue = self._queues.get(intent_id)
         if queue is None:
             queue = self._queues[intent_id] = asyncio.Queue()
@@ -185,11 +190,15 @@ class ActorHost:
         try:
             while not queue.empty():
                 kind, payload = queue.get_nowait()
-                with structlog.contextvars.bound_contextvars(intent_id=intent_id):
-                    if kind == "msg":
-                        await self._handle_message(intent_id, partition, payload)
-                    else:
-                        await self._run_step(intent_id, partition, kind, payload)
+                try:
+                    with structlog.contextvars.bound_contextvars(intent_id=intent_id):
+                        if kind == "msg":
+                            await self._handle_message(intent_id, partition, payload)
+                        else:
+                            await self._run_step(intent_id, partition, kind, payload)
+                finally:
+                    if self._activity is not None:
+                        self._activity.end()
         finally:
             self._queues.pop(intent_id, None)
             self._workers.pop(intent_id, None)
@@ -311,11 +320,16 @@ class ActorHost:
                     del self._timer_at[intent_id]
                     self._enqueue(intent_id, partition, ("timer", None))
             self._timer_wakeup.clear()
-            delay = (self._timers[0][0] - now) / 1e9 if self._timers else 3600.0
-            try:
-                await asyncio.wait_for(self._timer_wakeup.wait(), timeout=max(delay, 0.0005))
-            except asyncio.TimeoutError:
-                pass
+            await self.clock.sleep_until(self.next_deadline(), self._timer_wakeup)
+
+    def next_deadline(self) -> int | None:
+        """The earliest armed timer (stale heap entries dropped), for simulation drivers and status."""
+        while self._timers:
+            at_ns, intent_id, _partition = self._timers[0]
+            if self._timer_at.get(intent_id) == at_ns:
+                return at_ns
+            heapq.heappop(self._timers)
+        return None
 
     # -- control ----------------------------------------------------------------------------------------
 

@@ -48,6 +48,8 @@ class SystemConfig:
     """Serve the paper exchange from this process."""
     paper_config: Any = None
     """A `venues.config.PaperVenueConfig`; None for its defaults."""
+    venue_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """ccxt options per venue, e.g. {"paper": {"engine": PaperVenue(...)}} for an in-process venue."""
     actor_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Constructor keyword arguments per actor, e.g. {"reconciler": {"poll_interval_s": 0.2}}."""
     settings: BusSettings | None = None
@@ -66,9 +68,10 @@ def build_actor(name: str, venues: Any, options: dict[str, Any] | None = None) -
 class System:
     """Everything in one process; `async with System(config) as system: system.url`."""
 
-    def __init__(self, config: SystemConfig | None = None, *, clock: Clock | None = None) -> None:
+    def __init__(self, config: SystemConfig | None = None, *, clock: Clock | None = None, activity: Any = None) -> None:
         self.config = config or SystemConfig()
         self.clock = clock or WallClock()
+        self.activity = activity
         self.server: EmbeddedNats | None = None
         self.bus: Bus | None = None
         self.hosts: dict[str, ActorHost] = {}
@@ -88,11 +91,12 @@ class System:
             self.url = self.server.url
         settings = config.settings or BusSettings.from_env()
         self.bus = await Bus.connect(self.url, settings, name="execbus-system")
+        self.bus.activity = self.activity
         if config.paper_venue:
             await self._start_paper_venue()
         from venues.gateway import VenuePool
 
-        self._venues = VenuePool(nats_url=self.url)
+        self._venues = VenuePool(nats_url=self.url, options=config.venue_options)
         for name in config.actors:
             actor = build_actor(name, self._venues, config.actor_options.get(name))
             self.hosts[name] = await ActorHost(self.bus, actor, clock=self.clock).start()
@@ -119,6 +123,10 @@ class System:
             except Exception:  # not subscribed yet
                 await asyncio.sleep(0.02)
         raise TimeoutError("paper venue did not answer its ping within 5 s")
+
+    @property
+    def venue_pool(self) -> Any:
+        return self._venues
 
     async def stop(self) -> None:
         """Drain: actors finish what they took and hand back partitions, then the venue and server stop."""

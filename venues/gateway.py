@@ -70,6 +70,10 @@ class VenuePool:
         self._exchanges: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def opened(self) -> list[Any]:
+        """The exchanges opened so far."""
+        return list(self._exchanges.values())
+
     def known(self, venue: str) -> bool:
         return venue == "paper" or venue in ccxt.exchanges
 

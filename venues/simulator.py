@@ -35,7 +35,7 @@ log = structlog.get_logger("execbus.venues.simulator")
 Listener = Callable[[str, dict[str, Any]], None]
 RPC_METHODS = ("markets", "order_book", "ticker", "balance", "create_order", "cancel_order", "fetch_order",
                "open_orders", "closed_orders", "my_trades", "time")
-CONTROL_COMMANDS = ("advance", "advance_until", "faults_set", "faults_clear", "stats", "set_balances", "ping")
+CONTROL_COMMANDS = ("advance", "advance_until", "advance_to", "faults_set", "faults_clear", "stats", "set_balances", "ping")
 _NS = 1_000_000_000
 
 
@@ -269,6 +269,8 @@ class PaperVenue:
             return {"events": n, "now": self.engine.now_ns // 1_000_000}
         if command == "advance_until":
             return self._advance_until(p)
+        if command == "advance_to":
+            return self._advance_to(p)
         if command == "faults_set":
             if p.get("replace"):
                 self.faults.clear()
@@ -298,6 +300,25 @@ class PaperVenue:
         ok = self.replay.step_until(reached, max_seconds=float(p.get("max_seconds", 60.0)))
         self.publish_books(force=True)
         return {"reached": ok, "now": self.engine.now_ns // 1_000_000, "order": order_to_wire(o)}
+
+    def _advance_to(self, p: dict[str, Any]) -> dict[str, Any]:
+        """Step the market to exchange time `until_ns`; with `stop_on_fill`, stop right after the first
+        event that fills one of our orders, so a simulation driver can react at the fill's own time."""
+        until = int(p["until_ns"])
+        stop_on_fill = bool(p.get("stop_on_fill"))
+        trades_before = self.engine._trade_seq
+        filled = False
+        while True:
+            nxt = self.replay.peek_ts()
+            if nxt is None or nxt > until:
+                self.replay.advance_to(until)
+                break
+            self.replay.step()
+            if stop_on_fill and self.engine._trade_seq != trades_before:
+                filled = True
+                break
+        self.publish_books(force=True)
+        return {"now_ns": self.engine.now_ns, "filled": filled, "exhausted": self.replay.exhausted}
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.replay.stats())

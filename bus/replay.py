@@ -1,0 +1,325 @@
+"""The message log for ops: read it back from JetStream or from a JSONL file, show an intent's timeline,
+list fills, export and import a portable log.
+
+A log record is one stored message: its live subject, the time it was logged, its headers and its JSON
+body. The export format is one record per line::
+
+    {"seq": 17, "subject": "exec.order_filled.paper.BTC-USDT.I-1", "time_ns": 1723161255208000000,
+     "headers": {"Nats-Msg-Id": "..."}, "data": {"type": "OrderFilled", ...}}
+
+`import` writes records into a separate stream (`EXEC_IMPORT`, subjects `import.exec.>`) so that no actor
+consumes them: an imported log is for reading, never for re-executing (that is `redrive`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+
+from bus.bus import Bus
+from messages import Message, decode, subjects
+
+__all__ = [
+    "LogRecord",
+    "IMPORT_STREAM",
+    "read_stream",
+    "read_file",
+    "write_jsonl",
+    "import_records",
+    "timeline",
+    "format_timeline",
+    "fill_rows",
+    "format_fills",
+]
+
+IMPORT_STREAM = "EXEC_IMPORT"
+IMPORT_PREFIX = "import."
+HEADER_LOGGED_AT = "Execbus-Logged-At"
+"""Set on imported records: the time the message was first logged, so imported timelines keep their times."""
+
+
+@dataclass
+class LogRecord:
+    seq: int
+    subject: str
+    """The live subject (no partition token, no import prefix)."""
+    time_ns: int
+    data: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def message(self) -> Message:
+        return decode(self.data)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "subject": self.subject,
+            "time_ns": self.time_ns,
+            "headers": self.headers,
+            "data": json.loads(self.data),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> LogRecord:
+        data = obj["data"]
+        raw = json.dumps(data, separators=(",", ":")).encode() if not isinstance(data, str) else data.encode()
+        return cls(int(obj.get("seq", 0)), obj["subject"], int(obj["time_ns"]), raw, dict(obj.get("headers") or {}))
+
+
+def _live(stored: str) -> str:
+    if stored.startswith(IMPORT_PREFIX):
+        stored = stored[len(IMPORT_PREFIX):]
+    tokens = stored.split(".")
+    if len(tokens) == 6 and tokens[0] == subjects.PREFIX:
+        return ".".join(tokens[:5])
+    return stored
+
+
+def _stored_filter(live_filter: str, stream: str) -> str:
+    """A live-subject filter as the stream stores it: `EXEC` appends the partition token, imports keep the
+    live subject behind the `import.` prefix."""
+    if stream == IMPORT_STREAM:
+        return IMPORT_PREFIX + live_filter
+    tokens = live_filter.split(".")
+    return live_filter + ".*" if len(tokens) == 5 and tokens[-1] != ">" else live_filter
+
+
+async def read_stream(
+    bus: Bus,
+    live_filter: str = "exec.>",
+    *,
+    stream: str | None = None,
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+    batch: int = 1000,
+) -> AsyncIterator[LogRecord]:
+    """Every stored record matching `live_filter`, oldest first, up to what was stored when we started.
+
+    An ephemeral pull consumer without acks reads in batches: the fastest way through a large log.
+    """
+    stream = stream or bus.settings.stream
+    try:
+        info = await bus.js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        return
+    last = info.state.last_seq
+    if last == 0:
+        return
+    config = ConsumerConfig(
+        filter_subject=_stored_filter(live_filter, stream),
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.BY_START_TIME if since_ns else DeliverPolicy.ALL,
+        opt_start_time=_rfc3339(since_ns) if since_ns else None,
+        inactive_threshold=30.0,
+        mem_storage=True,
+    )
+    psub = await bus.js.pull_subscribe(config.filter_subject or ">", durable=None, stream=stream, config=config)
+    try:
+        while True:
+            try:
+                msgs = await psub.fetch(batch, timeout=1.0)
+            except (nats.errors.TimeoutError, TimeoutError):
+                return
+            for msg in msgs:
+                meta = msg.metadata
+                headers = dict(msg.headers or {})
+                logged_at = headers.pop(HEADER_LOGGED_AT, None)
+                time_ns = int(logged_at) if logged_at else int(meta.timestamp.timestamp() * 1e9) if meta.timestamp else 0
+                if until_ns is not None and time_ns > until_ns:
+                    return
+                yield LogRecord(meta.sequence.stream, _live(msg.subject), time_ns, msg.data, headers)
+                if meta.sequence.stream >= last or meta.num_pending == 0:
+                    return
+    finally:
+        try:
+            await psub.unsubscribe()
+        except Exception:  # the ephemeral consumer goes away on its own after inactive_threshold
+            pass
+
+
+def read_file(path: str | Path, live_filter: str = "exec.>") -> Iterable[LogRecord]:
+    """Records from an exported JSONL file, filtered like the stream would."""
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                record = LogRecord.from_json(json.loads(line))
+                if subject_matches(live_filter, record.subject):
+                    yield record
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    p, s = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(s) > i
+        if i >= len(s) or (tok != "*" and tok != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def write_jsonl(records: Iterable[LogRecord], handle: Any) -> int:
+    count = 0
+    for record in records:
+        handle.write(json.dumps(record.to_json(), separators=(",", ":")) + "\n")
+        count += 1
+    return count
+
+
+async def import_records(bus: Bus, records: Iterable[LogRecord]) -> int:
+    """Store records in `EXEC_IMPORT` with their headers and original times; duplicates are stored once."""
+    try:
+        await bus.js.stream_info(IMPORT_STREAM)
+    except nats.js.errors.NotFoundError:
+        await bus.js.add_stream(
+            StreamConfig(name=IMPORT_STREAM, subjects=[IMPORT_PREFIX + subjects.STREAM_SUBJECTS], duplicate_window=3600)
+        )
+    count = 0
+    for record in records:
+        headers = dict(record.headers)
+        headers[HEADER_LOGGED_AT] = str(record.time_ns)
+        await bus.js.publish(IMPORT_PREFIX + record.subject, record.data, headers=headers)
+        count += 1
+    return count
+
+
+def _rfc3339(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+# -- views -------------------------------------------------------------------------------------------------
+
+_SKIP = {"intent_id", "venue", "symbol", "msg_id", "ts_event", "ts_init", "params", "type"}
+
+
+def essentials(msg: Message) -> dict[str, Any]:
+    """The fields worth a column: everything but routing, ids, timestamps and empty values."""
+    out = {}
+    for key, value in msgspec.structs.asdict(msg).items():
+        if key in _SKIP or value in (None, "", (), [], False):
+            continue
+        out[key] = value
+    return out
+
+
+def timeline(records: Iterable[LogRecord]) -> list[dict[str, Any]]:
+    """Rows in log order. Offsets use each message's `ts_event` (the producing actor's clock: wall time in a
+    live run, market time in a simulation), falling back to the time the log stored it."""
+    rows = []
+    start = None
+    for record in records:
+        try:
+            msg: Any = record.message()
+            kind, fields = type(msg).__name__, essentials(msg)
+            at = msg.ts_event or record.time_ns
+        except ValueError as exc:
+            kind, fields, at = "Undecodable", {"error": str(exc)}, record.time_ns
+        start = at if start is None else start
+        rows.append(
+            {
+                "offset_ms": round((at - start) / 1e6, 3),
+                "seq": record.seq,
+                "subject": record.subject,
+                "type": kind,
+                "fields": fields,
+            }
+        )
+    return rows
+
+
+def format_timeline(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'+ms':>10}  {'message':<20}  details"]
+    for row in rows:
+        detail = " ".join(f"{k}={_short(v)}" for k, v in row["fields"].items())
+        lines.append(f"{row['offset_ms']:>10.3f}  {row['type']:<20}  {detail}")
+    return "\n".join(lines)
+
+
+PRODUCERS = {
+    "SubmitIntent": "upstream",
+    "PriceQuoted": "pricer",
+    "PriceUnavailable": "pricer",
+    "OrderPlaced": "placer",
+    "OrderRejected": "placer",
+    "OrderOutcomeUnknown": "placer",
+    "OrderCanceled": "placer",
+    "CancelRejected": "placer",
+    "OrderFilled": "reconciler",
+    "OrderFinalized": "reconciler",
+    "ExecutionCompleted": "tracker",
+    "LateFillRecorded": "tracker",
+}
+"""Who publishes each message; everything else comes from the supervisor (and a PlaceOrder names its origin)."""
+
+
+def consumers_by_kind() -> dict[str, list[str]]:
+    """Which actors consume each message type, read from the actors themselves."""
+    import importlib
+
+    from bus.system import ACTORS
+
+    out: dict[str, list[str]] = {}
+    for name, target in ACTORS.items():
+        module, cls = target.split(":")
+        for kind in getattr(importlib.import_module(module), cls).consumes:
+            out.setdefault(kind.__name__, []).append(name)
+    return out
+
+
+def format_diagram(rows: list[dict[str, Any]]) -> str:
+    """The choreography of one execution, message by message: who published it, who consumed it."""
+    consumers = consumers_by_kind()
+    lines = []
+    for row in rows:
+        kind = row["type"]
+        producer = PRODUCERS.get(kind) or row["fields"].get("origin", "supervisor")
+        targets = ", ".join(consumers.get(kind, [])) or "(monitors)"
+        arrow = f"─ {kind} " + "─" * max(2, 22 - len(kind)) + "▶"
+        lines.append(f"{row['offset_ms']:>9.1f} ms  {producer:<15} {arrow} {targets:<44} {row['subject']}")
+    return "\n".join(lines)
+
+
+def fill_rows(records: Iterable[LogRecord]) -> list[dict[str, Any]]:
+    rows = []
+    for record in records:
+        msg: Any = record.message()
+        rows.append(
+            {
+                "time": _rfc3339(record.time_ns),
+                "intent_id": msg.intent_id,
+                "venue": msg.venue,
+                "symbol": msg.symbol,
+                "side": msg.side,
+                "qty": str(msg.qty),
+                "price": str(msg.price),
+                "fee": str(msg.fee),
+                "fee_currency": msg.fee_currency,
+                "liquidity": msg.liquidity,
+                "client_order_id": msg.client_order_id,
+                "trade_id": msg.trade_id,
+            }
+        )
+    return rows
+
+
+def format_fills(rows: list[dict[str, Any]]) -> str:
+    header = f"{'time':<32} {'intent':<24} {'side':<4} {'qty':>14} {'price':>14} {'fee':>14} {'liq':<5} trade"
+    lines = [header]
+    for r in rows:
+        lines.append(
+            f"{r['time']:<32} {r['intent_id']:<24} {r['side']:<4} {r['qty']:>14} {r['price']:>14} "
+            f"{r['fee'] + ' ' + r['fee_currency']:>14} {r['liquidity']:<5} {r['trade_id']}"
+        )
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
