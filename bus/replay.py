@@ -274,16 +274,29 @@ def consumers_by_kind() -> dict[str, list[str]]:
 
 
 def format_diagram(rows: list[dict[str, Any]]) -> str:
-    """The choreography of one execution, message by message: who published it, who consumed it."""
+    """The choreography of one execution, message by message: who published it and who consumed it.
+    A run of the same message from the same actor (a sweep's fills) is one line with a count."""
     consumers = consumers_by_kind()
-    lines = []
+    lines: list[str] = []
+    previous: tuple[str, str] | None = None
+    count = 0
     for row in rows:
         kind = row["type"]
         producer = PRODUCERS.get(kind) or row["fields"].get("origin", "supervisor")
-        targets = ", ".join(consumers.get(kind, [])) or "(monitors)"
-        arrow = f"─ {kind} " + "─" * max(2, 22 - len(kind)) + "▶"
-        lines.append(f"{row['offset_ms']:>9.1f} ms  {producer:<15} {arrow} {targets:<44} {row['subject']}")
+        if previous == (kind, producer):
+            count += 1
+            lines[-1] = _diagram_line(row_first, producer, kind, consumers, count)
+            continue
+        previous, count, row_first = (kind, producer), 1, row
+        lines.append(_diagram_line(row, producer, kind, consumers, 1))
     return "\n".join(lines)
+
+
+def _diagram_line(row: dict[str, Any], producer: str, kind: str, consumers: dict[str, list[str]], count: int) -> str:
+    label = f"{kind} x{count}" if count > 1 else kind
+    arrow = f"─ {label} " + "─" * max(2, 22 - len(label)) + "▶"
+    targets = ", ".join(consumers.get(kind, [])) or "(monitors)"
+    return f"{row['offset_ms']:>9.1f} ms  {producer:<15} {arrow} {targets:<40} {row['subject']}"
 
 
 def fill_rows(records: Iterable[LogRecord]) -> list[dict[str, Any]]:
