@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -40,10 +41,14 @@ def new_intent(**overrides: Any) -> SubmitIntent:
 
 
 async def wait_until(condition: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
-    """Poll `condition` until it returns something truthy; fail the test after `timeout`."""
+    """Poll `condition` (plain or async) until it returns something truthy; fail the test after `timeout`.
+    The one place tests wait by polling: for state that has no event to wait on (KV leases, the server's
+    duplicate window)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:
