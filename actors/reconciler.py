@@ -191,7 +191,7 @@ class Reconciler(Actor[ReconcilerState]):
         except ccxt.BaseError as exc:
             ctx.log.info("order_poll_failed", client_order_id=watched.client_order_id, error=type(exc).__name__)
             return
-        await self._apply_order(state, watched, order, ctx)
+        await self._apply_order(state, watched, order, ctx, polled=True)
 
     async def _apply_trade(self, state: ReconcilerState, watched: Watched, trade: dict[str, Any], ctx: IntentContext[ReconcilerState]) -> None:
         trade_id = str(trade.get("id"))
@@ -225,13 +225,18 @@ class Reconciler(Actor[ReconcilerState]):
             )
         )
 
-    async def _apply_order(self, state: ReconcilerState, watched: Watched, order: dict[str, Any], ctx: IntentContext[ReconcilerState]) -> None:
+    async def _apply_order(
+        self, state: ReconcilerState, watched: Watched, order: dict[str, Any], ctx: IntentContext[ReconcilerState],
+        *, polled: bool = False,
+    ) -> None:
         if watched.final:
             return
         watched.order_id = watched.order_id or str(order.get("id"))
         venue_filled = to_decimal(order.get("filled")) or Decimal(0)
         status = order.get("status")
-        if venue_filled > watched.filled:
+        if venue_filled > watched.filled and (polled or status in FINAL_STATUS):
+            # From the stream, an open order ahead of its trade events just means they are on the way;
+            # a poll, or a terminal order, needs every trade now.
             await self._fetch_missing_trades(state, watched, ctx)
         if status not in FINAL_STATUS:
             return

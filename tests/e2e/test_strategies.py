@@ -82,6 +82,15 @@ async def test_market_without_cap_pressure_stays_a_market_order(stepped: Running
     assert report.status == "filled"
 
 
+async def test_a_venue_rejection_ends_in_an_honest_failed_report(stepped: Running) -> None:
+    intent = new_intent(side="sell", qty=Decimal("1000"))  # the paper account holds 100 BTC
+
+    report = await run(stepped, intent)
+
+    assert report.status == "failed" and report.filled_qty == 0
+    assert "InsufficientFunds" in report.reason
+
+
 # -- simple limit ----------------------------------------------------------------------------------------
 
 
