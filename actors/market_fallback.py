@@ -8,7 +8,7 @@ from typing import Any
 
 from bus.actor import Actor, IntentContext
 from messages import ExecutionTimedOut, PlaceOrder
-from messages.base import Message
+from messages.base import Message, routing
 
 __all__ = ["MarketFallback", "FALLBACK_ATTEMPT"]
 
@@ -34,9 +34,7 @@ class MarketFallback(Actor[None]):
         ctx.log.info("fallback_market", remaining=str(msg.remaining_qty))
         await ctx.publish(
             PlaceOrder(
-                intent_id=msg.intent_id,
-                venue=msg.venue,
-                symbol=msg.symbol,
+                **routing(msg),
                 client_order_id=f"{msg.intent_id}-F",
                 attempt=FALLBACK_ATTEMPT,
                 side=msg.side,

@@ -25,7 +25,7 @@ from messages import (
     OrderRejected,
     PlaceOrder,
 )
-from messages.base import Message
+from messages.base import Message, routing
 from venues.gateway import fetch_order_by_client_id
 
 __all__ = ["Placer", "PlacerState"]
@@ -51,6 +51,11 @@ class PlacerState(msgspec.Struct, kw_only=True):
     cancels: dict[str, int] = msgspec.field(default_factory=dict)
     """client order id -> failed cancel tries, for cancels to retry until the order is final"""
     final: list[str] = msgspec.field(default_factory=list)
+    early_cancels: list[str] = msgspec.field(default_factory=list)
+    """Client order ids whose `CancelOrder` reached us before their `PlaceOrder`. That happens after a
+    failover: a `PlaceOrder` the dead replica had taken comes back only when its ack wait expires, while the
+    supervisor's later `CancelOrder` is delivered to the new replica at once. Kept until the `PlaceOrder`
+    arrives, and honoured: whatever gets placed under that id is canceled."""
 
 
 class Placer(Actor[PlacerState]):
@@ -81,7 +86,10 @@ class Placer(Actor[PlacerState]):
             case PlaceOrder():
                 await self._place(msg, state, ctx)
             case CancelOrder():
-                await self._cancel(msg.client_order_id, msg.order_id, msg.venue, msg.symbol, state, ctx)
+                if self._never_seen(msg.client_order_id, state) and msg.order_id is None:
+                    await self._cancel_before_place(msg, state, ctx)
+                else:
+                    await self._cancel(msg.client_order_id, msg.order_id, msg.venue, msg.symbol, state, ctx)
             case OrderFinalized():
                 state.cancels.pop(msg.client_order_id, None)
                 pending = state.unknown.pop(msg.client_order_id, None)
@@ -100,9 +108,17 @@ class Placer(Actor[PlacerState]):
     @staticmethod
     def _done(state: PlacerState) -> bool:
         """Every order we placed is final and nothing is pending: nothing left to remember."""
-        return bool(state.placed) and not state.unknown and not state.cancels and all(
-            cid in state.final for cid in state.placed
+        return (
+            bool(state.placed)
+            and not state.unknown
+            and not state.cancels
+            and not state.early_cancels
+            and all(cid in state.final for cid in state.placed)
         )
+
+    @staticmethod
+    def _never_seen(cid: str, state: PlacerState) -> bool:
+        return cid not in state.placed and cid not in state.unknown and cid not in state.final
 
     async def on_timer(self, ctx: IntentContext[PlacerState]) -> None:
         state = ctx.state
@@ -135,14 +151,51 @@ class Placer(Actor[PlacerState]):
 
     async def _place(self, cmd: PlaceOrder, state: PlacerState, ctx: IntentContext[PlacerState]) -> None:
         cid = cmd.client_order_id
+        cancel_after = cid in state.early_cancels
+        if cancel_after:
+            state.early_cancels.remove(cid)
+        if cid in state.final:
+            return  # terminal already (canceled before this command came back): nothing left to say
         if cid in state.placed:
-            await self._published_placed(cmd, state.placed[cid], ctx, recovered=False)
+            await self._published_placed(cmd, state.placed[cid], ctx, recovered=cancel_after)
             return
         if cid in state.unknown:
             return  # being resolved already
-        await self._create(cmd, state, ctx)
+        # Canceled before it came back: still create it (same id, so a create the dead replica sent that
+        # lands late is refused) and cancel it at once; if it exists already, DuplicateOrderId finds it.
+        await self._create(cmd, state, ctx, cancel_after=cancel_after)
 
-    async def _create(self, cmd: PlaceOrder, state: PlacerState, ctx: IntentContext[PlacerState]) -> None:
+    async def _cancel_before_place(self, msg: CancelOrder, state: PlacerState, ctx: IntentContext[PlacerState]) -> None:
+        """A cancel for an order we have no record of. Either its `PlaceOrder` is still to come back to us
+        (a failover reordered them) and the dead replica may or may not have created it, or the order is long
+        final. Ask the venue by client order id: an order that is there and open is canceled now; one that is
+        not there is canceled as soon as its `PlaceOrder` places it."""
+        cid = msg.client_order_id
+        exchange = await self._venues.get(msg.venue)
+        try:
+            found = await fetch_order_by_client_id(exchange, cid, msg.symbol)
+        except ccxt.NetworkError as exc:
+            ctx.log.info("order_lookup_failed", client_order_id=cid, error=type(exc).__name__)
+            found = None  # could not ask: keep the cancel for when the PlaceOrder comes
+        else:
+            if found is not None and found.get("status") != "open":
+                await ctx.publish(
+                    CancelRejected(
+                        intent_id=ctx.intent_id, venue=msg.venue, symbol=msg.symbol, client_order_id=cid,
+                        order_id=str(found["id"]), reason=f"order is {found.get('status')}", error="OrderNotFound",
+                    )
+                )
+                return
+        ctx.log.warning("cancel_before_place", client_order_id=cid, at_venue=found is not None)
+        if cid not in state.early_cancels:
+            state.early_cancels.append(cid)
+        if found is not None:
+            state.placed[cid] = str(found["id"])
+            await self._cancel(cid, state.placed[cid], msg.venue, msg.symbol, state, ctx)
+
+    async def _create(
+        self, cmd: PlaceOrder, state: PlacerState, ctx: IntentContext[PlacerState], *, cancel_after: bool = False
+    ) -> None:
         cid = cmd.client_order_id
         exchange = await self._venues.get(cmd.venue)
         params: dict[str, Any] = {"clientOrderId": cid}
@@ -161,20 +214,18 @@ class Placer(Actor[PlacerState]):
             )
         except ccxt.DuplicateOrderId:
             # Placed before (a crash between create and our record of it): find it, never place again.
-            await self._unknown(cmd, state, ctx, "DuplicateOrderId")
+            await self._unknown(cmd, state, ctx, "DuplicateOrderId", cancel_wanted=cancel_after)
             await self._resolve(cid, state.unknown[cid], state, ctx)
             return
         except ccxt.NetworkError as exc:
-            await self._unknown(cmd, state, ctx, type(exc).__name__)
+            await self._unknown(cmd, state, ctx, type(exc).__name__, cancel_wanted=cancel_after)
             return
         except ccxt.BaseError as exc:
             self.stats["rejected"] += 1
             ctx.log.info("order_rejected", client_order_id=cid, error=type(exc).__name__, reason=str(exc))
             await ctx.publish(
                 OrderRejected(
-                    intent_id=cmd.intent_id,
-                    venue=cmd.venue,
-                    symbol=cmd.symbol,
+                    **routing(cmd),
                     client_order_id=cid,
                     attempt=cmd.attempt,
                     reason=str(exc)[:500],
@@ -187,17 +238,20 @@ class Placer(Actor[PlacerState]):
         state.placed[cid] = str(order["id"])
         state.unknown.pop(cid, None)
         await self._published_placed(cmd, state.placed[cid], ctx, recovered=False)
+        if cancel_after:
+            await self._cancel(cid, state.placed[cid], cmd.venue, cmd.symbol, state, ctx)
 
-    async def _unknown(self, cmd: PlaceOrder, state: PlacerState, ctx: IntentContext[PlacerState], error: str) -> None:
+    async def _unknown(
+        self, cmd: PlaceOrder, state: PlacerState, ctx: IntentContext[PlacerState], error: str, *, cancel_wanted: bool = False
+    ) -> None:
         cid = cmd.client_order_id
         self.stats["unknown"] += 1
         ctx.log.warning("order_outcome_unknown", client_order_id=cid, error=error)
-        state.unknown.setdefault(cid, Pending(command=cmd, since_ns=ctx.clock.now_ns()))
+        pending = state.unknown.setdefault(cid, Pending(command=cmd, since_ns=ctx.clock.now_ns()))
+        pending.cancel_wanted = pending.cancel_wanted or cancel_wanted
         await ctx.publish(
             OrderOutcomeUnknown(
-                intent_id=cmd.intent_id,
-                venue=cmd.venue,
-                symbol=cmd.symbol,
+                **routing(cmd),
                 client_order_id=cid,
                 attempt=cmd.attempt,
                 error=error,
@@ -225,14 +279,13 @@ class Placer(Actor[PlacerState]):
             # Absent for longer than the venue's lag: it was never placed. Same id again, so still at most once.
             ctx.log.info("order_absent_recreating", client_order_id=cid, checks=pending.checks)
             state.unknown.pop(cid, None)
-            await self._create(cmd, state, ctx)
+            # A cancel asked for meanwhile still applies to whatever this places.
+            await self._create(cmd, state, ctx, cancel_after=pending.cancel_wanted)
 
     async def _published_placed(self, cmd: PlaceOrder, order_id: str, ctx: IntentContext[PlacerState], *, recovered: bool) -> None:
         await ctx.publish(
             OrderPlaced(
-                intent_id=cmd.intent_id,
-                venue=cmd.venue,
-                symbol=cmd.symbol,
+                **routing(cmd),
                 client_order_id=cmd.client_order_id,
                 order_id=order_id,
                 attempt=cmd.attempt,

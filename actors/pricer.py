@@ -16,7 +16,7 @@ import structlog
 
 from bus.actor import Actor, IntentContext, Services
 from messages import PriceQuoted, PriceRequested, PriceUnavailable
-from messages.base import Message
+from messages.base import Message, routing
 from venues.gateway import market_rules, to_decimal
 
 __all__ = ["Pricer", "BookView", "price_for_mode", "sweep_average"]
@@ -131,9 +131,7 @@ class Pricer(Actor[None]):
         self.quoted += 1
         await ctx.publish(
             PriceQuoted(
-                intent_id=msg.intent_id,
-                venue=msg.venue,
-                symbol=msg.symbol,
+                **routing(msg),
                 attempt=msg.attempt,
                 side=msg.side,
                 mode=msg.mode,
@@ -152,9 +150,7 @@ class Pricer(Actor[None]):
         ctx.log.warning("price_unavailable", reason=reason, attempt=msg.attempt)
         await ctx.publish(
             PriceUnavailable(
-                intent_id=msg.intent_id,
-                venue=msg.venue,
-                symbol=msg.symbol,
+                **routing(msg),
                 attempt=msg.attempt,
                 reason=reason,
                 book_age_ms=age_ms,

@@ -37,7 +37,7 @@ from messages import (
     SubmitIntent,
     subjects,
 )
-from messages.base import Message
+from messages.base import Message, routing
 
 __all__ = ["Supervisor", "SupervisorState", "OrderRecord"]
 
@@ -133,9 +133,7 @@ class Supervisor(Actor[SupervisorState]):
             return
         try:
             rejection = IntentRejected(
-                intent_id=parts.intent_id,
-                venue=parts.venue,
-                symbol=parts.symbol,
+                **routing(parts),
                 field=error.field,
                 reason=error.reason,
             )
@@ -213,9 +211,7 @@ class Supervisor(Actor[SupervisorState]):
         self.accepted += 1
         await ctx.publish(
             IntentAccepted(
-                intent_id=intent.intent_id,
-                venue=intent.venue,
-                symbol=intent.symbol,
+                **routing(intent),
                 side=intent.side,
                 qty=intent.qty,
                 strategy=intent.strategy,
@@ -260,9 +256,7 @@ class Supervisor(Actor[SupervisorState]):
         intent = state.intent
         await ctx.publish(
             PriceRequested(
-                intent_id=intent.intent_id,
-                venue=intent.venue,
-                symbol=intent.symbol,
+                **routing(intent),
                 attempt=attempt,
                 side=intent.side,
                 mode=mode,  # type: ignore[arg-type]
@@ -355,9 +349,7 @@ class Supervisor(Actor[SupervisorState]):
         state.attempt_deadline_ns = attempt_deadline_ns
         await ctx.publish(
             PlaceOrder(
-                intent_id=intent.intent_id,
-                venue=intent.venue,
-                symbol=intent.symbol,
+                **routing(intent),
                 client_order_id=cid,
                 attempt=state.attempt,
                 side=intent.side,
@@ -439,9 +431,7 @@ class Supervisor(Actor[SupervisorState]):
                 if state.intent.strategy == "aggressive_limit":
                     await ctx.publish(
                         AttemptTimedOut(
-                            intent_id=state.intent.intent_id,
-                            venue=state.intent.venue,
-                            symbol=state.intent.symbol,
+                            **routing(state.intent),
                             attempt=record.attempt,
                             client_order_id=record.client_order_id,
                         )
@@ -456,9 +446,7 @@ class Supervisor(Actor[SupervisorState]):
         intent = state.intent
         await ctx.publish(
             CancelOrder(
-                intent_id=intent.intent_id,
-                venue=intent.venue,
-                symbol=intent.symbol,
+                **routing(intent),
                 client_order_id=record.client_order_id,
                 order_id=record.order_id,
                 reason=reason,
@@ -515,9 +503,7 @@ class Supervisor(Actor[SupervisorState]):
             state.reason = reason
             await ctx.publish(
                 ExecutionTimedOut(
-                    intent_id=intent.intent_id,
-                    venue=intent.venue,
-                    symbol=intent.symbol,
+                    **routing(intent),
                     side=intent.side,
                     remaining_qty=remaining,
                     filled_qty=state.filled,
@@ -532,9 +518,7 @@ class Supervisor(Actor[SupervisorState]):
         intent = state.intent
         await ctx.publish(
             StrategyFinished(
-                intent_id=intent.intent_id,
-                venue=intent.venue,
-                symbol=intent.symbol,
+                **routing(intent),
                 client_order_ids=tuple(o.client_order_id for o in state.orders),
                 reason=reason,
                 attempts=sum(1 for o in state.orders if o.origin == "supervisor"),
@@ -549,9 +533,7 @@ class Supervisor(Actor[SupervisorState]):
 
 def _reject(intent: SubmitIntent, field: str, reason: str, *, dup: bool = False) -> IntentRejected:
     return IntentRejected(
-        intent_id=intent.intent_id,
-        venue=intent.venue,
-        symbol=intent.symbol,
+        **routing(intent),
         field=field,
         reason=reason,
         duplicate=dup,

@@ -32,7 +32,7 @@ from messages import (
     StrategyFinished,
     encode,
 )
-from messages.base import Message
+from messages.base import Message, routing
 
 __all__ = ["Tracker", "TrackerState", "build_report"]
 
@@ -173,9 +173,7 @@ class Tracker(Actor[TrackerState]):
             ctx.log.warning("late_fill", trade_id=msg.trade_id, client_order_id=msg.client_order_id)
             await ctx.publish(
                 LateFillRecorded(
-                    intent_id=msg.intent_id,
-                    venue=msg.venue,
-                    symbol=msg.symbol,
+                    **routing(msg),
                     client_order_id=msg.client_order_id,
                     trade_id=msg.trade_id,
                     qty=msg.qty,

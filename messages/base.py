@@ -29,6 +29,7 @@ __all__ = [
     "require_positive",
     "require_non_negative",
     "check_decimal",
+    "routing",
 ]
 
 IntentId = Annotated[
@@ -124,3 +125,9 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def routing(msg: Message) -> dict[str, str]:
+    """The routing fields of `msg`, to build the next message of the same execution:
+    `PlaceOrder(**routing(intent), ...)`."""
+    return {"intent_id": msg.intent_id, "venue": msg.venue, "symbol": msg.symbol}

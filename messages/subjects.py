@@ -33,6 +33,7 @@ __all__ = [
     "DEAD_LETTERS",
     "control",
     "partition_transform",
+    "matches",
 ]
 
 PREFIX = "exec"
@@ -121,3 +122,14 @@ def dead_letter(actor: str) -> str:
 def control(actor: str, endpoint: str) -> str:
     """Control-plane request/reply subjects (not recorded), e.g. the tracker's status endpoint."""
     return f"{_CONTROL}.{actor}.{endpoint}"
+
+
+def matches(pattern: str, subj: str) -> bool:
+    """NATS subject matching: `*` is one token, a trailing `>` one or more."""
+    p, s = pattern.split("."), subj.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(s) > i
+        if i >= len(s) or (tok != "*" and tok != s[i]):
+            return False
+    return len(p) == len(s)

@@ -18,6 +18,7 @@ import nats
 import nats.errors
 import structlog
 
+from messages import subjects
 from venues.subjects import Subjects
 
 __all__ = ["EventCallback", "InProcessTransport", "NatsTransport", "Transport", "error_body", "raise_error",
@@ -47,13 +48,7 @@ def raise_error(body: dict[str, Any]) -> None:
 
 def subject_matches(pattern: str, subject: str) -> bool:
     """NATS subject match with `*` (one token) and a trailing `>`."""
-    p, s = pattern.split("."), subject.split(".")
-    for i, tok in enumerate(p):
-        if tok == ">":
-            return len(s) > i
-        if i >= len(s) or (tok != "*" and tok != s[i]):
-            return False
-    return len(p) == len(s)
+    return subjects.matches(pattern, subject)
 
 
 class Transport(Protocol):

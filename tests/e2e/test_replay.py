@@ -60,7 +60,8 @@ async def test_replay_fills_lists_each_fill_once_with_exact_quantities(stepped: 
         mine = [r for r in rows if r["intent_id"] == intent.intent_id]
         assert sum(Decimal(r["qty"]) for r in mine) == intent.qty
         assert len({r["trade_id"] for r in mine}) == len(mine)
-    assert len(rows) == len(stepped.recorder.of(OrderFilled))
+    # live subscribers may see a re-published fill that the log stored once (same Nats-Msg-Id)
+    assert len(rows) == len({(f.client_order_id, f.trade_id) for f in stepped.recorder.of(OrderFilled)})
 
 
 async def test_export_then_import_then_show_is_lossless(stepped: Running, tmp_path: Path) -> None:
