@@ -66,9 +66,8 @@ async def ensure_layout(js: JetStreamContext, settings: BusSettings) -> Buckets:
     state = await _bucket(js, KeyValueConfig(bucket=settings.state_bucket, history=1, storage=StorageType.FILE))
     leases = await _bucket(
         js,
-        KeyValueConfig(
-            bucket=settings.lease_bucket, history=1, ttl=settings.lease_ttl_s, storage=StorageType.MEMORY
-        ),
+        # File storage: a memory bucket would vanish with a nats-server restart, and with it every lease.
+        KeyValueConfig(bucket=settings.lease_bucket, history=1, ttl=settings.lease_ttl_s, storage=StorageType.FILE),
     )
     intents = await _bucket(
         js, KeyValueConfig(bucket=settings.intent_bucket, history=1, storage=StorageType.FILE)
