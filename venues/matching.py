@@ -30,7 +30,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterator
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import ccxt
@@ -407,8 +407,14 @@ class MatchingEngine:
                 taken[price] = taken.get(price, _D0) + consumed
                 _requeue(orders, consumed)
 
-    def _fill(self, ms: MarketState, o: SimOrder, price: Decimal, qty: Decimal, *, maker: bool) -> Fill:
+    def _fill(self, ms: MarketState, o: SimOrder, price: Decimal, qty: Decimal, *, maker: bool) -> Fill | None:
         spec = ms.spec
+        # A venue fills whole lots. The queue model splits traded volume pro rata (and a fault fills a
+        # fraction of what remains), which can give a sliver off the lot grid; it is rounded down, and a
+        # sliver under one lot does not trade.
+        qty = (qty / spec.amount_step).to_integral_value(rounding=ROUND_FLOOR) * spec.amount_step
+        if qty <= 0:
+            return None
         acct = self.accounts[o.account]
         rate = spec.maker_fee if maker else spec.taker_fee
         quote_amt = price * qty
