@@ -43,6 +43,7 @@ NS = 1_000_000_000
 FINAL_STATUS = {"closed": "filled", "canceled": "canceled", "expired": "expired", "rejected": "rejected"}
 ORPHAN_LIMIT = 10_000
 ORPHAN_TTL_S = 60.0
+DONE_LIMIT = 100_000
 
 
 class Watched(msgspec.Struct, kw_only=True):
@@ -87,6 +88,10 @@ class Reconciler(Actor[ReconcilerState]):
         self._routes: dict[tuple[str, str], tuple[str, int]] = {}  # (venue, cid or "#"+order id) -> intent
         self._orphans: OrderedDict[tuple[str, str], list[tuple[float, str, dict[str, Any]]]] = OrderedDict()
         self._streams: dict[str, list[asyncio.Task[None]]] = {}
+        self._done: OrderedDict[str, None] = OrderedDict()
+        """Client order ids recently finalized: a message about one of them that arrives after the intent's
+        state was dropped (an OrderPlaced queued behind the venue's own terminal event) must not start
+        watching it again."""
         self.stats = {"fills": 0, "finalized": 0, "polls": 0, "stream_events": 0, "synthesized": 0}
 
     async def start(self, services: Services) -> None:
@@ -112,6 +117,8 @@ class Reconciler(Actor[ReconcilerState]):
     # -- messages ---------------------------------------------------------------------------------------
 
     async def handle(self, msg: Message, ctx: IntentContext[ReconcilerState]) -> None:
+        if ctx.state is None and getattr(msg, "client_order_id", None) in self._done:
+            return
         state = ctx.state or ReconcilerState(venue=msg.venue, symbol=msg.symbol)
         match msg:
             case PlaceOrder():
@@ -246,6 +253,9 @@ class Reconciler(Actor[ReconcilerState]):
             ctx.log.error("fills_exceed_venue_filled", ours=str(watched.filled), venue=str(venue_filled))
         watched.final = True
         self._unroute(state.venue, watched)
+        self._done[watched.client_order_id] = None
+        while len(self._done) > DONE_LIMIT:
+            self._done.popitem(last=False)
         self.stats["finalized"] += 1
         await ctx.publish(
             OrderFinalized(
