@@ -76,10 +76,16 @@ class SupervisorState(msgspec.Struct, kw_only=True):
     arrival_ask: Decimal | None = None
     tick_size: Decimal | None = None
     min_amount: Decimal | None = None
+    min_cost: Decimal | None = None
     amount_step: Decimal | None = None
     orders: list[OrderRecord] = msgspec.field(default_factory=list)
     fallback_used: bool = False
     reason: str = ""
+    early: list[OrderPlaced | OrderOutcomeUnknown | OrderRejected | OrderFinalized] = msgspec.field(default_factory=list)
+    """Order events that came before the order they are about. After a failover the log's order is not the
+    delivery order: a command the dead replica had taken (the fallback's `PlaceOrder`, or the `PriceQuoted` that
+    made us place) is redelivered only when its ack wait expires, while the events that followed it are
+    delivered at once. Kept until the order's record exists, then applied in order."""
 
     def order(self, client_order_id: str) -> OrderRecord | None:
         return next((o for o in self.orders if o.client_order_id == client_order_id), None)
@@ -149,6 +155,18 @@ class Supervisor(Actor[SupervisorState]):
         if state is None or state.phase == "finished":
             ctx.log.debug("message_for_unknown_intent", kind=msg.kind)
             return
+        await self._apply(msg, state, ctx)
+        await self._apply_early(state, ctx)
+        if ctx.state is not None and not ctx.deleted:
+            ctx.save(state)
+
+    async def _apply(self, msg: Message, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        if isinstance(msg, OrderPlaced | OrderOutcomeUnknown | OrderRejected | OrderFinalized):
+            if state.order(msg.client_order_id) is None:
+                if all(e.msg_id != msg.msg_id for e in state.early):
+                    ctx.log.info("order_event_before_its_order", kind=msg.kind, client_order_id=msg.client_order_id)
+                    state.early.append(msg)
+                return
         match msg:
             case PlaceOrder(origin="market_fallback"):
                 if state.order(msg.client_order_id) is None:
@@ -175,8 +193,15 @@ class Supervisor(Actor[SupervisorState]):
                 ctx.log.info("cancel_rejected", client_order_id=msg.client_order_id, reason=msg.reason)
             case OrderFinalized():
                 await self._finalized(msg, state, ctx)
-        if ctx.state is not None and not ctx.deleted:
-            ctx.save(state)
+
+    async def _apply_early(self, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        """Apply the kept events whose order now has a record, in the order they came."""
+        while not ctx.deleted and state.phase != "finished":
+            ready = next((e for e in state.early if state.order(e.client_order_id) is not None), None)
+            if ready is None:
+                return
+            state.early.remove(ready)
+            await self._apply(ready, state, ctx)
 
     async def _submit(self, intent: SubmitIntent, ctx: IntentContext[SupervisorState]) -> None:
         if ctx.state is not None:
@@ -206,6 +231,7 @@ class Supervisor(Actor[SupervisorState]):
             deadline_ns=now + budget,
             tick_size=rules.get("tick_size"),
             min_amount=rules.get("min_amount"),
+            min_cost=rules.get("min_cost"),
             amount_step=rules.get("amount_step"),
         )
         self.accepted += 1
@@ -476,8 +502,9 @@ class Supervisor(Actor[SupervisorState]):
         if state.phase == "fallback":
             await self._finish(state, ctx, state.reason or "fallback finished with quantity left")
             return
-        if state.min_amount is not None and remaining < state.min_amount:
-            await self._finish(state, ctx, f"remainder {remaining} is below the venue minimum {state.min_amount}")
+        dust = _dust(state, remaining)
+        if dust:
+            await self._finish(state, ctx, dust)
             return
         now = ctx.clock.now_ns()
         if intent.strategy == "aggressive_limit":
@@ -497,7 +524,10 @@ class Supervisor(Actor[SupervisorState]):
         intent = state.intent
         remaining = state.remaining
         wants_fallback = intent.strategy == "aggressive_limit" and intent.params.fallback == "market"
-        if allow_fallback and wants_fallback and remaining > 0 and state.all_final:
+        dust = _dust(state, remaining) if remaining > 0 else ""
+        if dust:
+            reason = f"{reason}; {dust}"
+        if allow_fallback and wants_fallback and remaining > 0 and state.all_final and not dust:
             state.phase = "fallback"
             state.fallback_used = True
             state.reason = reason
@@ -538,6 +568,18 @@ def _reject(intent: SubmitIntent, field: str, reason: str, *, dup: bool = False)
         reason=reason,
         duplicate=dup,
     )
+
+
+def _dust(state: SupervisorState, remaining: Decimal) -> str:
+    """Why `remaining` cannot be placed at all (below the venue's minimum amount or order value), or "".
+    Placing it anyway only earns a rejection; the report says what was left and why."""
+    if state.min_amount is not None and remaining < state.min_amount:
+        return f"remainder {remaining} is below the venue minimum amount {state.min_amount}"
+    if state.min_cost is not None and state.arrival_bid and state.arrival_ask:
+        value = remaining * (state.arrival_bid + state.arrival_ask) / 2
+        if value < state.min_cost:
+            return f"remainder {remaining} (about {value:.2f}) is below the venue minimum order value {state.min_cost}"
+    return ""
 
 
 def _ns(seconds: Decimal) -> int:

@@ -59,6 +59,7 @@ class PartitionLeases:
         self._held: dict[int, int] = {}  # partition -> revision of our lease
         self._task: asyncio.Task[None] | None = None
         self._first_round = asyncio.Event()
+        self._stopping = False
         self.members: list[str] = []
 
     @property
@@ -71,12 +72,15 @@ class PartitionLeases:
 
     async def stop(self) -> None:
         """Release every partition (after draining it) so the others take over at once, not after a TTL."""
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # nats-py can swallow a CancelledError while flushing, leaving the task running: keep
+            # cancelling until it has really ended (the loop also checks `_stopping`).
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=0.5)
+            if not self._task.cancelled() and self._task.exception() is not None:
+                log.warning("lease_task_failed", actor=self._actor, error=repr(self._task.exception()))
         for partition in list(self._held):
             await self._release(partition)
         try:
@@ -92,7 +96,7 @@ class PartitionLeases:
 
     async def _run(self) -> None:
         interval = self._ttl / 3
-        while True:
+        while not self._stopping:
             try:
                 await self._round()
             except asyncio.CancelledError:
