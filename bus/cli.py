@@ -120,11 +120,17 @@ async def _schema(args: argparse.Namespace) -> int:
 
 
 async def _up(args: argparse.Namespace) -> int:
+    from bus.startup import StartupReconciliationError
     from bus.system import System, SystemConfig
 
     store = args.store or os.path.join(os.getcwd(), ".execbus")
     system = System(SystemConfig(nats_url=args.nats, port=args.port, store_dir=store, paper_venue=not args.no_venue))
-    await system.start()
+    try:
+        await system.start()
+    except (StartupReconciliationError, ValueError) as exc:
+        print(f"execbus up: refusing to run: {exc}", file=sys.stderr)
+        await system.stop()
+        return EXIT_FAILED
     print(f"execbus up: NATS at {system.url}  (actors: {', '.join(system.hosts)})", flush=True)
     try:
         await _until_signal()
@@ -148,6 +154,17 @@ async def _actor(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     bus = await Bus.connect(url, name=f"execbus-{args.name}")
     host = await ActorHost(bus, actor).start()
+    if args.name == "reconciler":
+        from bus.startup import StartupReconciliationError, reconcile_with_venues
+
+        try:
+            await reconcile_with_venues(bus, venues)
+        except (StartupReconciliationError, ValueError) as exc:
+            print(f"execbus actor reconciler: refusing to run: {exc}", file=sys.stderr)
+            await host.stop()
+            await venues.close()
+            await bus.close()
+            return EXIT_FAILED
     print(f"execbus actor {args.name}: replica {host.replica} on {url}", flush=True)
     try:
         await _until_signal()

@@ -39,6 +39,7 @@ from messages import BY_KIND, InvalidMessage, Message, decode_as, subjects
 
 __all__ = ["ActorHost"]
 
+STEP_RETRY_NS = 500_000_000
 _Work = tuple[str, Any]  # ("msg", Msg) | ("timer", None) | ("resume", None) | ("call", fn)
 
 
@@ -248,10 +249,16 @@ class ActorHost:
                 await payload(ctx)
             await self._commit(ctx)
         except Exception:
+            # The step's changes to the state object were not saved, and some of its messages may not
+            # have been published: forget the cached copy so the retry starts from what is stored.
+            self._store.drop(partition, intent_id)
             if raise_errors:
-                raise
+                raise  # a message: it is redelivered
             self.stats["failed"] += 1
             self.log.exception("actor_step_failed", intent_id=intent_id, step=kind)
+            # A timer or venue event has no redelivery: wake the actor again so it reconciles from its
+            # stored state (its on_timer re-checks deadlines, polls orders, retries what is pending).
+            self._arm(intent_id, partition, self.clock.now_ns() + STEP_RETRY_NS)
 
     async def _commit(self, ctx: IntentContext[Any]) -> None:
         if ctx.deleted:
@@ -316,9 +323,14 @@ class ActorHost:
             now = self.clock.now_ns()
             while self._timers and self._timers[0][0] <= now:
                 at_ns, intent_id, partition = heapq.heappop(self._timers)
-                if self._timer_at.get(intent_id) == at_ns and partition in self._streams:
+                if self._timer_at.get(intent_id) != at_ns:
+                    continue  # replaced or canceled
+                if partition in self._streams:
                     del self._timer_at[intent_id]
                     self._enqueue(intent_id, partition, ("timer", None))
+                elif self._leases is not None and partition in self._leases.held:
+                    # The partition is being taken over and its stream is still starting: keep the deadline.
+                    self._arm(intent_id, partition, now + 50_000_000)
             self._timer_wakeup.clear()
             await self.clock.sleep_until(self.next_deadline(), self._timer_wakeup)
 

@@ -124,6 +124,7 @@ class Simulation:
                 venue_options={"paper": {"engine": self.venue}},
                 actor_options=options,
                 settings=settings,
+                reconcile_at_start=False,  # a fresh simulated venue has no orders of ours
             ),
             clock=self.clock,
             activity=self.activity,

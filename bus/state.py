@@ -94,6 +94,10 @@ class StateStore:
                 return self._decoder.decode(value)
         return None
 
+    def drop(self, partition: int, intent_id: str) -> None:
+        """Forget the cached copy of one intent's state (it may hold unsaved changes)."""
+        self._cache.pop(self._key(partition, intent_id), None)
+
     def drop_partition(self, partition: int) -> None:
         prefix = f"{self._actor}.{partition}."
         for key in [k for k in self._cache if k.startswith(prefix)]:

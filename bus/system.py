@@ -53,6 +53,8 @@ class SystemConfig:
     actor_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Constructor keyword arguments per actor, e.g. {"reconciler": {"poll_interval_s": 0.2}}."""
     settings: BusSettings | None = None
+    reconcile_at_start: bool = True
+    """List our open orders at the venues and adopt or cancel those nobody watches (bus/startup.py)."""
 
 
 def build_actor(name: str, venues: Any, options: dict[str, Any] | None = None) -> Any:
@@ -100,6 +102,10 @@ class System:
         for name in config.actors:
             actor = build_actor(name, self._venues, config.actor_options.get(name))
             self.hosts[name] = await ActorHost(self.bus, actor, clock=self.clock).start()
+        if config.reconcile_at_start and "reconciler" in self.hosts:
+            from bus.startup import reconcile_with_venues
+
+            await reconcile_with_venues(self.bus, self._venues)
         log.info("system_started", nats=self.url, actors=list(self.hosts))
         return self
 
