@@ -37,7 +37,9 @@ EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_USAGE = 0, 1, 2, 3, 64
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    # The demo and the benchmarks print their own results; the actors' info logs would bury them.
+    quiet = "warning" if args.command in ("demo", "bench") else None
+    configure_logging(args.log_level or quiet)
     try:
         return int(asyncio.run(args.run(args)) or 0)
     except KeyboardInterrupt:
