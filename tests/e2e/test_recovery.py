@@ -439,7 +439,7 @@ async def test_a_fill_whose_publication_failed_is_published_when_writes_resume(c
     failed = await cluster.failures("reconciler")
     async with cluster.writes_refused():
         cluster.venue.fill(s.cid1, Decimal("0.5"))
-        await _until_async(lambda: _more_failures(cluster, "reconciler", failed))
+        await wait_until(lambda: _more_failures(cluster, "reconciler", failed), timeout=10, interval=0.02)
     await _report(cluster, s, timeout=8)
     await _check(cluster, s)
 
@@ -455,7 +455,7 @@ async def test_a_deadline_whose_handling_failed_is_handled_when_writes_resume(cl
     await _placed(cluster, s)
     failed = await cluster.failures("supervisor")
     async with cluster.writes_refused():
-        await _until_async(lambda: _more_failures(cluster, "supervisor", failed))
+        await wait_until(lambda: _more_failures(cluster, "supervisor", failed), timeout=10, interval=0.02)
     await _report(cluster, s, timeout=8)
     await _check(cluster, s)
 
@@ -463,9 +463,3 @@ async def test_a_deadline_whose_handling_failed_is_handled_when_writes_resume(cl
 async def _more_failures(cluster: Cluster, actor: str, than: int) -> bool:
     return await cluster.failures(actor) > than
 
-
-async def _until_async(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
