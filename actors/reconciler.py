@@ -57,6 +57,9 @@ class Watched(msgspec.Struct, kw_only=True):
     final: bool = False
     canceling: bool = False
     not_found: int = 0
+    venue_status: str | None = None
+    """The venue's terminal status, once seen, while some of its trades are still missing here."""
+    venue_filled: Decimal = Decimal(0)
 
 
 class ReconcilerState(msgspec.Struct, kw_only=True):
@@ -231,6 +234,8 @@ class Reconciler(Actor[ReconcilerState]):
                 liquidity="maker" if trade.get("takerOrMaker") == "maker" else "taker",
             )
         )
+        if watched.venue_status in FINAL_STATUS and watched.filled >= watched.venue_filled:
+            await self._finalize(state, watched, ctx)
 
     async def _apply_order(
         self, state: ReconcilerState, watched: Watched, order: dict[str, Any], ctx: IntentContext[ReconcilerState],
@@ -247,10 +252,23 @@ class Reconciler(Actor[ReconcilerState]):
             await self._fetch_missing_trades(state, watched, ctx)
         if status not in FINAL_STATUS:
             return
+        watched.venue_status, watched.venue_filled = status, venue_filled
         if venue_filled > watched.filled:
+            exchange = await self._venues.get(state.venue)
+            if exchange.has.get("fetchMyTrades") or exchange.has.get("fetchOrderTrades"):
+                # Its trades exist but we could not see them yet (the lookup failed or lags): wait for
+                # them, never invent one that the real trade would later double. A quick poll retries.
+                watched.canceling = True
+                ctx.log.info("terminal_order_waits_for_trades", client_order_id=watched.client_order_id)
+                return
             await self._synthesize(state, watched, order, venue_filled, ctx)
-        if watched.filled > venue_filled:
-            ctx.log.error("fills_exceed_venue_filled", ours=str(watched.filled), venue=str(venue_filled))
+        await self._finalize(state, watched, ctx)
+
+    async def _finalize(self, state: ReconcilerState, watched: Watched, ctx: IntentContext[ReconcilerState]) -> None:
+        if watched.final or watched.venue_status not in FINAL_STATUS:
+            return
+        if watched.filled > watched.venue_filled:
+            ctx.log.error("fills_exceed_venue_filled", ours=str(watched.filled), venue=str(watched.venue_filled))
         watched.final = True
         self._unroute(state.venue, watched)
         self._done[watched.client_order_id] = None
@@ -265,7 +283,7 @@ class Reconciler(Actor[ReconcilerState]):
                 client_order_id=watched.client_order_id,
                 order_id=watched.order_id,
                 attempt=watched.attempt,
-                status=FINAL_STATUS[status],  # type: ignore[arg-type]
+                status=FINAL_STATUS[watched.venue_status],  # type: ignore[arg-type]
                 filled_qty=watched.filled,
                 avg_price=(watched.notional / watched.filled) if watched.filled else None,
             )

@@ -555,6 +555,9 @@ class Supervisor(Actor[SupervisorState]):
                 fallback_used=state.fallback_used,
                 arrival_bid=state.arrival_bid,
                 arrival_ask=state.arrival_ask,
+                side=intent.side,
+                qty=intent.qty,
+                strategy=intent.strategy,
             )
         )
         state.phase = "finished"

@@ -149,6 +149,8 @@ class Tracker(Actor[TrackerState]):
                 order.order_id = order.order_id or msg.order_id
             case StrategyFinished():
                 state.finished = msg
+                if not state.side and msg.side is not None and msg.qty is not None:
+                    state.side, state.qty, state.strategy = msg.side, msg.qty, msg.strategy
                 state.arrival_bid = state.arrival_bid or msg.arrival_bid
                 state.arrival_ask = state.arrival_ask or msg.arrival_ask
         await self._maybe_complete(state, ctx)
@@ -184,8 +186,8 @@ class Tracker(Actor[TrackerState]):
 
     async def _maybe_complete(self, state: TrackerState, ctx: IntentContext[TrackerState]) -> None:
         finished = state.finished
-        if state.report is not None or finished is None:
-            return
+        if state.report is not None or finished is None or not state.side:
+            return  # without the intent's side and quantity a report would be wrong, so wait for them
         for cid in finished.client_order_ids:
             order = state.orders.get(cid)
             if order is None or not order.settled:

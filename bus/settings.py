@@ -20,8 +20,10 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """JetStream drops a second message with the same `Nats-Msg-Id` inside this window."""
     max_age_s: float = 7 * 24 * 3600.0
     """How long the log keeps messages (replay horizon)."""
-    lease_ttl_s: float = 3.0
-    """A replica that stops renewing its partition leases loses them after this long."""
+    lease_ttl_s: float = 10.0
+    """A replica that stops renewing its partition leases loses them after this long. Renewal shares the
+    event loop with the handlers, so under heavy load a short TTL makes a busy replica lose its own
+    leases (seen in the benchmarks at 3 s); failover of a dead replica takes up to this long."""
     ack_wait_s: float = 10.0
     """Redelivery delay for a message taken but not acknowledged (a replica that died mid-message)."""
     max_deliveries: int = 5

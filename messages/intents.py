@@ -138,6 +138,10 @@ class StrategyFinished(Message, frozen=True, kw_only=True):
     fallback_used: bool
     arrival_bid: Decimal | None = None
     arrival_ask: Decimal | None = None
+    side: Side | None = None
+    qty: Decimal | None = None
+    strategy: str = ""
+    """The intent itself, so the report never depends on having seen `IntentAccepted` first."""
 
 
 class ExecutionCompleted(Message, frozen=True, kw_only=True):
