@@ -187,14 +187,15 @@ async def run(quick: bool, argv: list[str]) -> BenchResult:
         progress(f"scale: baseline {base}; accepting {args.n}")
         accept = await _accept(cluster, watch, args.n, args.window, args.timeout)
         progress(f"scale: accepted in {accept['accept_all_s']} s")
-        cpu_accept = cluster.stats()
         status_open = await _idle(cluster, "sys", settle=2.0, timeout=args.timeout)
         open_mem = _mem(cluster)
+        cpu_open = cluster.stats()
         t_idle = time.monotonic()
-        await asyncio.sleep(5.0)  # open and idle: what does keeping them open cost?
+        await asyncio.sleep(5.0)  # all open, nothing asked of them: what does keeping them open cost?
         cpu_idle = cluster.stats()
-        idle_cpu = {k: round((cpu_idle[k].cpu_s - cpu_accept[k].cpu_s) / (time.monotonic() - t_idle), 3)
-                    for k in cpu_idle if k in cpu_accept}
+        idle_cpu = {k: round((cpu_idle[k].cpu_s - cpu_open[k].cpu_s) / (time.monotonic() - t_idle), 3)
+                    for k in cpu_idle if k in cpu_open}
+        status_open["idle_reached"] = all(s["intents_in_flight"] == 0 for s in status_open["actors"].values())
         # Above ~2,000 open orders the venue's open_orders reply exceeds NATS's 1 MB max_payload (the venue
         # fails to respond and the client times out), so the venue's own count is only asked for below that.
         profile = await _profile_open(cluster, 5.0)
@@ -235,7 +236,8 @@ def _result(args: argparse.Namespace, base: dict[str, float], accept: dict[str, 
             ["accept all (every OrderPlaced), s", accept["accept_all_s"]],
             ["accepted per s", accept["accepted_per_s"]],
             ["orders open at the venue (asked only for n <= 2,000)", venue_open],
-            ["CPU while all open and idle (actors+venue), cores", idle_cpu.get("worker:sys")],
+            ["CPU while all open, nothing asked (actors+venue), cores", idle_cpu.get("worker:sys")],
+            ["actors had caught up before that (no intent queued)", status.get("idle_reached")],
             ["drain all after the market move (every ExecutionCompleted), s", drain["drain_all_s"]],
             ["completed per s while draining", drain["completed_per_s"]],
             ["completed / filled", f"{drain['completed']} / {drain['filled']}"],
