@@ -22,8 +22,20 @@ from bench.common import BenchResult, Table, Target, fmt
 from bus.bus import Bus, subject_of
 from bus.replay import fill_rows, read_stream, timeline
 from bus.server import EmbeddedNats
-from messages import encode, headers_for
-from tests.unit.factories import make
+from messages import (
+    ExecutionCompleted,
+    IntentAccepted,
+    OrderFilled,
+    OrderFinalized,
+    OrderPlaced,
+    PlaceOrder,
+    PriceQuoted,
+    PriceRequested,
+    StrategyFinished,
+    SubmitIntent,
+    encode,
+    headers_for,
+)
 
 __all__ = ["run"]
 
@@ -32,32 +44,37 @@ PER_EXECUTION = 20
 
 
 def _execution(i: int) -> list[Any]:
-    """One execution's messages, built by the contract's own factories."""
-    from messages import (
-        ExecutionCompleted,
-        IntentAccepted,
-        OrderFilled,
-        OrderFinalized,
-        OrderPlaced,
-        PlaceOrder,
-        PriceQuoted,
-        PriceRequested,
-        StrategyFinished,
-        SubmitIntent,
-    )
-
+    """One market execution's messages, as the actors write them (built here: the benchmark must run
+    from an installed package, which has no tests)."""
     intent_id = f"bench-{i}"
-    out: list[Any] = [make(SubmitIntent, intent_id=intent_id), make(IntentAccepted, intent_id=intent_id)]
-    out += [make(PriceRequested, intent_id=intent_id, attempt=a) for a in (0, 1)]
-    out += [make(PriceQuoted, intent_id=intent_id, attempt=a) for a in (0, 1)]
+    r = {"intent_id": intent_id, "venue": "paper", "symbol": "BTC/USDT"}
     cid = f"{intent_id}-1"
-    out += [make(PlaceOrder, intent_id=intent_id, client_order_id=cid), make(OrderPlaced, intent_id=intent_id, client_order_id=cid)]
-    out += [
-        make(OrderFilled, intent_id=intent_id, client_order_id=cid, trade_id=f"{i}-{k}", qty=Decimal("0.001"))
-        for k in range(PER_EXECUTION - 11)
+    bid, ask, qty = Decimal("61837.63"), Decimal("61837.64"), Decimal("0.001")
+    fills = PER_EXECUTION - 11
+    out: list[Any] = [
+        SubmitIntent(**r, side="buy", qty=qty * fills),
+        IntentAccepted(**r, side="buy", qty=qty * fills, strategy="market", deadline_ns=1),
     ]
-    out += [make(OrderFinalized, intent_id=intent_id, client_order_id=cid), make(StrategyFinished, intent_id=intent_id)]
-    out.append(make(ExecutionCompleted, intent_id=intent_id))
+    for attempt in (0, 1):
+        out.append(PriceRequested(**r, attempt=attempt, side="buy", mode="cross", qty=qty * fills))
+        out.append(PriceQuoted(**r, attempt=attempt, side="buy", mode="cross", price=ask, bid=bid, ask=ask, tick_size=Decimal("0.01")))
+    out.append(PlaceOrder(**r, client_order_id=cid, attempt=1, side="buy", order_type="market", qty=qty * fills))
+    out.append(OrderPlaced(**r, client_order_id=cid, order_id=str(i), attempt=1, side="buy", order_type="market", qty=qty * fills))
+    out += [
+        OrderFilled(**r, client_order_id=cid, order_id=str(i), trade_id=f"{i}-{k}", attempt=1, side="buy", qty=qty,
+                    price=ask, fee=Decimal("0.000001"), fee_currency="BTC", liquidity="taker")
+        for k in range(fills)
+    ]
+    out.append(OrderFinalized(**r, client_order_id=cid, order_id=str(i), attempt=1, status="filled", filled_qty=qty * fills))
+    out.append(StrategyFinished(**r, client_order_ids=(cid,), reason="filled", attempts=1, fallback_used=False))
+    out.append(
+        ExecutionCompleted(
+            **r, status="filled", side="buy", strategy="market", qty=qty * fills, filled_qty=qty * fills, avg_price=ask,
+            notional=ask * qty * fills, fees=Decimal("0"), fee_currency="USDT", arrival_mid=(bid + ask) / 2,
+            slippage_bps=Decimal("0.0008"), attempts=1, fallback_used=False, fills=fills, orders=(cid,),
+            reason="filled", started_ns=0, completed_ns=1, duration_ms=Decimal("1"),
+        )
+    )
     return out
 
 
