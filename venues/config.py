@@ -138,4 +138,6 @@ class PaperVenueConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     book_publish_interval_ms: float = 50.0
     """Wall-clock throttle of book events in real-time mode (each step publishes once)."""
     history_limit: int = 100_000
-    """Closed orders and trades kept per account for fetch_closed_orders / fetch_my_trades."""
+    """Closed orders and trades kept per account for fetch_closed_orders / fetch_my_trades. An order's own
+    trades live on its record, so fetch_order_trades returns all of them until the order itself ages out
+    of the closed-order history (open orders never do); after that it raises OrderNotFound."""

@@ -99,6 +99,8 @@ class SimOrder:
     """Still-reserved balance (quote for buys, base for sells)."""
     resting: bool = False
     trades: list[Fill] = field(default_factory=list)
+    """Every fill of this order, kept as long as the order is (fetch_order_trades), independent of the
+    account's bounded trade history."""
 
     @property
     def is_buy(self) -> bool:

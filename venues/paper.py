@@ -32,8 +32,8 @@ _STATUS = {"NEW": "open", "PARTIALLY_FILLED": "open", "FILLED": "closed", "CANCE
            "EXPIRED": "canceled", "REJECTED": "rejected"}
 _SUPPORTED = ("fetchMarkets", "fetchOrderBook", "fetchTicker", "fetchBalance", "createOrder",
               "createMarketOrder", "createLimitOrder", "createPostOnlyOrder", "cancelOrder", "fetchOrder",
-              "fetchOpenOrders", "fetchClosedOrders", "fetchMyTrades", "fetchTime", "watchOrders",
-              "watchMyTrades", "watchOrderBook", "ws", "spot", "publicAPI", "privateAPI")
+              "fetchOpenOrders", "fetchClosedOrders", "fetchMyTrades", "fetchOrderTrades", "fetchTime",
+              "watchOrders", "watchMyTrades", "watchOrderBook", "ws", "spot", "publicAPI", "privateAPI")
 
 
 class _Stream:
@@ -239,6 +239,19 @@ class PaperExchange(Exchange):
         await self.load_markets()
         market = self.market(symbol) if symbol else None
         rows = await self._rpc("my_trades", {"symbol": market["symbol"] if market else None})
+        return self.parse_trades(rows, market, since, limit)
+
+    async def fetch_order_trades(self, id: str, symbol: str | None = None, since: int | None = None,
+                                 limit: int | None = None, params: dict[str, Any] = {}) -> Any:
+        """Trades of one order (by id, or `params['clientOrderId']`), oldest first.
+
+        Served from the order record, so they are complete for as long as the order itself is known —
+        even after newer fills pushed them out of the account's bounded `fetch_my_trades` history. Once the
+        order has aged out of the closed-order history it raises OrderNotFound, as `fetch_order` does.
+        """
+        await self.load_markets()
+        market = self.market(symbol) if symbol else None
+        rows = await self._rpc("order_trades", self._order_request(id, symbol, params))
         return self.parse_trades(rows, market, since, limit)
 
     def parse_order(self, w: dict[str, Any], market: Any = None) -> Any:

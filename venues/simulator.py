@@ -34,7 +34,7 @@ log = structlog.get_logger("execbus.venues.simulator")
 
 Listener = Callable[[str, dict[str, Any]], None]
 RPC_METHODS = ("markets", "order_book", "ticker", "balance", "create_order", "cancel_order", "fetch_order",
-               "open_orders", "closed_orders", "my_trades", "time")
+               "open_orders", "closed_orders", "my_trades", "order_trades", "time")
 CONTROL_COMMANDS = ("advance", "advance_until", "advance_to", "faults_set", "faults_clear", "stats", "set_balances", "ping")
 _NS = 1_000_000_000
 
@@ -221,6 +221,10 @@ class PaperVenue:
             return [order_to_wire(o) for o in eng.closed_orders(account, symbol)]
         if method == "my_trades":
             return [fill_to_wire(f) for f in eng.my_trades(account, symbol)]
+        if method == "order_trades":
+            # From the order record, not the account's bounded trade history: an order that is still
+            # known has all its trades, however many later fills pushed them out of `my_trades`.
+            return [fill_to_wire(f) for f in self._visible(account, p).trades]
         raise ccxt.NotSupported(f"paper does not support {method}")
 
     def _maybe_hide(self, o: SimOrder) -> None:
