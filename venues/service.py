@@ -8,19 +8,27 @@ book events are published on `venue.<name>.evt.…` (see `venues.subjects`).
 All state lives in one asyncio loop, so requests and the replay never race: each request runs to
 completion between awaits. Requests are handled in their own tasks so that simulated latency on one
 does not hold back the others; with zero latency they execute in arrival order.
+
+Replies and events larger than the server's `max_payload` are split (`venues.chunks`): a reply is sent
+as its first chunk plus a handle the client pulls the rest with from `venue.<name>.chunk.<instance>`;
+an event goes out as consecutive chunk messages. Everything that fits is sent exactly as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
 from typing import Any
 
+import ccxt
+import msgspec
 import nats
 import structlog
 from nats.micro import add_service
 from nats.micro.request import Request
 
+from venues.chunks import CHUNKS, PendingReplies, event_chunks
 from venues.config import PaperVenueConfig
 from venues.simulator import CONTROL_COMMANDS, RPC_METHODS, PaperVenue
 from venues.transport import decode, encode, error_body
@@ -45,6 +53,10 @@ class PaperVenueService:
         self._publishing = asyncio.Lock()  # one drainer at a time keeps events in order
         self._publisher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.pending = PendingReplies()
+        self._instance = ""  # the micro service id, known once started
+        self._more = ""  # this instance's chunk subject
+        self._event_ids = itertools.count(1)
 
     async def start(self) -> PaperVenueService:
         subjects = self.venue.subjects
@@ -58,6 +70,10 @@ class PaperVenueService:
         for command in CONTROL_COMMANDS:
             await self._service.add_endpoint(name=f"ctl-{command}", subject=subjects.ctl(command),
                                              handler=self._handler("ctl", command))
+        # Per instance, not per venue: only the instance that split a reply holds its remaining chunks.
+        self._instance = self._service.id
+        self._more = subjects.chunk(self._instance)
+        await self._service.add_endpoint(name="chunk", subject=self._more, handler=self._serve_chunk)
         self.venue.listeners.append(self._on_event)
         self._publisher = asyncio.create_task(self._publish_loop())
         await self.nc.flush()
@@ -97,7 +113,16 @@ class PaperVenueService:
         async with self._publishing:
             while self._outbox:
                 subject, data = self._outbox.popleft()
-                await self.nc.publish(subject, data)
+                await self._publish(subject, data)
+
+    async def _publish(self, subject: str, data: bytes) -> None:
+        limit = self.nc.max_payload  # the connected server's, re-read in case a reconnect changed it
+        if len(data) <= limit:
+            await self.nc.publish(subject, data)
+            return
+        event_id = f"{self._instance}-{next(self._event_ids)}"
+        for part, headers in event_chunks(data, limit, event_id):
+            await self.nc.publish(subject, part, headers=headers)  # type: ignore[arg-type]
 
     async def _publish_loop(self) -> None:
         while True:
@@ -129,9 +154,33 @@ class PaperVenueService:
                         log.exception("paper_request_failed")
             # events caused by this request go out before its reply, as a venue's websocket often does
             await self._drain_outbox()
-            await request.respond(encode(body))
+            await self._respond(request, encode(body))
         except Exception:  # the client's inbox vanished, or the connection is closing
             log.debug("paper_reply_failed", method=name, exc_info=True)
+
+    async def _respond(self, request: Request, data: bytes) -> None:
+        limit = self.nc.max_payload
+        if len(data) <= limit:  # the fast path: no header, no copy, no extra round trip
+            await request.respond(data)
+            return
+        first, headers = self.pending.hold(data, limit, self._more)
+        log.debug("paper_reply_split", bytes=len(data), chunks=headers[CHUNKS])
+        await request.respond(first, headers=headers)  # type: ignore[arg-type]
+
+    async def _serve_chunk(self, request: Request) -> None:
+        """A client pulling chunk `index` of a split reply."""
+        try:
+            try:
+                p = decode(request.data)
+                part, headers = self.pending.take(str(p["handle"]), int(p["index"]))
+            except (KeyError, ValueError, TypeError, msgspec.DecodeError):
+                # The request itself was executed; only its answer is lost, as when a reply times out.
+                gone = ccxt.NetworkError(f"paper reply chunk {request.data[:80]!r} is gone (expired or unknown)")
+                await request.respond(encode(error_body(gone)))
+                return
+            await request.respond(part, headers=headers)  # type: ignore[arg-type]
+        except Exception:  # the client's inbox vanished, or the connection is closing
+            log.debug("paper_chunk_reply_failed", exc_info=True)
 
 
 async def run_paper_venue(nats_url: str, config: PaperVenueConfig, *, stop: asyncio.Event) -> None:

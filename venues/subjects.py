@@ -5,6 +5,7 @@ simulated venues can share one bus):
 
     venue.paper.rpc.<method>                       request/reply, one per ccxt call
     venue.paper.ctl.<command>                      control plane: advance, faults, stats, accounts
+    venue.paper.chunk.<instance>                   rest of a reply over max_payload (see `venues.chunks`)
     venue.paper.evt.orders.<account>.<SYMBOL>      order updates (watch_orders)
     venue.paper.evt.trades.<account>.<SYMBOL>      our fills (watch_my_trades)
     venue.paper.evt.book.<SYMBOL>                  order book top N (watch_order_book)
@@ -58,6 +59,10 @@ class Subjects:
 
     def ctl(self, command: str) -> str:
         return f"{self.prefix}.ctl.{check_token(command, 'command')}"
+
+    def chunk(self, instance: str) -> str:
+        """Where one service instance serves the remaining chunks of its oversized replies."""
+        return f"{self.prefix}.chunk.{check_token(instance, 'instance')}"
 
     def orders(self, account: str, symbol: str | None = None) -> str:
         sym = symbol_token(symbol) if symbol else "*"

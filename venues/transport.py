@@ -3,7 +3,8 @@
 Both transports carry the same JSON: a request dict in, `{"ok": result}` or
 `{"error": "<ccxt exception class>", "message": ...}` out, and events as `(subject, payload)`. The
 in-process transport round-trips through the JSON codec too, so a test in-process sees exactly the
-bytes a NATS client would.
+bytes a NATS client would. Over NATS, replies and events bigger than the server's `max_payload` arrive
+in chunks (`venues.chunks`) and are reassembled here before decoding, invisibly to ccxt callers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import nats.errors
 import structlog
 
 from messages import subjects
+from venues.chunks import CHUNK, CHUNKS, HANDLE, MORE, SIZE, EventAssembler, is_chunked_reply, is_event_chunk
 from venues.subjects import Subjects
 
 __all__ = ["EventCallback", "InProcessTransport", "NatsTransport", "Transport", "error_body", "raise_error",
@@ -122,17 +124,51 @@ class NatsTransport:
             raise ccxt.ExchangeNotAvailable(f"paper venue not running on {self.url} ({subject})") from exc
         except nats.errors.TimeoutError as exc:
             raise ccxt.RequestTimeout(f"paper {name} timed out after {self.timeout_s}s") from exc
-        body = decode(msg.data) if msg.data else {}
+        data = msg.data
+        if msg.headers is not None and is_chunked_reply(msg.headers):  # over max_payload: pull the rest
+            data = await self._pull_rest(nc, name, msg.data, msg.headers)
+        body = decode(data) if data else {}
         if not isinstance(body, dict) or "ok" not in body:
             raise_error(body if isinstance(body, dict) and "error" in body
-                        else {"error": "ExchangeError", "message": f"bad reply {msg.data[:200]!r}"})
+                        else {"error": "ExchangeError", "message": f"bad reply {data[:200]!r}"})
         return body["ok"]
+
+    async def _pull_rest(self, nc: Any, name: str, first: bytes, headers: dict[str, str]) -> bytes:
+        """The whole reply from its first chunk: chunks 1..n-1 pulled in order, then joined once."""
+        parts = [first]
+        for index in range(1, int(headers[CHUNKS])):
+            parts.append(await self._pull(nc, name, headers[MORE], headers[HANDLE], index))
+        data = b"".join(parts)
+        if len(data) != int(headers[SIZE]):
+            raise ccxt.NetworkError(f"paper {name} reply came back as {len(data)} of {headers[SIZE]} bytes")
+        return data
+
+    async def _pull(self, nc: Any, name: str, subject: str, handle: str, index: int) -> bytes:
+        # Failures here come after the venue executed the request: they are NetworkErrors (outcome
+        # unknown), like a lost reply, never ExchangeNotAvailable (which means nothing was done).
+        try:
+            msg = await nc.request(subject, encode({"handle": handle, "index": index}), timeout=self.timeout_s)
+        except nats.errors.TimeoutError as exc:
+            raise ccxt.RequestTimeout(f"paper {name} reply chunk {index} timed out after {self.timeout_s}s") from exc
+        except nats.errors.NoRespondersError as exc:
+            raise ccxt.NetworkError(f"paper {name} reply lost: the venue instance holding it is gone") from exc
+        if (msg.headers or {}).get(CHUNK) != str(index):
+            body = decode(msg.data) if msg.data else {}
+            raise_error(body if isinstance(body, dict) and "error" in body
+                        else {"error": "NetworkError", "message": f"paper {name} reply chunk {index} is bad"})
+        return msg.data
 
     async def subscribe(self, subject: str, cb: EventCallback) -> Any:
         nc = await self._conn()
+        assembler = EventAssembler()  # per subscription: NATS orders one publisher's messages per subscription
 
         async def handler(msg: Any) -> None:
-            cb(msg.subject, decode(msg.data))
+            data = msg.data
+            if msg.headers is not None and is_event_chunk(msg.headers):
+                data = assembler.add(data, msg.headers)
+                if data is None:
+                    return
+            cb(msg.subject, decode(data))
 
         sub = await nc.subscribe(subject, cb=handler)
         await nc.flush()  # the server knows the interest before we return: no event is missed after this
