@@ -144,7 +144,7 @@ def event_chunks(data: bytes, max_payload: int, event_id: str) -> Iterator[tuple
 
 
 class EventAssembler:
-    """Joins chunked events of one subscription; plain events pass straight through."""
+    """Joins the chunks of split events on one subscription (plain events never come here)."""
 
     def __init__(self, max_partial: int = 8) -> None:
         self.max_partial = max_partial
