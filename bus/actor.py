@@ -3,13 +3,15 @@
 An actor declares the message types it consumes and, optionally, a per-intent `State` struct. The runtime
 calls `handle(msg, ctx)` for each message of an intent, one at a time and in log order; `ctx` carries that
 intent's state (loaded from JetStream KV), a `publish` that puts messages into the log, and `wake_at`
-for absolute-deadline timers. After the handler returns the runtime saves the state, then acknowledges
-the message: a crash anywhere in between replays the message, and since every published message has a
-deterministic id the replay publishes nothing twice.
+for absolute-deadline timers. After the handler returns the runtime confirms its messages are stored, saves
+the state, then acknowledges the message (several of an intent's messages queued together share one save):
+a crash anywhere in between replays the message, and since every published message has a deterministic id
+the replay publishes nothing twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -28,6 +30,10 @@ class Publisher(Protocol):
     async def __call__(self, msg: Message) -> None: ...
 
 
+class Sender(Protocol):
+    async def __call__(self, msg: Message) -> asyncio.Future[Any]: ...
+
+
 class IntentContext(Generic[S]):
     """One intent as one actor sees it while handling one message."""
 
@@ -36,14 +42,16 @@ class IntentContext(Generic[S]):
         intent_id: str,
         partition: int,
         state: S | None,
-        publish: Publisher,
+        send: Sender,
         clock: Clock,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
         self.intent_id = intent_id
         self.partition = partition
         self.state: S | None = state
-        self.publish = publish
+        self._send = send
+        self.sent: list[asyncio.Future[Any]] = []
+        """Acks of what this step published; the runtime waits for them before it saves the state."""
         self.clock = clock
         self.log = log
         self.dirty = False
@@ -51,6 +59,11 @@ class IntentContext(Generic[S]):
         self.wake_at_ns: int | None = None
         self.message_seq = 0
         """Stream sequence of the message being handled (0 for timers and venue events)."""
+
+    async def publish(self, msg: Message) -> None:
+        """Put `msg` into the log. It is on its way when this returns; the runtime makes sure JetStream
+        stored it before the state is saved and the input acknowledged."""
+        self.sent.append(await self._send(msg))
 
     def save(self, state: S) -> None:
         """Keep `state` for this intent (written to KV after the handler, before the ack)."""

@@ -6,6 +6,7 @@ message is in the log and a repeated `msg_id` is stored once.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import PubAck
 
+from bus.acks import AckMux
 from bus.connect import connect
 from bus.settings import BusSettings
 from bus.streams import Buckets, ensure_layout
@@ -40,6 +42,8 @@ class Bus:
         self.js = nc.jetstream()
         self.settings = settings
         self._buckets: Buckets | None = None
+        self.acks = AckMux(nc)
+        """Every JetStream write of this process (messages and actor state) goes through here."""
         self.activity: Any = None
         """Set by a simulation (bus/sim.py) to count messages in flight; None otherwise."""
 
@@ -51,6 +55,7 @@ class Bus:
 
     async def setup(self) -> Buckets:
         if self._buckets is None:
+            await self.acks.start()
             self._buckets = await ensure_layout(self.js, self.settings)
         return self._buckets
 
@@ -61,12 +66,29 @@ class Bus:
 
     async def publish(self, msg: Message) -> PubAck:
         """Into the log; returns once JetStream stored it (or recognised it as a duplicate)."""
+        return await (await self.send(msg))
+
+    async def send(self, msg: Message) -> asyncio.Future[PubAck]:
+        """Into the log without waiting: the message is on its way when this returns, and the future
+        resolves once JetStream stored it. Messages sent one after another are stored in that order."""
         if not msg.ts_init:
             msg = msgspec.structs.replace(msg, ts_init=time.time_ns())
-        ack = await self.js.publish(subject_of(msg), encode(msg), headers=headers_for(msg))
-        if self.activity is not None and not ack.duplicate:
-            self.activity.published(msg.kind)
-        return ack
+        future = await self.acks.send(subject_of(msg), encode(msg), headers_for(msg))
+        if self.activity is not None:
+            self._count(future, msg.kind)
+        return future
+
+    def _count(self, future: asyncio.Future[PubAck], kind: str) -> None:
+        """For a simulation's quiescence: busy until JetStream answered, then expected by every consumer."""
+        activity = self.activity
+        activity.begin(delivered=False)
+
+        def done(f: asyncio.Future[PubAck]) -> None:
+            if not f.cancelled() and f.exception() is None and not f.result().duplicate:
+                activity.published(kind)
+            activity.end()
+
+        future.add_done_callback(done)
 
     async def dead_letter(self, actor: str, subject: str, reason: str, raw: bytes) -> None:
         letter = DeadLetter(
@@ -100,6 +122,7 @@ class Bus:
         return msgspec.json.decode(reply.data, type=reply_type)
 
     async def close(self) -> None:
+        await self.acks.stop()
         if not self.nc.is_closed:
             await self.nc.drain()
 

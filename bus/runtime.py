@@ -40,7 +40,38 @@ from messages import BY_KIND, InvalidMessage, Message, decode_as, subjects
 __all__ = ["ActorHost"]
 
 STEP_RETRY_NS = 500_000_000
-_Work = tuple[str, Any]  # ("msg", Msg) | ("timer", None) | ("resume", None) | ("call", fn)
+_Work = tuple[str, Any]  # ("msg", Msg) | ("timer", None) | ("resume", None) | ("call", fn) | ("flush", None)
+
+
+class _Batch:
+    """What an intent's steps did since its last commit."""
+
+    __slots__ = ("messages", "sent", "unrepeatable", "staged", "flush")
+
+    def __init__(self) -> None:
+        self.messages: list[Msg] = []
+        """Handled, acknowledged after the commit."""
+        self.sent: list[asyncio.Future[Any]] = []
+        """JetStream acks of what the steps published."""
+        self.unrepeatable = False
+        """A timer, venue event or resume ran: no redelivery brings it back if the batch is lost."""
+        self.staged = False
+        """A step changed the state."""
+        self.flush: asyncio.TimerHandle | None = None
+        """The commit scheduled for when the batch has waited long enough for company."""
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.messages or self.sent or self.staged)
+
+    def reset(self) -> None:
+        self.messages.clear()
+        self.sent.clear()
+        self.unrepeatable = False
+        self.staged = False
+        if self.flush is not None:
+            self.flush.cancel()
+            self.flush = None
 
 
 class ActorHost:
@@ -54,11 +85,13 @@ class ActorHost:
         self.log = structlog.get_logger("execbus.actor").bind(actor=actor.name, replica=self.replica)
         settings = bus.settings
         self._settings = settings
-        self._store = StateStore(bus.js, bus.buckets.state, actor.name, actor.State)
+        self._store = StateStore(bus.js, bus.buckets.state, actor.name, actor.State, bus.acks)
         self._streams: dict[int, PullStream] = {}
         self._queues: dict[str, asyncio.Queue[_Work]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._intent_partition: dict[str, int] = {}
+        self._batches: dict[str, _Batch] = {}
+        """Intents whose handled messages wait for their commit (see `_work`)."""
         self._timers: list[tuple[int, str, int]] = []
         self._timer_at: dict[str, int] = {}
         self._timer_wakeup = asyncio.Event()
@@ -158,6 +191,8 @@ class ActorHost:
         ]
         if draining:
             await asyncio.gather(*draining, return_exceptions=True)
+        for intent_id in [i for i, p in self._intent_partition.items() if p == partition and i in self._batches]:
+            await self._commit(intent_id, partition, self._batches.pop(intent_id))
         for intent_id in [i for i, p in self._intent_partition.items() if p == partition]:
             self._intent_partition.pop(intent_id, None)
             self._timer_at.pop(intent_id, None)
@@ -187,24 +222,47 @@ class ActorHost:
         queue.put_nowait(work)
 
     async def _work(self, intent_id: str, partition: int, queue: asyncio.Queue[_Work]) -> None:
-        """One task per intent with queued work; it ends when the queue is empty."""
+        """One task per intent with queued work; it ends when the queue is empty.
+
+        Steps run back to back on the cached state. Their commit — every message they published confirmed
+        stored, then the state written once, then the handled messages acknowledged — waits up to
+        `flush_delay_s` for more of the intent's steps: an execution's messages come in a burst, and the
+        whole burst then costs one state write (none, when the intent starts and ends inside it). What the
+        steps publish goes out at once; only the bookkeeping waits."""
+        batch = self._batches.pop(intent_id, None) or _Batch()
         try:
             while not queue.empty():
                 kind, payload = queue.get_nowait()
                 try:
                     with structlog.contextvars.bound_contextvars(intent_id=intent_id):
                         if kind == "msg":
-                            await self._handle_message(intent_id, partition, payload)
+                            await self._handle_message(intent_id, partition, payload, batch)
+                        elif kind == "flush":
+                            batch.flush = None
+                            await self._commit(intent_id, partition, batch)
                         else:
-                            await self._run_step(intent_id, partition, kind, payload)
+                            await self._run_step(intent_id, partition, kind, payload, batch)
+                        if queue.empty() and batch.pending:
+                            await self._commit_later(intent_id, partition, batch)
                 finally:
                     if self._activity is not None:
                         self._activity.end()
         finally:
             self._queues.pop(intent_id, None)
             self._workers.pop(intent_id, None)
+            if batch.pending:
+                self._batches[intent_id] = batch
 
-    async def _handle_message(self, intent_id: str, partition: int, raw: Msg) -> None:
+    async def _commit_later(self, intent_id: str, partition: int, batch: _Batch) -> None:
+        delay = self._settings.flush_delay_s
+        if delay <= 0 or partition not in self._streams or not self._started:
+            await self._commit(intent_id, partition, batch)
+        elif batch.flush is None:
+            batch.flush = asyncio.get_running_loop().call_later(
+                delay, self._enqueue, intent_id, partition, ("flush", None)
+            )
+
+    async def _handle_message(self, intent_id: str, partition: int, raw: Msg, batch: _Batch) -> None:
         parts = subjects.parse(raw.subject)
         expected = BY_KIND.get(parts.kind) if parts else None
         if expected is None:
@@ -216,24 +274,26 @@ class ActorHost:
         except InvalidMessage as exc:
             await self._reject(raw, exc)
             return
+        seq = raw.metadata.sequence.stream if raw.metadata else 0
         try:
-            seq = raw.metadata.sequence.stream if raw.metadata else 0
-            await self._run_step(intent_id, partition, "msg", msg, raise_errors=True, seq=seq)
-        except StaleState:
-            await raw.nak(delay=0.1)  # someone else owns this intent now; let them have it
+            await self._run_step(intent_id, partition, "msg", msg, batch, seq=seq)
         except Exception as exc:
-            await self._failed(raw, exc)
+            await self._abandon(intent_id, partition, batch, exc, failed=raw)
         else:
-            await raw.ack()
+            batch.messages.append(raw)
 
     async def _run_step(
-        self, intent_id: str, partition: int, kind: str, payload: Any, *, raise_errors: bool = False, seq: int = 0
+        self, intent_id: str, partition: int, kind: str, payload: Any, batch: _Batch, *, seq: int = 0
     ) -> None:
+        """One step on the cached state. A failing message step raises (the caller abandons the batch); a
+        failing timer or venue-event step abandons the batch here."""
         state = await self._store.load(partition, intent_id)
         ctx: IntentContext[Any] = IntentContext(
-            intent_id, partition, state, self._publish, self.clock, self.log.bind(intent_id=intent_id)
+            intent_id, partition, state, self._send, self.clock, self.log.bind(intent_id=intent_id)
         )
         ctx.message_seq = seq
+        if kind != "msg":
+            batch.unrepeatable = True
         try:
             if kind == "msg":
                 await self.actor.handle(payload, ctx)
@@ -247,31 +307,90 @@ class ActorHost:
                 await self.actor.on_resume(ctx)
             else:
                 await payload(ctx)
-            await self._commit(ctx)
-        except Exception:
-            # The step's changes to the state object were not saved, and some of its messages may not
-            # have been published: forget the cached copy so the retry starts from what is stored.
-            self._store.drop(partition, intent_id)
-            if raise_errors:
-                raise  # a message: it is redelivered
+        except Exception as exc:
+            batch.sent.extend(ctx.sent)
+            if kind == "msg":
+                raise
+            await self._abandon(intent_id, partition, batch, exc)
+            return
+        batch.sent.extend(ctx.sent)
+        if ctx.deleted:
+            self._store.stage(partition, intent_id, None)
+            batch.staged = True
+        elif ctx.dirty and ctx.state is not None:
+            self._store.stage(partition, intent_id, ctx.state)
+            batch.staged = True
+        if ctx.wake_at_ns is not None:
+            self._arm(intent_id, partition, ctx.wake_at_ns)
+
+    async def _commit(self, intent_id: str, partition: int, batch: _Batch) -> None:
+        """Published messages stored, then the state, then the acks: a crash anywhere in between
+        redelivers the messages, and their handlers publish nothing twice (deterministic ids)."""
+        try:
+            if batch.sent:
+                await asyncio.gather(*batch.sent)
+            await self._store.flush(partition, intent_id)
+        except Exception as exc:
+            await self._abandon(intent_id, partition, batch, exc)
+            return
+        for raw in batch.messages:
+            await raw.ack()
+        batch.reset()
+
+    async def _abandon(
+        self, intent_id: str, partition: int, batch: _Batch, exc: Exception, *, failed: Msg | None = None
+    ) -> None:
+        """A step, a publish or the state write failed: nothing of this batch is kept. The cached state may
+        hold the batch's unsaved changes, so it is dropped. The batch's messages, the failed one and those
+        queued behind it are all handed back with the same delay, so they come again in log order; timers
+        and venue events (which have no redelivery) are replayed by waking the actor to reconcile from its
+        stored state."""
+        self._store.drop(partition, intent_id)
+        for future in batch.sent:
+            if not future.done():
+                future.cancel()  # its ack no longer matters: the message is redelivered either way
+            elif not future.cancelled():
+                future.exception()  # retrieved, so asyncio does not report it as never retrieved
+        stale = isinstance(exc, StaleState)
+        delay = 0.1 if stale else 0.0  # stale: someone else owns this intent now; let them have it
+        if failed is not None and not stale:
+            delay = await self._failed(failed, exc)
+        queued = self._take_queued_messages(intent_id)
+        for raw in [*batch.messages, *([failed] if stale and failed is not None else []), *queued]:
+            await raw.nak(delay=delay)
+        if failed is None:
             self.stats["failed"] += 1
-            self.log.exception("actor_step_failed", intent_id=intent_id, step=kind)
+            self.log.error("actor_step_failed", intent_id=intent_id, error=repr(exc), exc_info=exc)
+        if (batch.unrepeatable or failed is None) and not stale:
             # A timer or venue event has no redelivery: wake the actor again so it reconciles from its
             # stored state (its on_timer re-checks deadlines, polls orders, retries what is pending).
             self._arm(intent_id, partition, self.clock.now_ns() + STEP_RETRY_NS)
+        batch.reset()
 
-    async def _commit(self, ctx: IntentContext[Any]) -> None:
-        if ctx.deleted:
-            await self._store.delete(ctx.partition, ctx.intent_id)
-        elif ctx.dirty and ctx.state is not None:
-            await self._store.save(ctx.partition, ctx.intent_id, ctx.state)
-        if ctx.wake_at_ns is not None:
-            self._arm(ctx.intent_id, ctx.partition, ctx.wake_at_ns)
+    def _take_queued_messages(self, intent_id: str) -> list[Msg]:
+        """Remove the intent's queued log messages (other work stays queued)."""
+        queue = self._queues.get(intent_id)
+        if queue is None:
+            return []
+        items = []
+        while not queue.empty():
+            items.append(queue.get_nowait())
+        messages = [payload for kind, payload in items if kind == "msg"]
+        for kind, payload in items:
+            if kind != "msg":
+                queue.put_nowait((kind, payload))
+        if self._activity is not None:
+            for _ in messages:
+                self._activity.end()
+        return messages
 
-    async def _publish(self, msg: Message) -> None:
+    async def _send(self, msg: Message) -> asyncio.Future[Any]:
         if not msg.ts_event:
             msg = msgspec.structs.replace(msg, ts_event=self.clock.now_ns())
-        await self.bus.publish(msg)
+        return await self.bus.send(msg)
+
+    async def _publish(self, msg: Message) -> None:
+        await (await self._send(msg))
 
     async def _reject(self, raw: Msg, error: InvalidMessage) -> None:
         self.stats["dead_lettered"] += 1
@@ -282,7 +401,8 @@ class ActorHost:
             self.log.exception("on_invalid_failed", subject=raw.subject)
         await raw.ack()
 
-    async def _failed(self, raw: Msg, exc: Exception) -> None:
+    async def _failed(self, raw: Msg, exc: Exception) -> float:
+        """Dead-letter a message that failed too often, else hand it back with backoff; returns the delay."""
         self.stats["failed"] += 1
         delivered = raw.metadata.num_delivered if raw.metadata else 1
         self.log.exception("handler_failed", subject=raw.subject, delivered=delivered, error=repr(exc))
@@ -295,8 +415,10 @@ class ActorHost:
                 raw.data,
             )
             await raw.term()
-        else:
-            await raw.nak(delay=min(0.05 * 2**delivered, 2.0))
+            return 0.0
+        delay = min(0.05 * 2**delivered, 2.0)
+        await raw.nak(delay=delay)
+        return delay
 
     async def _claim_once(self, key: str, token: str) -> bool:
         """True for the first claimant of `key` (and for that same claimant again: same `token`)."""

@@ -33,6 +33,10 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     intent_bucket: str = "execbus_intents"
     """Every intent id ever accepted: the duplicate guard that outlives the stream's duplicate window."""
     fetch_batch: int = 256
+    flush_delay_s: float = 0.02
+    """How long an actor holds an intent's state write (and the acks of the messages that led to it) for
+    more of that intent's steps, so a burst of messages costs one write. Published messages never wait.
+    0 writes after every step (or run of queued steps)."""
 
     @classmethod
     def from_env(cls, **overrides: object) -> BusSettings:

@@ -1,8 +1,14 @@
-"""Per-intent actor state in JetStream KV, with a cache for the partitions this replica owns.
+"""Per-intent actor state in JetStream KV, with a write-back cache for the partitions this replica owns.
 
 Keys are `<actor>.<partition>.<intent_id>`, so a replica taking over a partition finds exactly the intents
-it has to resume. Writes are compare-and-set on the last revision this replica saw: if another replica
-wrote in between (a lease handover race) the write fails with `StaleState` instead of overwriting.
+it has to resume. A step's changes are *staged* in the cache; the runtime *flushes* them (one write for
+however many steps ran since the last flush) before it acknowledges the messages those steps handled.
+Writes are compare-and-set on the last revision this replica saw: if another replica wrote in between (a
+lease handover race) the flush fails with `StaleState` instead of overwriting. A flush that would write the
+bytes already stored writes nothing.
+
+The keys present when a partition was taken over are listed once (`intents_in`); an intent not among them
+and not written since has no state, so a new intent costs no KV read.
 """
 
 from __future__ import annotations
@@ -14,24 +20,44 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from bus.acks import AckMux
 from bus.kv import list_keys, live_value
 
 __all__ = ["StateStore", "StaleState"]
+
+_PURGE = {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
 
 
 class StaleState(RuntimeError):
     """Someone else changed this intent's state since we read it."""
 
 
+class _Entry:
+    __slots__ = ("state", "revision", "written", "dirty")
+
+    def __init__(self, state: Any, revision: int, written: bytes | None) -> None:
+        self.state = state
+        self.revision = revision
+        """KV revision of what we last read or wrote; 0 = nothing stored (or only a purge marker)."""
+        self.written = written
+        self.dirty = False
+
+
 class StateStore:
-    def __init__(self, js: JetStreamContext, kv: KeyValue, actor: str, state_type: type[msgspec.Struct] | None) -> None:
+    def __init__(
+        self, js: JetStreamContext, kv: KeyValue, actor: str, state_type: type[msgspec.Struct] | None, acks: AckMux
+    ) -> None:
         self._js = js
         self._kv = kv
+        self._acks = acks
         self._actor = actor
         self._type = state_type
+        self._subject_prefix = f"$KV.{kv._name}."
         self._decoder = msgspec.json.Decoder(state_type) if state_type else None
         self._encoder = msgspec.json.Encoder(decimal_format="string")
-        self._cache: dict[str, tuple[Any, int]] = {}  # key -> (state, revision)
+        self._cache: dict[str, _Entry] = {}
+        self._stored: dict[int, set[str]] = {}
+        """Per owned partition: intents that had a key when we took it over and are not cached yet."""
 
     @property
     def cached(self) -> int:
@@ -46,48 +72,85 @@ class StateStore:
         key = self._key(partition, intent_id)
         hit = self._cache.get(key)
         if hit is not None:
-            return hit[0]
+            return hit.state
+        stored = self._stored.get(partition)
+        if stored is not None and intent_id not in stored:
+            return None  # no key when we took the partition over, and we have not written one since
         try:
             entry = await self._kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
+        except nats.js.errors.KeyNotFoundError:  # includes deleted and purged keys
             return None
         if entry.value is None:
             return None
         state = self._decoder.decode(entry.value)
-        self._cache[key] = (state, entry.revision or 0)
+        self._cache[key] = _Entry(state, entry.revision or 0, entry.value)
+        if stored is not None:
+            stored.discard(intent_id)
         return state
 
-    async def save(self, partition: int, intent_id: str, state: Any) -> None:
-        key = self._key(partition, intent_id)
-        data = self._encoder.encode(state)
-        hit = self._cache.get(key)
-        try:
-            if hit is None:
-                revision = await self._kv.create(key, data)
-            else:
-                revision = await self._kv.update(key, data, last=hit[1])
-        except nats.js.errors.KeyWrongLastSequenceError as exc:
-            self._cache.pop(key, None)
-            raise StaleState(key) from exc
-        self._cache[key] = (state, revision)
-
-    async def delete(self, partition: int, intent_id: str) -> None:
+    def stage(self, partition: int, intent_id: str, state: Any) -> None:
+        """Keep `state` (None: delete) for the next flush; later steps load it from the cache."""
         if self._decoder is None:
             return
         key = self._key(partition, intent_id)
-        self._cache.pop(key, None)
-        await self._kv.purge(key)
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = self._cache[key] = _Entry(None, 0, None)
+        entry.state = state
+        entry.dirty = True
+
+    async def flush(self, partition: int, intent_id: str) -> None:
+        """Write what was staged for the intent, if it differs from what is stored."""
+        key = self._key(partition, intent_id)
+        entry = self._cache.get(key)
+        if entry is None or not entry.dirty:
+            return
+        if entry.state is None:
+            if entry.revision:
+                await self._acks.publish(self._subject_prefix + key, b"", _PURGE)
+            del self._cache[key]
+            return
+        data = self._encoder.encode(entry.state)
+        if data != entry.written:
+            entry.revision = await self._write(key, data, entry.revision)
+            entry.written = data
+        entry.dirty = False
+
+    async def _write(self, key: str, data: bytes, revision: int) -> int:
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+        try:
+            ack = await self._acks.publish(self._subject_prefix + key, data, headers)
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            if revision == 0:
+                # A purge marker counts as a last message; nats-py's create knows to write over it.
+                try:
+                    return await self._kv.create(key, data)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    pass
+            self._cache.pop(key, None)
+            partition, intent_id = key.split(".", 2)[1:]
+            self._stored.setdefault(int(partition), set()).add(intent_id)  # read it next time, never assume
+            raise StaleState(key) from exc
+        return ack.seq
 
     async def intents_in(self, partition: int) -> list[str]:
+        """The intents with a key in `partition`; remembered, so that other intents need no KV read."""
         if self._decoder is None:
             return []
         prefix = f"{self._actor}.{partition}."
-        return [k[len(prefix):] for k in await list_keys(self._js, self._kv._name, f"{prefix}*")]
+        intents = [k[len(prefix):] for k in await list_keys(self._js, self._kv._name, f"{prefix}*")]
+        self._stored[partition] = set(intents)
+        return intents
 
     async def find(self, intent_id: str) -> Any:
-        """An intent's state from any partition (for status queries served by any replica)."""
+        """An intent's state from any partition (for status queries served by any replica). The owner's
+        cache first: what is stored may be up to one flush delay older."""
         if self._decoder is None:
             return None
+        for partition in self._stored:
+            hit = self._cache.get(self._key(partition, intent_id))
+            if hit is not None:
+                return hit.state
         for key in await list_keys(self._js, self._kv._name, f"{self._actor}.*.{intent_id}"):
             value = await live_value(self._kv, key)
             if value:
@@ -95,10 +158,14 @@ class StateStore:
         return None
 
     def drop(self, partition: int, intent_id: str) -> None:
-        """Forget the cached copy of one intent's state (it may hold unsaved changes)."""
-        self._cache.pop(self._key(partition, intent_id), None)
+        """Forget the cached copy of one intent's state (it may hold unflushed changes); read it next time."""
+        if self._cache.pop(self._key(partition, intent_id), None) is not None:
+            stored = self._stored.get(partition)
+            if stored is not None:
+                stored.add(intent_id)
 
     def drop_partition(self, partition: int) -> None:
         prefix = f"{self._actor}.{partition}."
         for key in [k for k in self._cache if k.startswith(prefix)]:
             del self._cache[key]
+        self._stored.pop(partition, None)

@@ -1,0 +1,221 @@
+"""Publishes whose acks are awaited together, and state written back once per burst of an intent's steps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import nats.js.errors
+import pytest
+
+from bus.acks import AckMux, PublishTimeout
+from bus.actor import Actor, IntentContext
+from bus.bus import Bus
+from bus.runtime import ActorHost
+from bus.server import EmbeddedNats
+from bus.state import StaleState, StateStore
+from messages import IntentAccepted, SubmitIntent
+from messages.base import Message, routing
+from tests.helpers import fast_settings, new_intent, wait_until
+
+
+class Seen(msgspec.Struct):
+    qtys: list[str] = msgspec.field(default_factory=list)
+
+
+class Burst(Actor[Seen]):
+    """Keeps every quantity it is sent. Waits at the gate on qty 1 (so the rest queue up behind it), forgets
+    the intent on qty 9, fails the first time it sees qty 3 of an intent named `flaky-*`."""
+
+    name = "burst"
+    consumes = (SubmitIntent,)
+    State = Seen
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.failed_once: set[str] = set()
+        self.handled = 0
+
+    async def handle(self, msg: Message, ctx: IntentContext[Seen]) -> None:
+        assert isinstance(msg, SubmitIntent)
+        if msg.qty == 1:
+            await self.gate.wait()
+        if msg.qty == 3 and msg.intent_id.startswith("flaky") and msg.intent_id not in self.failed_once:
+            self.failed_once.add(msg.intent_id)
+            raise RuntimeError("fails once")
+        self.handled += 1
+        if msg.qty == 9:
+            ctx.forget()
+            return
+        state = ctx.state or Seen()
+        state.qtys.append(str(msg.qty))
+        ctx.save(state)
+        await ctx.publish(
+            IntentAccepted(**routing(msg), side=msg.side, qty=msg.qty, strategy="market", deadline_ns=1,
+                           msg_id=f"{msg.intent_id}.accepted.{msg.qty}")
+        )
+
+
+@pytest.fixture
+async def bus(nats_server: EmbeddedNats) -> AsyncIterator[Bus]:
+    b = await Bus.connect(nats_server.url, fast_settings(max_deliveries=5))
+    yield b
+    await b.close()
+
+
+async def _writes(bus: Bus, intent_id: str) -> list[str]:
+    """Every write to the intent's state key, as its KV operation."""
+    ops: list[str] = []
+
+    async def keep(msg: Any) -> None:
+        ops.append((msg.headers or {}).get("KV-Operation", "PUT"))
+
+    await bus.nc.subscribe(f"$KV.{bus.settings.state_bucket}.burst.*.{intent_id}", cb=keep)
+    await bus.nc.flush()
+    return ops
+
+
+async def _burst(bus: Bus, intent_id: str, qtys: list[int]) -> None:
+    for qty in qtys:
+        await bus.publish(new_intent(intent_id=intent_id, qty=Decimal(qty), msg_id=f"{intent_id}.{qty}"))
+
+
+async def _unacked(bus: Bus) -> int:
+    total = 0
+    for p in range(bus.settings.partitions):
+        info = await bus.js.consumer_info(bus.settings.stream, f"burst-p{p}")
+        total += info.num_ack_pending + info.num_pending
+    return total
+
+
+async def test_a_burst_of_an_intents_messages_costs_one_state_write_and_all_are_acknowledged(bus: Bus) -> None:
+    actor = Burst()
+    writes = await _writes(bus, "b-1")
+    async with ActorHost(bus, actor) as host:
+        await _burst(bus, "b-1", [1, 2, 4, 5, 6])  # 2..6 queue behind the gate
+        await wait_until(lambda: host._queues.get("b-1") is not None and host._queues["b-1"].qsize() == 4)
+        actor.gate.set()
+        await wait_until(lambda: actor.handled == 5)
+        await wait_until(lambda: _zero(bus), timeout=5)  # acknowledged only after the write
+        stored = await host._store.find("b-1")
+
+    assert writes == ["PUT"]
+    assert stored == Seen(qtys=["1", "2", "4", "5", "6"])
+
+
+async def _zero(bus: Bus) -> bool:
+    return await _unacked(bus) == 0
+
+
+async def test_an_intent_that_starts_and_ends_within_one_burst_writes_no_state(bus: Bus) -> None:
+    actor = Burst()
+    writes = await _writes(bus, "b-2")
+    async with ActorHost(bus, actor) as host:
+        await _burst(bus, "b-2", [1, 2, 9])
+        await wait_until(lambda: host._queues.get("b-2") is not None and host._queues["b-2"].qsize() == 2)
+        actor.gate.set()
+        await wait_until(lambda: _zero(bus), timeout=5)  # all three acknowledged, so the batch committed
+
+    assert actor.handled == 3
+    assert writes == []
+
+
+async def test_a_step_failing_in_a_burst_redelivers_the_whole_burst_and_keeps_none_of_it(bus: Bus) -> None:
+    actor = Burst()
+    writes = await _writes(bus, "flaky-1")
+    async with ActorHost(bus, actor) as host:
+        await _burst(bus, "flaky-1", [1, 2, 3, 4])
+        await wait_until(lambda: host._queues.get("flaky-1") is not None and host._queues["flaky-1"].qsize() == 3)
+        actor.gate.set()
+        await wait_until(lambda: _zero(bus), timeout=10)
+        stored = await host._store.find("flaky-1")
+
+    # 1 and 2 were handled, then 3 failed: their state was dropped and they came again, so each quantity is
+    # in the state exactly once, in log order, and what they published was stored once (same msg ids).
+    assert stored == Seen(qtys=["1", "2", "3", "4"])
+    assert host.stats["failed"] == 1
+    assert writes and set(writes) == {"PUT"}
+    info = await bus.js.stream_info(bus.settings.stream, subjects_filter="exec.intent_accepted.*.*.flaky-1.*")
+    assert sum((info.state.subjects or {}).values()) == 4
+
+
+async def test_acks_come_back_in_send_order_with_increasing_sequences(bus: Bus) -> None:
+    intents = [new_intent() for _ in range(200)]
+    futures = [await bus.send(i) for i in intents]
+    acks = await asyncio.gather(*futures)
+
+    seqs = [a.seq for a in acks]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 200
+    again = await bus.publish(intents[0])
+    assert again.duplicate and again.seq == seqs[0]
+
+
+async def test_jetstream_errors_surface_as_nats_own_exceptions(bus: Bus) -> None:
+    kv_subject = f"$KV.{bus.settings.state_bucket}.burst.0.x"
+    await bus.acks.publish(kv_subject, b"1", {"Nats-Expected-Last-Subject-Sequence": "0"})
+    with pytest.raises(nats.js.errors.KeyWrongLastSequenceError):
+        await bus.acks.publish(kv_subject, b"2", {"Nats-Expected-Last-Subject-Sequence": "0"})
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await bus.acks.publish("not.a.stream.subject", b"x")
+
+
+async def test_a_publish_nobody_acknowledges_times_out(bus: Bus) -> None:
+    mux = AckMux(bus.nc, timeout_s=0.2)
+    await mux.start()
+    await bus.nc.subscribe("silent.listener", cb=_ignore)  # someone receives it, nobody answers
+    await bus.nc.flush()
+    try:
+        with pytest.raises(PublishTimeout):
+            await mux.publish("silent.listener", b"x")
+    finally:
+        await mux.stop()
+
+
+async def _ignore(msg: Any) -> None:
+    return None
+
+
+async def test_a_new_intent_costs_no_kv_read_and_a_concurrent_writer_makes_the_state_stale(bus: Bus) -> None:
+    kv = bus.buckets.state
+    reads: list[str] = []
+
+    async def count(msg: Any) -> None:
+        reads.append(msg.subject)
+
+    await bus.nc.subscribe("$JS.API.DIRECT.GET.>", cb=count)
+    await bus.nc.subscribe("$JS.API.STREAM.MSG.GET.>", cb=count)
+    await bus.nc.flush()
+    mine = StateStore(bus.js, kv, "burst", Seen, bus.acks)
+    other = StateStore(bus.js, kv, "burst", Seen, bus.acks)
+    assert await mine.intents_in(3) == [] and await other.intents_in(3) == []
+
+    assert await mine.load(3, "new-1") is None
+    await bus.nc.flush()
+    assert reads == []  # nothing was stored in partition 3 when we took it, so nothing to read
+
+    other.stage(3, "new-1", Seen(qtys=["theirs"]))
+    await other.flush(3, "new-1")
+    mine.stage(3, "new-1", Seen(qtys=["mine"]))
+    with pytest.raises(StaleState):
+        await mine.flush(3, "new-1")
+    assert await mine.load(3, "new-1") == Seen(qtys=["theirs"])  # read now, never assumed again
+
+    writes = await _writes_of(bus, "burst.3.new-1")
+    other.stage(3, "new-1", Seen(qtys=["theirs"]))  # the same bytes again
+    await other.flush(3, "new-1")
+    await bus.nc.flush()
+    assert writes == []
+
+
+async def _writes_of(bus: Bus, key: str) -> list[str]:
+    ops: list[str] = []
+
+    async def keep(msg: Any) -> None:
+        ops.append("PUT")
+
+    await bus.nc.subscribe(f"$KV.{bus.settings.state_bucket}.{key}", cb=keep)
+    await bus.nc.flush()
+    return ops
