@@ -224,6 +224,7 @@ def machine() -> dict[str, Any]:
         "nats_py": _version("nats-py"),
         "msgspec": _version("msgspec"),
         "ccxt": _version("ccxt"),
+        "event_loop": _loop_name(),
         "execbus_commit": _git_commit(),
     }
 
@@ -281,3 +282,9 @@ def write_result(name: str, result: BenchResult, *, quick: bool, out_dir: str | 
     }
     path.write_text(json.dumps(_jsonable(doc), indent=2) + "\n")
     return path
+
+
+def _loop_name() -> str:
+    from bus.loop import loop_name
+
+    return loop_name()

@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
 
     _die_with_parent()
     configure_logging(json=True)
-    asyncio.run(_run(_parse(argv)))
+    from bus.loop import run
+
+    run(_run(_parse(argv)))
 
 
 if __name__ == "__main__":

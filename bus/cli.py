@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from bus.loop import run as run_loop
 from bus.logging import configure_logging
 
 __all__ = ["main"]
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = "warning" if args.command in ("demo", "bench") else None
     configure_logging(args.log_level or quiet)
     try:
-        return int(asyncio.run(args.run(args)) or 0)
+        return int(run_loop(args.run(args)) or 0)
     except KeyboardInterrupt:
         return 130
 
