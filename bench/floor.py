@@ -4,8 +4,8 @@ The critical path of a market intent up to `OrderPlaced`, read off the actors (b
 actors/supervisor.py, actors/pricer.py, actors/placer.py):
 
     client   publish SubmitIntent (JetStream, ack awaited)
-    S        <- SubmitIntent   KV create (intent guard), publish IntentAccepted, publish PriceRequested,
-                               KV create (state), ack
+    S        <- SubmitIntent   KV create (intent guard), publish IntentAccepted + PriceRequested (sent
+                               together, acks awaited together), KV create (state), ack
     P        <- PriceRequested publish PriceQuoted, ack
     S        <- PriceQuoted    publish PlaceOrder, KV update (state), ack
     PL       <- PlaceOrder     venue request/reply (create_order), publish OrderPlaced, KV create, ack
@@ -16,7 +16,9 @@ Two bare chains with exactly these hops, no execbus code in them:
 * `core`: plain NATS publish/subscribe for each hop plus the venue request/reply — what NATS itself
   allows with no durability: 5 one-way hops and 1 round trip.
 * `js`: the same hops as JetStream publishes (ack awaited) delivered by durable push consumers with
-  explicit acks, plus the same KV writes in the same places — the same durability as execbus.
+  explicit acks, plus a KV write per step — at least the durability execbus has. (execbus holds its state
+  writes back up to `flush_delay_s` and writes an intent's burst of steps once, after the publishes; the
+  floor writes after every step, also after its publishes, so the writes stay off both critical paths.)
 
 Plus the raw primitives between the benchmark process and the relays' process: request/reply round trip
 and one-way publish -> subscribe latency (CLOCK_MONOTONIC is shared by all processes on Linux).
@@ -77,8 +79,10 @@ async def serve(nc: Client, roles: list[str]) -> list[Any]:
             i, step = tail(msg), msg.subject.split(".")[2]
             if step == "submit":
                 await kv.create(f"claim.{i}", b"1")
-                await js.publish(f"flj.o.accepted.{i}", PAYLOAD)
-                await js.publish(f"flj.p.req.{i}", PAYLOAD)
+                # Both out at once, acks awaited together (nats-py's publish_async): the way execbus sends.
+                acks = [await js.publish_async(f"flj.o.accepted.{i}", PAYLOAD),
+                        await js.publish_async(f"flj.p.req.{i}", PAYLOAD)]
+                await asyncio.gather(*acks)
                 revisions[i] = await kv.create(f"s.{i}", PAYLOAD)
             else:
                 await js.publish(f"flj.pl.place.{i}", PAYLOAD)
