@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import os
 import socket
@@ -87,7 +88,7 @@ class ActorHost:
         self._settings = settings
         self._store = StateStore(bus.js, bus.buckets.state, actor.name, actor.State, bus.acks)
         self._streams: dict[int, PullStream] = {}
-        self._queues: dict[str, asyncio.Queue[_Work]] = {}
+        self._queues: dict[str, collections.deque[_Work]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._intent_partition: dict[str, int] = {}
         self._batches: dict[str, _Batch] = {}
@@ -148,6 +149,10 @@ class ActorHost:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def queued(self, intent_id: str) -> int:
+        """Work items waiting behind the one running for the intent."""
+        return len(self._queues.get(intent_id, ()))
 
     @property
     def partitions(self) -> list[int]:
@@ -216,12 +221,12 @@ class ActorHost:
             self._activity.begin(delivered=work[0] == "msg")
         queue = self._queues.get(intent_id)
         if queue is None:
-            queue = self._queues[intent_id] = asyncio.Queue()
+            queue = self._queues[intent_id] = collections.deque()
             self._intent_partition[intent_id] = partition
             self._workers[intent_id] = asyncio.create_task(self._work(intent_id, partition, queue))
-        queue.put_nowait(work)
+        queue.append(work)
 
-    async def _work(self, intent_id: str, partition: int, queue: asyncio.Queue[_Work]) -> None:
+    async def _work(self, intent_id: str, partition: int, queue: collections.deque[_Work]) -> None:
         """One task per intent with queued work; it ends when the queue is empty.
 
         Steps run back to back on the cached state. Their commit — every message they published confirmed
@@ -230,20 +235,21 @@ class ActorHost:
         whole burst then costs one state write (none, when the intent starts and ends inside it). What the
         steps publish goes out at once; only the bookkeeping waits."""
         batch = self._batches.pop(intent_id, None) or _Batch()
+        # This task runs in its own copy of the context: what is bound here stays with this intent's work.
+        structlog.contextvars.bind_contextvars(intent_id=intent_id)
         try:
-            while not queue.empty():
-                kind, payload = queue.get_nowait()
+            while queue:
+                kind, payload = queue.popleft()
                 try:
-                    with structlog.contextvars.bound_contextvars(intent_id=intent_id):
-                        if kind == "msg":
-                            await self._handle_message(intent_id, partition, payload, batch)
-                        elif kind == "flush":
-                            batch.flush = None
-                            await self._commit(intent_id, partition, batch)
-                        else:
-                            await self._run_step(intent_id, partition, kind, payload, batch)
-                        if queue.empty() and batch.pending:
-                            await self._commit_later(intent_id, partition, batch)
+                    if kind == "msg":
+                        await self._handle_message(intent_id, partition, payload, batch)
+                    elif kind == "flush":
+                        batch.flush = None
+                        await self._commit(intent_id, partition, batch)
+                    else:
+                        await self._run_step(intent_id, partition, kind, payload, batch)
+                    if not queue and batch.pending:
+                        await self._commit_later(intent_id, partition, batch)
                 finally:
                     if self._activity is not None:
                         self._activity.end()
@@ -274,7 +280,7 @@ class ActorHost:
         except InvalidMessage as exc:
             await self._reject(raw, exc)
             return
-        seq = raw.metadata.sequence.stream if raw.metadata else 0
+        seq = _stream_seq(raw)
         try:
             await self._run_step(intent_id, partition, "msg", msg, batch, seq=seq)
         except Exception as exc:
@@ -372,13 +378,10 @@ class ActorHost:
         queue = self._queues.get(intent_id)
         if queue is None:
             return []
-        items = []
-        while not queue.empty():
-            items.append(queue.get_nowait())
+        items = list(queue)
+        queue.clear()
         messages = [payload for kind, payload in items if kind == "msg"]
-        for kind, payload in items:
-            if kind != "msg":
-                queue.put_nowait((kind, payload))
+        queue.extend(item for item in items if item[0] != "msg")
         if self._activity is not None:
             for _ in messages:
                 self._activity.end()
@@ -474,6 +477,7 @@ class ActorHost:
             "partitions": self.partitions,
             "members": self._leases.members if self._leases else [],
             "intents_in_flight": len(self._queues),
+            "unflushed": len(self._batches),
             "timers": len(self._timer_at),
             "cached_states": self._store.cached,
             **self.stats,
@@ -495,3 +499,15 @@ def _live_subject(stored: str) -> str:
     parts = stored.split(".")
     return ".".join(parts[:5]) if len(parts) == 6 and parts[0] == subjects.PREFIX else stored
 
+
+
+def _stream_seq(raw: Msg) -> int:
+    """The message's stream sequence, read straight off its ack subject (`Msg.metadata` parses every field,
+    and this runs for every message): `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...`, with a
+    domain and account hash after `ACK` in the newer 12-token form."""
+    tokens = (raw.reply or "").split(".")
+    if len(tokens) == 9:
+        return int(tokens[5])
+    if len(tokens) >= 11:
+        return int(tokens[7])
+    return 0

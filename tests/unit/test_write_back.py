@@ -96,7 +96,7 @@ async def test_a_burst_of_an_intents_messages_costs_one_state_write_and_all_are_
     writes = await _writes(bus, "b-1")
     async with ActorHost(bus, actor) as host:
         await _burst(bus, "b-1", [1, 2, 4, 5, 6])  # 2..6 queue behind the gate
-        await wait_until(lambda: host._queues.get("b-1") is not None and host._queues["b-1"].qsize() == 4)
+        await wait_until(lambda: host.queued("b-1") == 4)
         actor.gate.set()
         await wait_until(lambda: actor.handled == 5)
         await wait_until(lambda: _zero(bus), timeout=5)  # acknowledged only after the write
@@ -115,7 +115,7 @@ async def test_an_intent_that_starts_and_ends_within_one_burst_writes_no_state(b
     writes = await _writes(bus, "b-2")
     async with ActorHost(bus, actor) as host:
         await _burst(bus, "b-2", [1, 2, 9])
-        await wait_until(lambda: host._queues.get("b-2") is not None and host._queues["b-2"].qsize() == 2)
+        await wait_until(lambda: host.queued("b-2") == 2)
         actor.gate.set()
         await wait_until(lambda: _zero(bus), timeout=5)  # all three acknowledged, so the batch committed
 
@@ -128,7 +128,7 @@ async def test_a_step_failing_in_a_burst_redelivers_the_whole_burst_and_keeps_no
     writes = await _writes(bus, "flaky-1")
     async with ActorHost(bus, actor) as host:
         await _burst(bus, "flaky-1", [1, 2, 3, 4])
-        await wait_until(lambda: host._queues.get("flaky-1") is not None and host._queues["flaky-1"].qsize() == 3)
+        await wait_until(lambda: host.queued("flaky-1") == 3)
         actor.gate.set()
         await wait_until(lambda: _zero(bus), timeout=10)
         stored = await host._store.find("flaky-1")
@@ -219,3 +219,15 @@ async def _writes_of(bus: Bus, key: str) -> list[str]:
     await bus.nc.subscribe(f"$KV.{bus.settings.state_bucket}.{key}", cb=keep)
     await bus.nc.flush()
     return ops
+
+
+async def test_the_stream_sequence_read_off_the_ack_subject_matches_nats_metadata(bus: Bus) -> None:
+    from bus.runtime import _stream_seq
+
+    await bus.publish(new_intent())
+    await bus.publish(new_intent())
+    sub = await bus.js.pull_subscribe("exec.submit_intent.>", durable="seq-check", stream=bus.settings.stream)
+    messages = await sub.fetch(2, timeout=5)
+
+    assert [_stream_seq(m) for m in messages] == [m.metadata.sequence.stream for m in messages]
+    assert _stream_seq(messages[1]) == _stream_seq(messages[0]) + 1
