@@ -154,7 +154,10 @@ class Tracker(Actor[TrackerState]):
                 state.arrival_bid = state.arrival_bid or msg.arrival_bid
                 state.arrival_ask = state.arrival_ask or msg.arrival_ask
         await self._maybe_complete(state, ctx)
-        ctx.save(state)
+        if state.report is not None:
+            ctx.retire(state)  # reported: kept in KV for late fills, no longer in memory
+        else:
+            ctx.save(state)
 
     async def _fill(self, msg: OrderFilled, state: TrackerState, ctx: IntentContext[TrackerState]) -> None:
         order = _order(state, msg.client_order_id, msg.attempt)

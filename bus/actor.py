@@ -56,6 +56,7 @@ class IntentContext(Generic[S]):
         self.log = log
         self.dirty = False
         self.deleted = False
+        self.retired = False
         self.wake_at_ns: int | None = None
         self.message_seq = 0
         """Stream sequence of the message being handled (0 for timers and venue events)."""
@@ -70,6 +71,12 @@ class IntentContext(Generic[S]):
         self.state = state
         self.dirty = True
         self.deleted = False
+
+    def retire(self, state: S) -> None:
+        """Save `state` as this intent's last: kept in KV for `retired_state_ttl_s` (read back if another
+        message of the intent comes), not in memory."""
+        self.save(state)
+        self.retired = True
 
     def forget(self) -> None:
         """This actor is done with the intent: drop its state and timers."""

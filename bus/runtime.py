@@ -86,7 +86,9 @@ class ActorHost:
         self.log = structlog.get_logger("execbus.actor").bind(actor=actor.name, replica=self.replica)
         settings = bus.settings
         self._settings = settings
-        self._store = StateStore(bus.js, bus.buckets.state, actor.name, actor.State, bus.acks)
+        self._store = StateStore(
+            bus.js, bus.buckets.state, actor.name, actor.State, bus.acks, retired_ttl_s=settings.retired_state_ttl_s
+        )
         self._streams: dict[int, PullStream] = {}
         self._queues: dict[str, collections.deque[_Work]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -324,7 +326,7 @@ class ActorHost:
             self._store.stage(partition, intent_id, None)
             batch.staged = True
         elif ctx.dirty and ctx.state is not None:
-            self._store.stage(partition, intent_id, ctx.state)
+            self._store.stage(partition, intent_id, ctx.state, retire=ctx.retired)
             batch.staged = True
         if ctx.wake_at_ns is not None:
             self._arm(intent_id, partition, ctx.wake_at_ns)

@@ -33,6 +33,10 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     intent_bucket: str = "execbus_intents"
     """Every intent id ever accepted: the duplicate guard that outlives the stream's duplicate window."""
     fetch_batch: int = 256
+    retired_state_ttl_s: float = 86_400.0
+    """How long KV keeps what is left of a finished intent: the tracker's last state (so a late fill still
+    finds its report) and the other actors' deletion markers. Then JetStream drops it (per-message TTL), so
+    the state bucket does not grow with every intent ever run."""
     flush_delay_s: float = 0.02
     """How long an actor holds an intent's state write (and the acks of the messages that led to it) for
     more of that intent's steps, so a burst of messages costs one write. Published messages never wait.

@@ -33,7 +33,7 @@ class StaleState(RuntimeError):
 
 
 class _Entry:
-    __slots__ = ("state", "revision", "written", "dirty")
+    __slots__ = ("state", "revision", "written", "dirty", "retire")
 
     def __init__(self, state: Any, revision: int, written: bytes | None) -> None:
         self.state = state
@@ -41,12 +41,22 @@ class _Entry:
         """KV revision of what we last read or wrote; 0 = nothing stored (or only a purge marker)."""
         self.written = written
         self.dirty = False
+        self.retire = False
 
 
 class StateStore:
     def __init__(
-        self, js: JetStreamContext, kv: KeyValue, actor: str, state_type: type[msgspec.Struct] | None, acks: AckMux
+        self,
+        js: JetStreamContext,
+        kv: KeyValue,
+        actor: str,
+        state_type: type[msgspec.Struct] | None,
+        acks: AckMux,
+        *,
+        retired_ttl_s: float = 86_400.0,
     ) -> None:
+        self._ttl = {"Nats-TTL": str(max(int(retired_ttl_s), 1))}
+        self._purge = {**_PURGE, **self._ttl}
         self._js = js
         self._kv = kv
         self._acks = acks
@@ -88,8 +98,9 @@ class StateStore:
             stored.discard(intent_id)
         return state
 
-    def stage(self, partition: int, intent_id: str, state: Any) -> None:
-        """Keep `state` (None: delete) for the next flush; later steps load it from the cache."""
+    def stage(self, partition: int, intent_id: str, state: Any, *, retire: bool = False) -> None:
+        """Keep `state` (None: delete) for the next flush; later steps load it from the cache. A retired
+        state is written with the retirement TTL and leaves the cache once written."""
         if self._decoder is None:
             return
         key = self._key(partition, intent_id)
@@ -98,6 +109,7 @@ class StateStore:
             entry = self._cache[key] = _Entry(None, 0, None)
         entry.state = state
         entry.dirty = True
+        entry.retire = retire and state is not None
 
     async def flush(self, partition: int, intent_id: str) -> None:
         """Write what was staged for the intent, if it differs from what is stored."""
@@ -107,17 +119,20 @@ class StateStore:
             return
         if entry.state is None:
             if entry.revision:
-                await self._acks.publish(self._subject_prefix + key, b"", _PURGE)
+                await self._acks.publish(self._subject_prefix + key, b"", self._purge)
             del self._cache[key]
             return
         data = self._encoder.encode(entry.state)
-        if data != entry.written:
-            entry.revision = await self._write(key, data, entry.revision)
+        if data != entry.written or entry.retire:
+            entry.revision = await self._write(key, data, entry.revision, retire=entry.retire)
             entry.written = data
         entry.dirty = False
+        if entry.retire:
+            del self._cache[key]
+            self._remember(partition, intent_id)  # read it back if the intent speaks again
 
-    async def _write(self, key: str, data: bytes, revision: int) -> int:
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+    async def _write(self, key: str, data: bytes, revision: int, *, retire: bool = False) -> int:
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision), **(self._ttl if retire else {})}
         try:
             ack = await self._acks.publish(self._subject_prefix + key, data, headers)
         except nats.js.errors.KeyWrongLastSequenceError as exc:
@@ -129,7 +144,7 @@ class StateStore:
                     pass
             self._cache.pop(key, None)
             partition, intent_id = key.split(".", 2)[1:]
-            self._stored.setdefault(int(partition), set()).add(intent_id)  # read it next time, never assume
+            self._remember(int(partition), intent_id)  # read it next time, never assume
             raise StaleState(key) from exc
         return ack.seq
 
@@ -157,12 +172,16 @@ class StateStore:
                 return self._decoder.decode(value)
         return None
 
+    def _remember(self, partition: int, intent_id: str) -> None:
+        """The intent may have a key: the next load reads KV."""
+        stored = self._stored.get(partition)
+        if stored is not None:  # (no set: every load reads KV anyway)
+            stored.add(intent_id)
+
     def drop(self, partition: int, intent_id: str) -> None:
         """Forget the cached copy of one intent's state (it may hold unflushed changes); read it next time."""
         if self._cache.pop(self._key(partition, intent_id), None) is not None:
-            stored = self._stored.get(partition)
-            if stored is not None:
-                stored.add(intent_id)
+            self._remember(partition, intent_id)
 
     def drop_partition(self, partition: int) -> None:
         prefix = f"{self._actor}.{partition}."

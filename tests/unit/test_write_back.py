@@ -231,3 +231,29 @@ async def test_the_stream_sequence_read_off_the_ack_subject_matches_nats_metadat
 
     assert [_stream_seq(m) for m in messages] == [m.metadata.sequence.stream for m in messages]
     assert _stream_seq(messages[1]) == _stream_seq(messages[0]) + 1
+
+
+async def test_retired_state_and_deletion_markers_expire_and_retired_state_is_read_back(bus: Bus) -> None:
+    kv = bus.buckets.state
+    store = StateStore(bus.js, kv, "burst", Seen, bus.acks, retired_ttl_s=3600)
+    await store.intents_in(5)
+    headers: dict[str, dict[str, str]] = {}
+
+    async def keep(msg: Any) -> None:
+        headers[msg.subject.rsplit(".", 1)[1]] = dict(msg.headers or {})
+
+    await bus.nc.subscribe(f"$KV.{bus.settings.state_bucket}.burst.5.*", cb=keep)
+    await bus.nc.flush()
+
+    store.stage(5, "done-1", Seen(qtys=["1"]), retire=True)
+    await store.flush(5, "done-1")
+    store.stage(5, "gone-1", Seen(qtys=["1"]))
+    await store.flush(5, "gone-1")
+    store.stage(5, "gone-1", None)
+    await store.flush(5, "gone-1")
+    await bus.nc.flush()
+
+    assert headers["done-1"]["Nats-TTL"] == "3600" and store.cached == 0  # written, then out of memory
+    assert headers["gone-1"]["KV-Operation"] == "PURGE" and headers["gone-1"]["Nats-TTL"] == "3600"
+    assert await store.load(5, "done-1") == Seen(qtys=["1"])  # a late message still finds it
+    assert await store.load(5, "gone-1") is None
