@@ -60,6 +60,10 @@ class Watched(msgspec.Struct, kw_only=True):
     venue_status: str | None = None
     """The venue's terminal status, once seen, while some of its trades are still missing here."""
     venue_filled: Decimal = Decimal(0)
+    quiet_polls: int = 0
+    """Polls in a row that found nothing the venue's streams had not already said. While the streams are
+    healthy each one doubles the wait before the next poll (up to `max_poll_interval_s`): with thousands of
+    open orders a fixed 2 s poll of each kept the CPU busy doing nothing."""
 
 
 class ReconcilerState(msgspec.Struct, kw_only=True):
@@ -78,6 +82,7 @@ class Reconciler(Actor[ReconcilerState]):
         venues: Any,
         *,
         poll_interval_s: float = 2.0,
+        max_poll_interval_s: float = 30.0,
         confirm_interval_s: float = 0.2,
         use_streams: bool = True,
         watch_venues: tuple[str, ...] = ("paper",),
@@ -85,6 +90,9 @@ class Reconciler(Actor[ReconcilerState]):
         self._watch_venues = watch_venues
         self._venues = venues
         self._poll_ns = int(poll_interval_s * NS)
+        self._max_poll_ns = max(int(max_poll_interval_s * NS), self._poll_ns)
+        self._stream_broken: dict[str, float] = {}
+        """venue -> when its order or trade stream last failed (polling is then the only source)."""
         self._confirm_ns = int(confirm_interval_s * NS)
         self._use_streams = use_streams
         self._services: Services | None = None
@@ -182,8 +190,21 @@ class Reconciler(Actor[ReconcilerState]):
             ctx.forget()
             return
         ctx.save(state)
-        interval = self._confirm_ns if any(w.canceling for w in open_orders) else self._poll_ns
+        if any(w.canceling for w in open_orders):
+            interval = self._confirm_ns
+        elif self._streams_healthy(state.venue):
+            quiet = min(w.quiet_polls for w in open_orders)
+            interval = min(self._poll_ns << min(quiet, 16), self._max_poll_ns)
+        else:
+            interval = self._poll_ns
         ctx.wake_at(ctx.clock.now_ns() + interval)
+
+    def _streams_healthy(self, venue: str) -> bool:
+        tasks = self._streams.get(venue)
+        if not tasks or any(t.done() for t in tasks):
+            return False
+        broken = self._stream_broken.get(venue)
+        return broken is None or time.monotonic() - broken > self._max_poll_ns / NS
 
     # -- venue truth ------------------------------------------------------------------------------------
 
@@ -192,6 +213,7 @@ class Reconciler(Actor[ReconcilerState]):
             return
         self.stats["polls"] += 1
         exchange = await self._venues.get(state.venue)
+        before = (watched.filled, watched.final, watched.venue_status, watched.canceling, watched.not_found)
         try:
             order = await exchange.fetch_order(watched.order_id, state.symbol)
         except ccxt.OrderNotFound:
@@ -202,6 +224,8 @@ class Reconciler(Actor[ReconcilerState]):
             ctx.log.info("order_poll_failed", client_order_id=watched.client_order_id, error=type(exc).__name__)
             return
         await self._apply_order(state, watched, order, ctx, polled=True)
+        unchanged = (watched.filled, watched.final, watched.venue_status, watched.canceling, watched.not_found) == before
+        watched.quiet_polls = watched.quiet_polls + 1 if unchanged else 0
 
     async def _apply_trade(self, state: ReconcilerState, watched: Watched, trade: dict[str, Any], ctx: IntentContext[ReconcilerState]) -> None:
         trade_id = str(trade.get("id"))
@@ -357,6 +381,7 @@ class Reconciler(Actor[ReconcilerState]):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the stream broke; polling covers the gap
+                self._stream_broken[venue] = time.monotonic()
                 log.warning("venue_stream_error", venue=venue, kind=kind, error=repr(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -382,6 +407,7 @@ class Reconciler(Actor[ReconcilerState]):
             watched = _find(state, order_id, cid)
             if watched is None:
                 return
+            watched.quiet_polls = 0  # the order moves: poll it soon again
             if kind == "order":
                 watched.order_id = watched.order_id or order_id
                 self._route(venue, watched.client_order_id, order_id, ctx)
