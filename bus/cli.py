@@ -104,12 +104,14 @@ def _url(args: argparse.Namespace) -> str:
     return args.nats or os.environ.get("NATS_URL") or DEFAULT_URL
 
 
-async def _until_signal() -> None:
+def _stop_on_signal() -> asyncio.Event:
+    """Set on SIGINT/SIGTERM. Installed before anything starts: a signal that comes while the actors are
+    still starting (their partitions already taken) must stop them gracefully, not kill the process."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 # -- commands ---------------------------------------------------------------------------------------------
@@ -126,6 +128,7 @@ async def _up(args: argparse.Namespace) -> int:
     from bus.startup import StartupReconciliationError
     from bus.system import System, SystemConfig
 
+    stop = _stop_on_signal()
     store = args.store or os.path.join(os.getcwd(), ".execbus")
     system = System(SystemConfig(nats_url=args.nats, port=args.port, store_dir=store, paper_venue=not args.no_venue))
     try:
@@ -136,7 +139,7 @@ async def _up(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"execbus up: NATS at {system.url}  (actors: {', '.join(system.hosts)})", flush=True)
     try:
-        await _until_signal()
+        await stop.wait()
     finally:
         await system.stop()
     return EXIT_OK
@@ -148,6 +151,7 @@ async def _actor(args: argparse.Namespace) -> int:
     from bus.system import build_actor
     from venues.gateway import VenuePool
 
+    stop = _stop_on_signal()
     url = _url(args)
     venues = VenuePool(nats_url=url)
     try:
@@ -170,7 +174,7 @@ async def _actor(args: argparse.Namespace) -> int:
             return EXIT_FAILED
     print(f"execbus actor {args.name}: replica {host.replica} on {url}", flush=True)
     try:
-        await _until_signal()
+        await stop.wait()
     finally:
         await host.stop()
         await venues.close()
@@ -182,10 +186,7 @@ async def _venue(args: argparse.Namespace) -> int:
     from venues.config import PaperVenueConfig
     from venues.service import run_paper_venue
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signal()
     print(f"execbus venue paper on {_url(args)}", flush=True)
     await run_paper_venue(_url(args), PaperVenueConfig(), stop=stop)
     return EXIT_OK
