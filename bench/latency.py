@@ -381,7 +381,9 @@ def _result(args: argparse.Namespace, samples: dict[str, list[float]], failures:
     ]
     notes = [
         "Floor chains mirror the market critical path to OrderPlaced: 5 one-way hops + 1 venue request/reply; "
-        "the JetStream chain also awaits the same 5 publish acks and 4 KV writes as the actors (bench/floor.py).",
+        "the JetStream chain awaits an ack for every publish (the supervisor's two first ones together, as execbus "
+        "sends them), the intent-id KV guard on the path, and a KV state write after each relay step "
+        "(bench/floor.py).",
         "Monolith: same strategy functions, same venue over NATS, no bus between the steps; its 'completed' is "
         "the create_order answer checked for a full fill (the paper venue reports fills in that answer).",
         "Aggressive limit: attempt 1 rests at the touch; after OrderPlaced the benchmark cancels it at the venue "
