@@ -40,7 +40,7 @@ QTY = Decimal("0.001")
 ACTOR_OPTIONS = {"pricer": {"max_age_s": 3600.0}}  # a step-driven market is frozen, not stale
 AGGRESSIVE = ExecutionParams(max_retries=1, attempt_timeout_seconds=Decimal("60"),
                              total_timeout_seconds=Decimal("60"), fallback="market")
-FLOOR_HOPS = {"one_way_hops": 5, "venue_round_trips": 1, "jetstream_publishes": 5, "kv_writes": 4}
+FLOOR_HOPS = {"one_way_hops": 5, "venue_round_trips": 1, "jetstream_publishes": 6, "kv_writes": 4, "kv_writes_on_path": 1}
 PROCS_FLOOR = {"supervisor": "S,echo", "pricer": "P", "placer": "PL"}
 
 
