@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import heapq
 import os
+import time
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
@@ -95,6 +97,10 @@ class ActorHost:
         self._intent_partition: dict[str, int] = {}
         self._batches: dict[str, _Batch] = {}
         """Intents whose handled messages wait for their commit (see `_work`)."""
+        self._releasing: set[int] = set()
+        self._held_back: dict[str, float] = {}
+        """Intent -> monotonic time until which its abandoned messages are on their way back: newer ones
+        wait for them (see `_abandon`)."""
         self._timers: list[tuple[int, str, int]] = []
         self._timer_at: dict[str, int] = {}
         self._timer_wakeup = asyncio.Event()
@@ -129,6 +135,9 @@ class ActorHost:
         self._control = ControlService(self.bus, self.actor.name, self._status, self.actor.endpoints())
         await self._control.start()
         self._started = True
+        # What exists now (modules, venue markets, connections) lives as long as the process: keep it out
+        # of the collector's full passes, which otherwise stall the loop for tens of milliseconds.
+        gc.freeze()
         self.log.info("actor_started", partitions=self._leases.held)
         return self
 
@@ -190,20 +199,33 @@ class ActorHost:
         self._streams[partition] = stream
 
     async def _release(self, partition: int) -> None:
-        stream = self._streams.pop(partition, None)
-        if stream is not None:
-            await stream.stop()
-        draining = [
-            self._workers[i] for i, p in self._intent_partition.items() if p == partition and i in self._workers
-        ]
-        if draining:
-            await asyncio.gather(*draining, return_exceptions=True)
-        for intent_id in [i for i, p in self._intent_partition.items() if p == partition and i in self._batches]:
-            await self._commit(intent_id, partition, self._batches.pop(intent_id))
-        for intent_id in [i for i, p in self._intent_partition.items() if p == partition]:
-            self._intent_partition.pop(intent_id, None)
-            self._timer_at.pop(intent_id, None)
-        self._store.drop_partition(partition)
+        """Stop pulling, let the partition's intents finish what they took, commit what they hold, forget."""
+        self._releasing.add(partition)
+        try:
+            for intent_id, batch in self._batches.items():
+                if self._intent_partition.get(intent_id) == partition and batch.flush is not None:
+                    batch.flush.cancel()  # committed below, not by a timer that could fire mid-release
+                    batch.flush = None
+            stream = self._streams.pop(partition, None)
+            if stream is not None:
+                await stream.stop()
+            while draining := [w for i, w in self._workers.items() if self._intent_partition.get(i) == partition]:
+                await asyncio.gather(*draining, return_exceptions=True)
+            for intent_id in [i for i in self._batches if self._intent_partition.get(i) == partition]:
+                batch = self._batches.pop(intent_id, None)
+                if batch is not None:
+                    try:
+                        await self._commit(intent_id, partition, batch)
+                    except Exception:  # the connection is going: its messages come back after the ack wait
+                        self.log.exception("release_commit_failed", intent_id=intent_id)
+            for intent_id in [i for i, p in self._intent_partition.items() if p == partition]:
+                if intent_id not in self._workers:
+                    self._intent_partition.pop(intent_id, None)
+                    self._timer_at.pop(intent_id, None)
+                    self._held_back.pop(intent_id, None)
+            self._store.drop_partition(partition)
+        finally:
+            self._releasing.discard(partition)
 
     # -- dispatch ---------------------------------------------------------------------------------------
 
@@ -220,7 +242,8 @@ class ActorHost:
 
     def _enqueue(self, intent_id: str, partition: int, work: _Work) -> None:
         if self._activity is not None:
-            self._activity.begin(delivered=work[0] == "msg")
+            # A redelivery was counted when it first came: counting it again would hide a missing message.
+            self._activity.begin(delivered=work[0] == "msg" and _delivery_count(work[1]) == 1)
         queue = self._queues.get(intent_id)
         if queue is None:
             queue = self._queues[intent_id] = collections.deque()
@@ -252,6 +275,13 @@ class ActorHost:
                         await self._run_step(intent_id, partition, kind, payload, batch)
                     if not queue and batch.pending:
                         await self._commit_later(intent_id, partition, batch)
+                except Exception:
+                    # The runtime's own bookkeeping failed (an ack or nak on a closing connection): keep
+                    # the worker alive; unacknowledged messages come back after the ack wait.
+                    self.log.exception("runtime_step_error", intent_id=intent_id, step=kind)
+                    self._store.drop(partition, intent_id)
+                    _retrieve_all(batch.sent)
+                    batch.reset()
                 finally:
                     if self._activity is not None:
                         self._activity.end()
@@ -263,7 +293,7 @@ class ActorHost:
 
     async def _commit_later(self, intent_id: str, partition: int, batch: _Batch) -> None:
         delay = self._settings.flush_delay_s
-        if delay <= 0 or partition not in self._streams or not self._started:
+        if delay <= 0 or partition not in self._streams or partition in self._releasing or not self._started:
             await self._commit(intent_id, partition, batch)
         elif batch.flush is None:
             batch.flush = asyncio.get_running_loop().call_later(
@@ -271,6 +301,14 @@ class ActorHost:
             )
 
     async def _handle_message(self, intent_id: str, partition: int, raw: Msg, batch: _Batch) -> None:
+        until = self._held_back.get(intent_id)
+        if until is not None:
+            wait = until - time.monotonic()
+            if wait <= 0:
+                del self._held_back[intent_id]
+            elif _delivery_count(raw) == 1:
+                await raw.nak(delay=wait + 0.01)  # newer than what is coming back: after it, in log order
+                return
         parts = subjects.parse(raw.subject)
         expected = BY_KIND.get(parts.kind) if parts else None
         if expected is None:
@@ -350,28 +388,34 @@ class ActorHost:
     ) -> None:
         """A step, a publish or the state write failed: nothing of this batch is kept. The cached state may
         hold the batch's unsaved changes, so it is dropped. The batch's messages, the failed one and those
-        queued behind it are all handed back with the same delay, so they come again in log order; timers
-        and venue events (which have no redelivery) are replayed by waking the actor to reconcile from its
-        stored state."""
+        queued behind it are handed back in log order with one delay (backing off with their delivery
+        count), and newer messages of the intent wait until they are back; a message whose own handler
+        failed `max_deliveries` times is dead-lettered instead. Timers and venue events (which have no
+        redelivery) are replayed by waking the actor to reconcile from its stored state."""
         self._store.drop(partition, intent_id)
-        for future in batch.sent:
-            if not future.done():
-                future.cancel()  # its ack no longer matters: the message is redelivered either way
-            elif not future.cancelled():
-                future.exception()  # retrieved, so asyncio does not report it as never retrieved
+        _retrieve_all(batch.sent)  # never cancel: a message already sent may still be stored and delivered
         stale = isinstance(exc, StaleState)
-        delay = 0.1 if stale else 0.0  # stale: someone else owns this intent now; let them have it
+        returning = [*batch.messages, *([failed] if failed is not None else [])]
+        delivered = max((_delivery_count(m) for m in returning), default=1)
+        delay = 0.1 if stale else min(0.05 * 2**delivered, 2.0)
+        self.stats["failed"] += 1
         if failed is not None and not stale:
-            delay = await self._failed(failed, exc)
-        queued = self._take_queued_messages(intent_id)
-        for raw in [*batch.messages, *([failed] if stale and failed is not None else []), *queued]:
-            await raw.nak(delay=delay)
-        if failed is None:
-            self.stats["failed"] += 1
+            self.log.error("handler_failed", subject=failed.subject, delivered=_delivery_count(failed),
+                           error=repr(exc), exc_info=exc)
+            if _delivery_count(failed) >= self._settings.max_deliveries:
+                await self._dead_letter(failed, f"handler failed {_delivery_count(failed)} times: {exc!r}")
+                returning.remove(failed)
+        else:
             self.log.error("actor_step_failed", intent_id=intent_id, error=repr(exc), exc_info=exc)
-        if (batch.unrepeatable or failed is None) and not stale:
+        returning += self._take_queued_messages(intent_id)
+        for raw in returning:
+            await raw.nak(delay=delay)
+        if returning:
+            self._held_back[intent_id] = time.monotonic() + delay
+        if batch.unrepeatable or failed is None:
             # A timer or venue event has no redelivery: wake the actor again so it reconciles from its
-            # stored state (its on_timer re-checks deadlines, polls orders, retries what is pending).
+            # stored state (its on_timer re-checks deadlines, polls orders, retries what is pending). If
+            # the partition has moved on meanwhile, the timer is dropped (`_run_timers`).
             self._arm(intent_id, partition, self.clock.now_ns() + STEP_RETRY_NS)
         batch.reset()
 
@@ -406,30 +450,18 @@ class ActorHost:
             self.log.exception("on_invalid_failed", subject=raw.subject)
         await raw.ack()
 
-    async def _failed(self, raw: Msg, exc: Exception) -> float:
-        """Dead-letter a message that failed too often, else hand it back with backoff; returns the delay."""
-        self.stats["failed"] += 1
-        delivered = raw.metadata.num_delivered if raw.metadata else 1
-        self.log.exception("handler_failed", subject=raw.subject, delivered=delivered, error=repr(exc))
-        if delivered >= self._settings.max_deliveries:
-            self.stats["dead_lettered"] += 1
-            await self.bus.dead_letter(
-                self.actor.name,
-                _live_subject(raw.subject),
-                f"handler failed {delivered} times: {exc!r}",
-                raw.data,
-            )
-            await raw.term()
-            return 0.0
-        delay = min(0.05 * 2**delivered, 2.0)
-        await raw.nak(delay=delay)
-        return delay
+    async def _dead_letter(self, raw: Msg, reason: str) -> None:
+        self.stats["dead_lettered"] += 1
+        await self.bus.dead_letter(self.actor.name, _live_subject(raw.subject), reason, raw.data)
+        await raw.term()
 
     async def _claim_once(self, key: str, token: str) -> bool:
         """True for the first claimant of `key` (and for that same claimant again: same `token`)."""
         kv = self.bus.buckets.intents
         try:
-            await kv.create(key, token.encode())
+            # KV create = a write that expects no earlier value, sent through the ack mux like every write.
+            expect_none = {"Nats-Expected-Last-Subject-Sequence": "0"}
+            await self.bus.acks.publish(f"$KV.{kv._name}.{key}", token.encode(), expect_none)
             return True
         except nats.js.errors.KeyWrongLastSequenceError:
             entry = await kv.get(key)
@@ -513,3 +545,19 @@ def _stream_seq(raw: Msg) -> int:
     if len(tokens) >= 11:
         return int(tokens[7])
     return 0
+
+
+def _delivery_count(raw: Msg) -> int:
+    """How many times the server has delivered this message (1 = first time), off its ack subject."""
+    tokens = (raw.reply or "").split(".")
+    if len(tokens) == 9:
+        return int(tokens[4])
+    if len(tokens) >= 11:
+        return int(tokens[6])
+    return 1
+
+
+def _retrieve_all(futures: list[asyncio.Future[Any]]) -> None:
+    """Consume the outcome of acks nobody awaits any more, so asyncio does not report them as lost."""
+    for future in futures:
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())

@@ -130,16 +130,72 @@ async def test_a_step_failing_in_a_burst_redelivers_the_whole_burst_and_keeps_no
         await _burst(bus, "flaky-1", [1, 2, 3, 4])
         await wait_until(lambda: host.queued("flaky-1") == 3)
         actor.gate.set()
+        await wait_until(lambda: host.stats["failed"] == 1)
+        await _burst(bus, "flaky-1", [5])  # newer than the burst on its way back: must wait for it
+        await wait_until(lambda: actor.handled == 5, timeout=10)
         await wait_until(lambda: _zero(bus), timeout=10)
         stored = await host._store.find("flaky-1")
 
     # 1 and 2 were handled, then 3 failed: their state was dropped and they came again, so each quantity is
     # in the state exactly once, in log order, and what they published was stored once (same msg ids).
-    assert stored == Seen(qtys=["1", "2", "3", "4"])
+    assert stored == Seen(qtys=["1", "2", "3", "4", "5"])
     assert host.stats["failed"] == 1
     assert writes and set(writes) == {"PUT"}
     info = await bus.js.stream_info(bus.settings.stream, subjects_filter="exec.intent_accepted.*.*.flaky-1.*")
-    assert sum((info.state.subjects or {}).values()) == 4
+    assert sum((info.state.subjects or {}).values()) == 5
+
+
+async def test_a_commit_the_log_refuses_backs_off_and_succeeds_once_writes_come_back(bus: Bus) -> None:
+    import dataclasses
+
+    from nats.js.api import DiscardPolicy
+
+    actor = Burst()
+    await _burst(bus, "refused-1", [2])
+    stream = bus.settings.stream
+    original = (await bus.js.stream_info(stream)).config
+    info = await bus.js.stream_info(stream)
+    # The log takes no new message (what a full store does): the handler's IntentAccepted cannot be stored.
+    await bus.js.update_stream(dataclasses.replace(original, max_msgs=info.state.messages, discard=DiscardPolicy.NEW))
+    async with ActorHost(bus, actor) as host:
+        started = asyncio.get_running_loop().time()
+        await wait_until(lambda: host.stats["failed"] >= 3, timeout=10)
+        # Handed back with 0.1 s, then 0.2 s between tries (the server enforces a nak's delay), not at once.
+        assert asyncio.get_running_loop().time() - started >= 0.3
+        await bus.js.update_stream(original)
+        await wait_until(lambda: _zero(bus), timeout=10)
+        stored = await host._store.find("refused-1")
+
+    assert stored == Seen(qtys=["2"]) and host.stats["dead_lettered"] == 0
+
+
+async def test_stopping_commits_what_waits_for_the_flush_delay(nats_server: EmbeddedNats) -> None:
+    slow = await Bus.connect(nats_server.url, fast_settings(flush_delay_s=60.0))
+    try:
+        actor = Burst()
+        writes = await _writes(slow, "held-1")
+        host = await ActorHost(slow, actor).start()
+        await _burst(slow, "held-1", [2])
+        await wait_until(lambda: actor.handled == 1)
+        assert writes == [] and await _unacked(slow) == 1  # held back for a minute
+        await host.stop()
+        await slow.nc.flush()
+
+        assert writes == ["PUT"] and await _unacked(slow) == 0
+    finally:
+        await slow.close()
+
+
+async def test_a_bucket_made_without_message_ttl_gets_it(bus: Bus) -> None:
+    from nats.js.api import StreamConfig
+
+    from bus.streams import _allow_message_ttl
+
+    await bus.js.add_stream(StreamConfig(name="KV_old_bucket", subjects=["$KV.old_bucket.>"], allow_msg_ttl=False,
+                                         allow_rollup_hdrs=True, max_msgs_per_subject=1))
+    await _allow_message_ttl(bus.js, "old_bucket")
+
+    assert (await bus.js.stream_info("KV_old_bucket")).config.allow_msg_ttl
 
 
 async def test_acks_come_back_in_send_order_with_increasing_sequences(bus: Bus) -> None:
@@ -222,7 +278,7 @@ async def _writes_of(bus: Bus, key: str) -> list[str]:
 
 
 async def test_the_stream_sequence_read_off_the_ack_subject_matches_nats_metadata(bus: Bus) -> None:
-    from bus.runtime import _stream_seq
+    from bus.runtime import _delivery_count, _stream_seq
 
     await bus.publish(new_intent())
     await bus.publish(new_intent())
@@ -231,6 +287,10 @@ async def test_the_stream_sequence_read_off_the_ack_subject_matches_nats_metadat
 
     assert [_stream_seq(m) for m in messages] == [m.metadata.sequence.stream for m in messages]
     assert _stream_seq(messages[1]) == _stream_seq(messages[0]) + 1
+    assert [_delivery_count(m) for m in messages] == [1, 1]
+    await messages[0].nak()
+    (again,) = await sub.fetch(1, timeout=5)
+    assert _delivery_count(again) == again.metadata.num_delivered == 2
 
 
 async def test_retired_state_and_deletion_markers_expire_and_retired_state_is_read_back(bus: Bus) -> None:
