@@ -65,6 +65,12 @@ class AckMux:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # the connection is already closed
+                pass
+            self._sub = None
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(PublishTimeout("connection closed before the ack came"))

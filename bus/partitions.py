@@ -60,6 +60,7 @@ class PartitionLeases:
         self._task: asyncio.Task[None] | None = None
         self._first_round = asyncio.Event()
         self._stopping = False
+        self._wake = asyncio.Event()
         self.members: list[str] = []
 
     @property
@@ -73,7 +74,11 @@ class PartitionLeases:
     async def stop(self) -> None:
         """Release every partition (after draining it) so the others take over at once, not after a TTL."""
         self._stopping = True
+        self._wake.set()
         if self._task is not None:
+            # Let a round in progress finish: cancelling it could cut a partition's release short (its
+            # pending state writes, its lease). Only a round stuck for a lease period is cancelled.
+            await asyncio.wait({self._task}, timeout=self._ttl)
             # nats-py can swallow a CancelledError while flushing, leaving the task running: keep
             # cancelling until it has really ended (the loop also checks `_stopping`).
             while not self._task.done():
@@ -105,7 +110,10 @@ class PartitionLeases:
                 log.warning("lease_round_failed", actor=self._actor, error=repr(exc))
             finally:
                 self._first_round.set()
-            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(self._wake.wait(), interval)  # `stop` wakes it at once
+            except asyncio.TimeoutError:
+                pass
 
     async def _round(self) -> None:
         await self._kv.put(self._member_key(self._replica), self._replica.encode())

@@ -119,7 +119,12 @@ class StateStore:
             return
         if entry.state is None:
             if entry.revision:
-                await self._acks.publish(self._subject_prefix + key, b"", self._purge)
+                headers = {**self._purge, "Nats-Expected-Last-Subject-Sequence": str(entry.revision)}
+                try:
+                    await self._acks.publish(self._subject_prefix + key, b"", headers)
+                except nats.js.errors.KeyWrongLastSequenceError as exc:
+                    self._stale(key)
+                    raise StaleState(key) from exc
             del self._cache[key]
             return
         data = self._encoder.encode(entry.state)
@@ -139,12 +144,10 @@ class StateStore:
             if revision == 0:
                 # A purge marker counts as a last message; nats-py's create knows to write over it.
                 try:
-                    return await self._kv.create(key, data)
+                    return await self._kv.create(key, data, msg_ttl=int(self._ttl["Nats-TTL"]) if retire else None)
                 except nats.js.errors.KeyWrongLastSequenceError:
                     pass
-            self._cache.pop(key, None)
-            partition, intent_id = key.split(".", 2)[1:]
-            self._remember(int(partition), intent_id)  # read it next time, never assume
+            self._stale(key)
             raise StaleState(key) from exc
         return ack.seq
 
@@ -171,6 +174,12 @@ class StateStore:
             if value:
                 return self._decoder.decode(value)
         return None
+
+    def _stale(self, key: str) -> None:
+        """Someone else wrote the key: forget our copy and read it next time, never assume."""
+        self._cache.pop(key, None)
+        partition, intent_id = key.split(".", 2)[1:]
+        self._remember(int(partition), intent_id)
 
     def _remember(self, partition: int, intent_id: str) -> None:
         """The intent may have a key: the next load reads KV."""

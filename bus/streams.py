@@ -77,9 +77,22 @@ async def ensure_layout(js: JetStreamContext, settings: BusSettings) -> Buckets:
 
 async def _bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
     try:
-        return await js.key_value(config.bucket)
+        kv = await js.key_value(config.bucket)
     except nats.js.errors.BucketNotFoundError:
         try:
             return await js.create_key_value(config)
         except nats.js.errors.BadRequestError:
-            return await js.key_value(config.bucket)  # another process created it first
+            kv = await js.key_value(config.bucket)  # another process created it first
+    await _allow_message_ttl(js, config.bucket)
+    return kv
+
+
+async def _allow_message_ttl(js: JetStreamContext, bucket: str) -> None:
+    """Finished intents' state expires by per-message TTL (`Nats-TTL`), which the bucket's stream must allow.
+    nats-py sets that when it creates a bucket; a bucket made by an older client gets it here (the server
+    lets a stream turn it on, never off)."""
+    info = await js.stream_info(f"KV_{bucket}")
+    if not info.config.allow_msg_ttl:
+        info.config.allow_msg_ttl = True
+        await js.update_stream(info.config)
+        log.info("bucket_allows_message_ttl", bucket=bucket)
