@@ -60,10 +60,6 @@ class Watched(msgspec.Struct, kw_only=True):
     venue_status: str | None = None
     """The venue's terminal status, once seen, while some of its trades are still missing here."""
     venue_filled: Decimal = Decimal(0)
-    quiet_polls: int = 0
-    """Polls in a row that found nothing the venue's streams had not already said. While the streams are
-    healthy each one doubles the wait before the next poll (up to `max_poll_interval_s`): with thousands of
-    open orders a fixed 2 s poll of each kept the CPU busy doing nothing."""
 
 
 class ReconcilerState(msgspec.Struct, kw_only=True):
@@ -91,6 +87,12 @@ class Reconciler(Actor[ReconcilerState]):
         self._venues = venues
         self._poll_ns = int(poll_interval_s * NS)
         self._max_poll_ns = max(int(max_poll_interval_s * NS), self._poll_ns)
+        self._quiet: dict[str, int] = {}
+        """Client order id -> polls in a row that found nothing the venue's streams had not already said.
+        While the streams are healthy each one doubles the wait before the next poll (up to
+        `max_poll_interval_s`): with thousands of open orders a fixed 2 s poll of each kept a core busy doing
+        nothing. Kept in memory, not in the state: counting must not cost a state write per poll (after a
+        restart the count starts again from the base interval)."""
         self._stream_broken: dict[str, float] = {}
         """venue -> when its order or trade stream last failed (polling is then the only source)."""
         self._confirm_ns = int(confirm_interval_s * NS)
@@ -193,7 +195,7 @@ class Reconciler(Actor[ReconcilerState]):
         if any(w.canceling for w in open_orders):
             interval = self._confirm_ns
         elif self._streams_healthy(state.venue):
-            quiet = min(w.quiet_polls for w in open_orders)
+            quiet = min(self._quiet.get(w.client_order_id, 0) for w in open_orders)
             interval = min(self._poll_ns << min(quiet, 16), self._max_poll_ns)
         else:
             interval = self._poll_ns
@@ -225,7 +227,9 @@ class Reconciler(Actor[ReconcilerState]):
             return
         await self._apply_order(state, watched, order, ctx, polled=True)
         unchanged = (watched.filled, watched.final, watched.venue_status, watched.canceling, watched.not_found) == before
-        watched.quiet_polls = watched.quiet_polls + 1 if unchanged else 0
+        behind = (to_decimal(order.get("filled")) or Decimal(0)) > watched.filled  # trades still to fetch
+        cid = watched.client_order_id
+        self._quiet[cid] = self._quiet.get(cid, 0) + 1 if unchanged and not behind and not watched.final else 0
 
     async def _apply_trade(self, state: ReconcilerState, watched: Watched, trade: dict[str, Any], ctx: IntentContext[ReconcilerState]) -> None:
         trade_id = str(trade.get("id"))
@@ -353,6 +357,7 @@ class Reconciler(Actor[ReconcilerState]):
             self._routes[(venue, "#" + order_id)] = target
 
     def _unroute(self, venue: str, watched: Watched) -> None:
+        self._quiet.pop(watched.client_order_id, None)
         self._routes.pop((venue, watched.client_order_id), None)
         if watched.order_id is not None:
             self._routes.pop((venue, "#" + watched.order_id), None)
@@ -407,7 +412,7 @@ class Reconciler(Actor[ReconcilerState]):
             watched = _find(state, order_id, cid)
             if watched is None:
                 return
-            watched.quiet_polls = 0  # the order moves: poll it soon again
+            self._quiet.pop(watched.client_order_id, None)  # the order moves: poll it soon again
             if kind == "order":
                 watched.order_id = watched.order_id or order_id
                 self._route(venue, watched.client_order_id, order_id, ctx)

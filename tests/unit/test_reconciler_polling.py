@@ -16,17 +16,19 @@ async def _no_send(msg: object) -> asyncio.Future[None]:
     raise AssertionError("nothing is published while scheduling")
 
 
-def _next_poll_s(reconciler: Reconciler, *orders: Watched) -> float:
+def _next_poll_s(reconciler: Reconciler, *orders: tuple[Watched, int]) -> float:
     clock = SimClock(1_000 * NS)
-    state = ReconcilerState(venue="paper", symbol="BTC/USDT", orders={w.client_order_id: w for w in orders})
+    reconciler._quiet = {w.client_order_id: quiet for w, quiet in orders}
+    orders = tuple(w for w, _ in orders)  # type: ignore[assignment]
+    state = ReconcilerState(venue="paper", symbol="BTC/USDT", orders={w.client_order_id: w for w in orders})  # type: ignore[union-attr]
     ctx: IntentContext[ReconcilerState] = IntentContext("i-1", 0, state, _no_send, clock, structlog.get_logger())
     reconciler._commit(state, ctx)
     assert ctx.wake_at_ns is not None
     return (ctx.wake_at_ns - clock.now_ns()) / NS
 
 
-def _order(cid: str, quiet: int, **kw: object) -> Watched:
-    return Watched(client_order_id=cid, attempt=1, side="buy", order_id=cid, quiet_polls=quiet, **kw)  # type: ignore[arg-type]
+def _order(cid: str, quiet: int, **kw: object) -> tuple[Watched, int]:
+    return Watched(client_order_id=cid, attempt=1, side="buy", order_id=cid, **kw), quiet  # type: ignore[arg-type]
 
 
 async def test_quiet_polls_double_the_interval_up_to_the_cap_while_streams_are_healthy() -> None:
