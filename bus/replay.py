@@ -14,6 +14,7 @@ consumes them: an imported log is for reading, never for re-executing (that is `
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -334,10 +335,38 @@ def _diagram_line(row: dict[str, Any], producer: str, kind: str, consumers: dict
     return f"{row['offset_ms']:>9.1f} ms  {producer:<15} {arrow} {targets:<40} {row['subject']}"
 
 
+class _FillFields(msgspec.Struct, frozen=True):
+    """The fields a fill row shows, with the amounts kept as the strings the log holds (they were checked
+    as decimals when written): turning a million of them into Decimals and back cost a third of the time."""
+
+    type: str
+    intent_id: str
+    venue: str
+    symbol: str
+    side: str
+    qty: str
+    price: str
+    fee: str
+    fee_currency: str
+    liquidity: str
+    client_order_id: str
+    trade_id: str
+
+
+_decode_fill_fields = msgspec.json.Decoder(_FillFields).decode
+
+
 def fill_rows(records: Iterable[LogRecord]) -> list[dict[str, Any]]:
     rows = []
     for record in records:
-        msg: Any = decode_as(record.data, OrderFilled)
+        msg: Any
+        try:
+            msg = _decode_fill_fields(record.data)
+            if msg.type != "OrderFilled":
+                raise msgspec.DecodeError(msg.type)
+        except msgspec.DecodeError:
+            msg = decode_as(record.data, OrderFilled)  # numbers instead of strings, or not a fill: the full
+            # decoder accepts the one and names what is wrong with the other
         rows.append(
             {
                 "time": _iso(record.time_ns),
@@ -358,9 +387,15 @@ def fill_rows(records: Iterable[LogRecord]) -> list[dict[str, Any]]:
 
 
 def _iso(ns: int) -> str:
-    """RFC 3339 with nanoseconds; `time.strftime` on whole seconds is several times faster than datetime."""
+    """RFC 3339 with nanoseconds; `time.strftime` on whole seconds is several times faster than datetime,
+    and consecutive records mostly share their second."""
     seconds, fraction = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z"
+    return _whole_second(seconds) + f".{fraction:09d}Z"
+
+
+@functools.lru_cache(maxsize=1024)
+def _whole_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def format_fills(rows: list[dict[str, Any]]) -> str:

@@ -144,3 +144,27 @@ def test_compare_names_every_field_that_differs() -> None:
     b = ExecutionCompleted(**{**base, "avg_price": Decimal("100.00"), "attempts": 2})  # type: ignore[arg-type]
 
     assert compare(a, b) == {"attempts": (1, 2)}
+
+
+def test_fill_rows_keep_the_logged_amounts_and_still_take_numbers_or_name_what_is_wrong() -> None:
+    import pytest
+
+    from bus.replay import fill_rows
+    from messages import InvalidMessage, OrderFilled, encode
+
+    fill = OrderFilled(intent_id="I-1", venue="paper", symbol="BTC/USDT", client_order_id="I-1-1", order_id="7",
+                       trade_id="t1", attempt=1, side="buy", qty=Decimal("0.00010"), price=Decimal("64000.5"),
+                       fee=Decimal("-0.01"), fee_currency="USDT", liquidity="maker", ts_event=1)
+    as_logged = LogRecord(1, "exec.order_filled.paper.BTC-USDT.I-1", 1_700_000_000_123_456_789, encode(fill))
+    body = json.loads(encode(fill))
+    body["qty"], body["price"] = 0.0001, 64000.5  # a client in another language wrote numbers
+    as_numbers = LogRecord(2, as_logged.subject, as_logged.time_ns, json.dumps(body).encode())
+
+    (row, from_numbers) = fill_rows([as_logged, as_numbers])
+
+    assert row["qty"] == "0.00010" and row["price"] == "64000.5" and row["fee"] == "-0.01"
+    assert row["time"] == "2023-11-14T22:13:20.123456789Z" and row["trade_id"] == "t1"
+    assert from_numbers["qty"] == "0.0001" and from_numbers["price"] == "64000.5"
+    not_a_fill = LogRecord(3, as_logged.subject, 1, b'{"type": "OrderPlaced", "intent_id": "I-1"}')
+    with pytest.raises(InvalidMessage):
+        fill_rows([not_a_fill])
