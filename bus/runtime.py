@@ -165,6 +165,10 @@ class ActorHost:
         """Work items waiting behind the one running for the intent."""
         return len(self._queues.get(intent_id, ()))
 
+    def working(self, intent_id: str) -> bool:
+        """A step of the intent is running (or about to)."""
+        return intent_id in self._workers
+
     @property
     def partitions(self) -> list[int]:
         return self._leases.held if self._leases else []
@@ -392,26 +396,29 @@ class ActorHost:
         count), and newer messages of the intent wait until they are back; a message whose own handler
         failed `max_deliveries` times is dead-lettered instead. Timers and venue events (which have no
         redelivery) are replayed by waking the actor to reconcile from its stored state."""
+        # Everything up to the first await is decided at once, so a message arriving meanwhile is held back.
         self._store.drop(partition, intent_id)
         _retrieve_all(batch.sent)  # never cancel: a message already sent may still be stored and delivered
         stale = isinstance(exc, StaleState)
         returning = [*batch.messages, *([failed] if failed is not None else [])]
         delivered = max((_delivery_count(m) for m in returning), default=1)
         delay = 0.1 if stale else min(0.05 * 2**delivered, 2.0)
+        dead = failed is not None and not stale and _delivery_count(failed) >= self._settings.max_deliveries
+        if dead:
+            returning.remove(failed)  # type: ignore[arg-type]
+        returning += self._take_queued_messages(intent_id)
+        if returning:
+            self._held_back[intent_id] = time.monotonic() + delay
         self.stats["failed"] += 1
         if failed is not None and not stale:
             self.log.error("handler_failed", subject=failed.subject, delivered=_delivery_count(failed),
                            error=repr(exc), exc_info=exc)
-            if _delivery_count(failed) >= self._settings.max_deliveries:
-                await self._dead_letter(failed, f"handler failed {_delivery_count(failed)} times: {exc!r}")
-                returning.remove(failed)
         else:
             self.log.error("actor_step_failed", intent_id=intent_id, error=repr(exc), exc_info=exc)
-        returning += self._take_queued_messages(intent_id)
+        if dead:
+            await self._dead_letter(failed, f"handler failed {_delivery_count(failed)} times: {exc!r}")  # type: ignore[arg-type]
         for raw in returning:
             await raw.nak(delay=delay)
-        if returning:
-            self._held_back[intent_id] = time.monotonic() + delay
         if batch.unrepeatable or failed is None:
             # A timer or venue event has no redelivery: wake the actor again so it reconciles from its
             # stored state (its on_timer re-checks deadlines, polls orders, retries what is pending). If

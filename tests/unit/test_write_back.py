@@ -132,7 +132,7 @@ async def test_a_step_failing_in_a_burst_redelivers_the_whole_burst_and_keeps_no
         actor.gate.set()
         await wait_until(lambda: host.stats["failed"] == 1)
         await _burst(bus, "flaky-1", [5])  # newer than the burst on its way back: must wait for it
-        await wait_until(lambda: actor.handled == 5, timeout=10)
+        await wait_until(lambda: actor.handled == 7, timeout=10)  # 1, 2, then 1 to 5 again
         await wait_until(lambda: _zero(bus), timeout=10)
         stored = await host._store.find("flaky-1")
 
@@ -151,14 +151,18 @@ async def test_a_commit_the_log_refuses_backs_off_and_succeeds_once_writes_come_
     from nats.js.api import DiscardPolicy
 
     actor = Burst()
-    await _burst(bus, "refused-1", [2])
     stream = bus.settings.stream
-    original = (await bus.js.stream_info(stream)).config
-    info = await bus.js.stream_info(stream)
-    # The log takes no new message (what a full store does): the handler's IntentAccepted cannot be stored.
-    await bus.js.update_stream(dataclasses.replace(original, max_msgs=info.state.messages, discard=DiscardPolicy.NEW))
     async with ActorHost(bus, actor) as host:
+        await _burst(bus, "refused-1", [1])  # held at the gate
+        await wait_until(lambda: host.queued("refused-1") == 0 and host.working("refused-1"))
+        original = (await bus.js.stream_info(stream)).config
+        info = await bus.js.stream_info(stream)
+        # The log takes no new message (what a full store does): the handler's IntentAccepted is refused.
+        await bus.js.update_stream(
+            dataclasses.replace(original, max_msgs=info.state.messages, discard=DiscardPolicy.NEW)
+        )
         started = asyncio.get_running_loop().time()
+        actor.gate.set()
         await wait_until(lambda: host.stats["failed"] >= 3, timeout=10)
         # Handed back with 0.1 s, then 0.2 s between tries (the server enforces a nak's delay), not at once.
         assert asyncio.get_running_loop().time() - started >= 0.3
@@ -166,7 +170,7 @@ async def test_a_commit_the_log_refuses_backs_off_and_succeeds_once_writes_come_
         await wait_until(lambda: _zero(bus), timeout=10)
         stored = await host._store.find("refused-1")
 
-    assert stored == Seen(qtys=["2"]) and host.stats["dead_lettered"] == 0
+    assert stored == Seen(qtys=["1"]) and host.stats["dead_lettered"] == 0
 
 
 async def test_stopping_commits_what_waits_for_the_flush_delay(nats_server: EmbeddedNats) -> None:
