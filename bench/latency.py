@@ -31,6 +31,7 @@ import ccxt
 from bench.cluster import Cluster, Watch, intent_log
 from bench.common import VENUE_HISTORY, BenchResult, Table, Target, progress, summarize
 from bench.floor import FloorClient
+from bench.worker import _settle as settle
 from messages import ExecutionCompleted, ExecutionParams, SubmitIntent
 
 __all__ = ["run"]
@@ -208,8 +209,11 @@ class Runner:
 
     async def block(self, start: int, size: int, s: dict[str, list[float]]) -> None:
         # Market orders take from a frozen book; moving the market on between blocks (untimed) lets the
-        # recorded depth refill the levels they took.
+        # recorded depth refill the levels they took. Two seconds of recorded market arrive at once, which
+        # a live feed never does: every process digests that burst (untimed) before the block is measured,
+        # or the first samples of whichever series runs first would carry it.
         await self.control.paper_control("advance", {"seconds": 2})
+        await asyncio.gather(*(self.c.call(wid, "settle") for wid in self.c.workers), settle())
         for i in range(start, start + size):
             market = await self.execbus_market(i)
             if market is not None:

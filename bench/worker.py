@@ -130,6 +130,8 @@ async def _run(args: argparse.Namespace) -> None:
             profiler[0].disable()
             profiler[0].dump_stats(body["path"])
             profiler.clear()
+        elif cmd == "settle":
+            reply = {"settled_ms": round(await _settle() * 1000, 1)}
         elif cmd == "stop":
             stop.set()
         await msg.respond(_json.encode(reply))
@@ -162,6 +164,19 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+async def _settle(quiet_turns: int = 5, timeout: float = 5.0) -> float:
+    """Until this process's event loop has been idle for a few turns in a row (a 1 ms timer firing on time):
+    work a market move set off (a burst of book updates for the pricer) is done. Returns the time it took."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    quiet = 0
+    while quiet < quiet_turns and loop.time() - start < timeout:
+        before = loop.time()
+        await asyncio.sleep(0.001)
+        quiet = quiet + 1 if loop.time() - before < 0.0015 else 0
+    return loop.time() - start
 
 
 def main(argv: list[str] | None = None) -> None:
