@@ -12,17 +12,39 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-__all__ = ["PullStream"]
+__all__ = ["PullStream", "AckInfo", "ack_info"]
 
 log = structlog.get_logger("execbus.bus")
 
 _STATUS = "Status"
 _PENDING = "Nats-Pending-Messages"
+
+
+class AckInfo(NamedTuple):
+    delivered: int
+    """How many times the server has delivered the message (1 = the first time)."""
+    stream_seq: int
+    timestamp_ns: int
+    pending: int
+
+
+def ack_info(reply: str | None) -> AckInfo:
+    """What a JetStream message's ack subject says about it, in the v1 form
+    `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` or the v2 form with domain and
+    account hash tokens after `ACK`. nats-py's `Msg.metadata` parses every field into objects; this runs for
+    every message, so it only splits. A message without one (not from JetStream) reads as a first delivery."""
+    tokens = (reply or "").split(".")
+    if len(tokens) == 9:
+        return AckInfo(int(tokens[4]), int(tokens[5]), int(tokens[7]), int(tokens[8]))
+    if len(tokens) >= 11:
+        return AckInfo(int(tokens[6]), int(tokens[7]), int(tokens[9]), int(tokens[10]))
+    return AckInfo(1, 0, 0, 0)
 
 
 class PullStream:

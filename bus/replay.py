@@ -28,6 +28,7 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from bus.bus import Bus
+from bus.consumer import ack_info
 from messages import Message, OrderFilled, decode, decode_as, subjects
 
 __all__ = [
@@ -157,7 +158,7 @@ async def read_stream(
             taken, buffered[:] = list(buffered), []
             for msg in taken:
                 remaining -= 1
-                seq, stamp, pending = _ack_fields(msg.reply)
+                _, seq, stamp, pending = ack_info(msg.reply)
                 headers = dict(msg.headers or {})
                 logged_at = headers.pop(HEADER_LOGGED_AT, None)
                 time_ns = int(logged_at) if logged_at else stamp
@@ -172,16 +173,6 @@ async def read_stream(
     finally:
         await sub.unsubscribe()
         await _delete_consumer(bus, stream, info.name)
-
-
-def _ack_fields(reply: str) -> tuple[int, int, int]:
-    """(stream sequence, timestamp ns, pending) from a JetStream ack subject, in its v1 form
-    `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` or the v2 form with domain and
-    account hash tokens in front."""
-    tokens = reply.split(".")
-    if len(tokens) == 9:
-        return int(tokens[5]), int(tokens[7]), int(tokens[8])
-    return int(tokens[7]), int(tokens[9]), int(tokens[10])
 
 
 async def _delete_consumer(bus: Bus, stream: str, name: str) -> None:

@@ -34,7 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from bus.actor import Actor, IntentContext, Services
 from bus.bus import Bus
 from bus.clock import Clock, WallClock
-from bus.consumer import PullStream
+from bus.consumer import PullStream, ack_info
 from bus.control import ControlService
 from bus.partitions import PartitionLeases
 from bus.state import StaleState, StateStore
@@ -247,7 +247,7 @@ class ActorHost:
     def _enqueue(self, intent_id: str, partition: int, work: _Work) -> None:
         if self._activity is not None:
             # A redelivery was counted when it first came: counting it again would hide a missing message.
-            self._activity.begin(delivered=work[0] == "msg" and _delivery_count(work[1]) == 1)
+            self._activity.begin(delivered=work[0] == "msg" and ack_info(work[1].reply).delivered == 1)
         queue = self._queues.get(intent_id)
         if queue is None:
             queue = self._queues[intent_id] = collections.deque()
@@ -310,7 +310,7 @@ class ActorHost:
             wait = until - time.monotonic()
             if wait <= 0:
                 del self._held_back[intent_id]
-            elif _delivery_count(raw) == 1:
+            elif ack_info(raw.reply).delivered == 1:
                 await raw.nak(delay=wait + 0.01)  # newer than what is coming back: after it, in log order
                 return
         parts = subjects.parse(raw.subject)
@@ -324,7 +324,7 @@ class ActorHost:
         except InvalidMessage as exc:
             await self._reject(raw, exc)
             return
-        seq = _stream_seq(raw)
+        seq = ack_info(raw.reply).stream_seq
         try:
             await self._run_step(intent_id, partition, "msg", msg, batch, seq=seq)
         except Exception as exc:
@@ -401,9 +401,10 @@ class ActorHost:
         _retrieve_all(batch.sent)  # never cancel: a message already sent may still be stored and delivered
         stale = isinstance(exc, StaleState)
         returning = [*batch.messages, *([failed] if failed is not None else [])]
-        delivered = max((_delivery_count(m) for m in returning), default=1)
+        delivered = max((ack_info(m.reply).delivered for m in returning), default=1)
         delay = 0.1 if stale else min(0.05 * 2**delivered, 2.0)
-        dead = failed is not None and not stale and _delivery_count(failed) >= self._settings.max_deliveries
+        failed_times = ack_info(failed.reply).delivered if failed is not None else 0
+        dead = failed is not None and not stale and failed_times >= self._settings.max_deliveries
         if dead:
             returning.remove(failed)  # type: ignore[arg-type]
         returning += self._take_queued_messages(intent_id)
@@ -411,12 +412,11 @@ class ActorHost:
             self._held_back[intent_id] = time.monotonic() + delay
         self.stats["failed"] += 1
         if failed is not None and not stale:
-            self.log.error("handler_failed", subject=failed.subject, delivered=_delivery_count(failed),
-                           error=repr(exc), exc_info=exc)
+            self.log.error("handler_failed", subject=failed.subject, delivered=failed_times, error=repr(exc), exc_info=exc)
         else:
             self.log.error("actor_step_failed", intent_id=intent_id, error=repr(exc), exc_info=exc)
         if dead:
-            await self._dead_letter(failed, f"handler failed {_delivery_count(failed)} times: {exc!r}")  # type: ignore[arg-type]
+            await self._dead_letter(failed, f"handler failed {failed_times} times: {exc!r}")  # type: ignore[arg-type]
         for raw in returning:
             await raw.nak(delay=delay)
         if batch.unrepeatable or failed is None:
@@ -540,28 +540,6 @@ def _live_subject(stored: str) -> str:
     parts = stored.split(".")
     return ".".join(parts[:5]) if len(parts) == 6 and parts[0] == subjects.PREFIX else stored
 
-
-
-def _stream_seq(raw: Msg) -> int:
-    """The message's stream sequence, read straight off its ack subject (`Msg.metadata` parses every field,
-    and this runs for every message): `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...`, with a
-    domain and account hash after `ACK` in the newer 12-token form."""
-    tokens = (raw.reply or "").split(".")
-    if len(tokens) == 9:
-        return int(tokens[5])
-    if len(tokens) >= 11:
-        return int(tokens[7])
-    return 0
-
-
-def _delivery_count(raw: Msg) -> int:
-    """How many times the server has delivered this message (1 = first time), off its ack subject."""
-    tokens = (raw.reply or "").split(".")
-    if len(tokens) == 9:
-        return int(tokens[4])
-    if len(tokens) >= 11:
-        return int(tokens[6])
-    return 1
 
 
 def _retrieve_all(futures: list[asyncio.Future[Any]]) -> None:

@@ -282,19 +282,19 @@ async def _writes_of(bus: Bus, key: str) -> list[str]:
 
 
 async def test_the_stream_sequence_read_off_the_ack_subject_matches_nats_metadata(bus: Bus) -> None:
-    from bus.runtime import _delivery_count, _stream_seq
+    from bus.consumer import ack_info
 
     await bus.publish(new_intent())
     await bus.publish(new_intent())
     sub = await bus.js.pull_subscribe("exec.submit_intent.>", durable="seq-check", stream=bus.settings.stream)
     messages = await sub.fetch(2, timeout=5)
 
-    assert [_stream_seq(m) for m in messages] == [m.metadata.sequence.stream for m in messages]
-    assert _stream_seq(messages[1]) == _stream_seq(messages[0]) + 1
-    assert [_delivery_count(m) for m in messages] == [1, 1]
+    assert [ack_info(m.reply).stream_seq for m in messages] == [m.metadata.sequence.stream for m in messages]
+    assert ack_info(messages[1].reply).stream_seq == ack_info(messages[0].reply).stream_seq + 1
+    assert [ack_info(m.reply).delivered for m in messages] == [1, 1]
     await messages[0].nak()
     (again,) = await sub.fetch(1, timeout=5)
-    assert _delivery_count(again) == again.metadata.num_delivered == 2
+    assert ack_info(again.reply).delivered == again.metadata.num_delivered == 2
 
 
 async def test_retired_state_and_deletion_markers_expire_and_retired_state_is_read_back(bus: Bus) -> None:
