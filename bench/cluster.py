@@ -174,16 +174,7 @@ class Cluster:
 
     async def exchange(self, account: str = "main") -> Any:
         """A `PaperExchange` client over NATS (closed with the cluster)."""
-        from venues.paper import PaperExchange
-
-        ex = PaperExchange({"options": {"natsUrl": self.url, "account": account}})
-        for _ in range(100):
-            try:
-                await ex.load_markets()
-                break
-            except Exception:
-                ex.markets_loading = None
-                await asyncio.sleep(0.05)
+        ex = await open_paper(self.url, account)
         self._exchanges.append(ex)
         return ex
 
@@ -222,6 +213,27 @@ class Undecodable:
 
     def __repr__(self) -> str:
         return f"Undecodable({self.subject}: {self.error}: {self.data[:300]!r})"
+
+
+async def open_paper(url: str, account: str | None = None, tries: int = 100) -> Any:
+    """A `PaperExchange` client with its markets loaded, once the venue service answers (it may still be
+    starting: a worker process or a task just launched)."""
+    from venues.paper import PaperExchange
+
+    options: dict[str, Any] = {"natsUrl": url}
+    if account is not None:
+        options["account"] = account
+    ex = PaperExchange({"options": options})
+    for attempt in range(tries):
+        try:
+            await ex.load_markets()
+            return ex
+        except Exception:
+            if attempt + 1 == tries:
+                raise
+            ex.markets_loading = None  # ccxt caches the failed load otherwise
+            await asyncio.sleep(0.05)
+    return ex
 
 
 async def intent_log(cluster: Cluster, intent_id: str, limit: int = 60) -> list[str]:

@@ -55,21 +55,14 @@ async def _realtime_in_process(files: list[str], wall_seconds: float) -> dict[st
 
 
 async def _realtime_on_nats(files: list[str], wall_seconds: float) -> dict[str, float]:
+    from bench.cluster import open_paper
     from bus.server import EmbeddedNats
-    from venues.paper import PaperExchange
     from venues.service import run_paper_venue
 
     async with EmbeddedNats() as server:
         stop = asyncio.Event()
         task = asyncio.create_task(run_paper_venue(server.url, _config(files, TARGET), stop=stop))
-        ex = PaperExchange({"options": {"natsUrl": server.url}})
-        while True:
-            try:
-                await ex.load_markets()
-                break
-            except Exception:
-                ex.markets_loading = None
-                await asyncio.sleep(0.05)
+        ex = await open_paper(server.url)  # the service task may not answer yet
         latencies: list[float] = []
         loop = asyncio.get_running_loop()
         end = loop.time() + wall_seconds

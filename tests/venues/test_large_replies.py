@@ -87,8 +87,7 @@ async def test_a_create_order_filling_hundreds_of_resting_orders_over_a_small_ma
         rest_orders(s.venue, "maker", 300, "sell", ask)
         level = ms.level_qty(False, ask)  # recorded quantity plus our 300 makers behind it
         updates = asyncio.create_task(ex.watch_orders(SYMBOL))
-        while not ex._streams:
-            await asyncio.sleep(0.005)
+        await asyncio.wait_for(_subscribed(ex), 5)  # the watch's subscription exists: no event says so
         order = await ex.create_order(SYMBOL, "limit", "buy", float(level), float(ask))
         assert order["status"] == "closed" and Decimal(order["info"]["executedQty"]) == level
         assert len(order["trades"]) == 301 and len(msgspec.json.encode(order["info"])) > SMALL
@@ -152,3 +151,8 @@ def test_event_chunks_reassemble_and_an_event_with_a_lost_chunk_is_discarded() -
     del lossy[2]
     assert all(assembler.add(bytes(p), h) is None for p, h in lossy) and assembler.discarded >= 1
     assert assembler.add(bytes(chunks[0][0]), {**chunks[0][1], EVENT: "e3"}) is None  # a new event still works
+
+
+async def _subscribed(ex: PaperExchange) -> None:
+    while not ex._streams:
+        await asyncio.sleep(0.005)
