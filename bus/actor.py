@@ -31,7 +31,7 @@ class Publisher(Protocol):
 
 
 class Sender(Protocol):
-    async def __call__(self, msg: Message) -> asyncio.Future[Any]: ...
+    async def __call__(self, msg: Message, epoch: int = 0) -> asyncio.Future[Any]: ...
 
 
 class IntentContext(Generic[S]):
@@ -60,11 +60,16 @@ class IntentContext(Generic[S]):
         self.wake_at_ns: int | None = None
         self.message_seq = 0
         """Stream sequence of the message being handled (0 for timers and venue events)."""
+        self.delivered = 1
+        """How often the message being handled has been delivered: above 1, an earlier delivery may have
+        acted (sent a request to a venue) and died before its outcome was recorded."""
+        self.epoch = 0
+        """Lease epoch of the intent's partition at this replica; stamped on everything it publishes."""
 
     async def publish(self, msg: Message) -> None:
         """Put `msg` into the log. It is on its way when this returns; the runtime makes sure JetStream
         stored it before the state is saved and the input acknowledged."""
-        self.sent.append(await self._send(msg))
+        self.sent.append(await self._send(msg, self.epoch))
 
     def save(self, state: S) -> None:
         """Keep `state` for this intent (written to KV after the handler, before the ack)."""
@@ -134,6 +139,26 @@ class Actor(Generic[S]):
 
     async def on_resume(self, ctx: IntentContext[S]) -> None:
         """This replica took over the intent's partition (start-up or failover): re-arm timers, re-watch."""
+
+    #: Message kinds that begin an intent: a first delivery of one of these, newer than the takeover, for an
+    #: intent with nothing stored, needs no history.
+    begins_intent: ClassVar[tuple[type[Message], ...]] = ()
+
+    async def rebuild(self, history: list[tuple[int, Message]], stored: S | None, ctx: IntentContext[S]) -> S | None:
+        """Override to make the log the truth: this replica has just taken the intent over, and `history`
+        is every message of the intent in the `EXEC` stream, oldest first, as (stream sequence, message).
+        Return the state those messages imply (`stored` is the KV snapshot, possibly stale). Called before
+        anything else of the intent is handled, timers included; `on_resume` follows, to act on what is due.
+        The default keeps the snapshot."""
+        return stored
+
+    def settled(self, stored: S) -> bool:
+        """A stored state that needs no rebuild (the intent is over for this actor)."""
+        return False
+
+    @classmethod
+    def rebuilds(cls) -> bool:
+        return cls.rebuild is not Actor.rebuild
 
     async def on_invalid(self, subject: str, raw: bytes, error: InvalidMessage, publish: Publisher) -> None:
         """A message on one of our subjects did not decode. It is already dead-lettered."""

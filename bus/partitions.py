@@ -57,6 +57,8 @@ class PartitionLeases:
         self._on_acquire = on_acquire
         self._on_release = on_release
         self._held: dict[int, int] = {}  # partition -> revision of our lease
+        self._epochs: dict[int, int] = {}
+        """partition -> revision at which we created the lease: it only grows from owner to owner."""
         self._task: asyncio.Task[None] | None = None
         self._first_round = asyncio.Event()
         self._stopping = False
@@ -66,6 +68,11 @@ class PartitionLeases:
     @property
     def held(self) -> list[int]:
         return sorted(self._held)
+
+    def epoch(self, partition: int) -> int:
+        """Our lease epoch for `partition` (0 if we do not hold it): the lease key's revision when we created
+        it. KV revisions are stream sequences, so every later owner's epoch is higher."""
+        return self._epochs.get(partition, 0) if partition in self._held else 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"leases-{self._actor}-{self._replica}")
@@ -142,6 +149,7 @@ class PartitionLeases:
         except nats.js.errors.KeyWrongLastSequenceError:
             return  # still held by its previous owner until it hands over or expires
         self._held[partition] = revision
+        self._epochs[partition] = revision
         log.debug("partition_acquired", actor=self._actor, replica=self._replica, partition=partition)
         try:
             await self._on_acquire(partition)

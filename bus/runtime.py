@@ -107,7 +107,11 @@ class ActorHost:
         self._timer_task: asyncio.Task[None] | None = None
         self._leases: PartitionLeases | None = None
         self._control: ControlService | None = None
-        self.stats = {"handled": 0, "dead_lettered": 0, "failed": 0, "timers": 0}
+        self.stats = {"handled": 0, "dead_lettered": 0, "failed": 0, "timers": 0, "rebuilt": 0}
+        self._rebuilt: dict[int, set[str]] = {}
+        """Per owned partition: intents already rebuilt from the log since we took the partition over."""
+        self._taken_at_seq: dict[int, int] = {}
+        """Per owned partition: the stream's last sequence when we took it over."""
         self._started = False
         self._activity = bus.activity
         if self._activity is not None:
@@ -190,6 +194,9 @@ class ActorHost:
             await self.bus.js.consumer_info(self._settings.stream, durable)
         except nats.js.errors.NotFoundError:
             await self.bus.js.add_consumer(self._settings.stream, config)
+        if self.actor.rebuilds():
+            self._taken_at_seq[partition] = (await self.bus.js.stream_info(self._settings.stream)).state.last_seq
+            self._rebuilt[partition] = set()
         for intent_id in await self._store.intents_in(partition):
             self._enqueue(intent_id, partition, ("resume", None))
         stream = PullStream(
@@ -228,6 +235,8 @@ class ActorHost:
                     self._timer_at.pop(intent_id, None)
                     self._held_back.pop(intent_id, None)
             self._store.drop_partition(partition)
+            self._rebuilt.pop(partition, None)  # whoever holds it next rebuilds from the log
+            self._taken_at_seq.pop(partition, None)
         finally:
             self._releasing.discard(partition)
 
@@ -324,16 +333,16 @@ class ActorHost:
         except InvalidMessage as exc:
             await self._reject(raw, exc)
             return
-        seq = ack_info(raw.reply).stream_seq
+        info = ack_info(raw.reply)
         try:
-            await self._run_step(intent_id, partition, "msg", msg, batch, seq=seq)
+            await self._run_step(intent_id, partition, "msg", msg, batch, seq=info.stream_seq, delivered=info.delivered)
         except Exception as exc:
             await self._abandon(intent_id, partition, batch, exc, failed=raw)
         else:
             batch.messages.append(raw)
 
     async def _run_step(
-        self, intent_id: str, partition: int, kind: str, payload: Any, batch: _Batch, *, seq: int = 0
+        self, intent_id: str, partition: int, kind: str, payload: Any, batch: _Batch, *, seq: int = 0, delivered: int = 1
     ) -> None:
         """One step on the cached state. A failing message step raises (the caller abandons the batch); a
         failing timer or venue-event step abandons the batch here."""
@@ -342,9 +351,15 @@ class ActorHost:
             intent_id, partition, state, self._send, self.clock, self.log.bind(intent_id=intent_id)
         )
         ctx.message_seq = seq
+        ctx.delivered = delivered
+        ctx.epoch = self._leases.epoch(partition) if self._leases is not None else 0
         if kind != "msg":
             batch.unrepeatable = True
         try:
+            if self._must_rebuild(intent_id, partition, kind, payload, seq, delivered, state):
+                state = await self._rebuild(intent_id, partition, state, ctx)
+                if kind == "resume":
+                    kind = "rebuilt"  # `_rebuild` ran on_resume already
             if kind == "msg":
                 await self.actor.handle(payload, ctx)
                 self.stats["handled"] += 1
@@ -355,6 +370,8 @@ class ActorHost:
                 if state is None:
                     return
                 await self.actor.on_resume(ctx)
+            elif kind == "rebuilt":
+                pass
             else:
                 await payload(ctx)
         except Exception as exc:
@@ -440,10 +457,58 @@ class ActorHost:
                 self._activity.end()
         return messages
 
-    async def _send(self, msg: Message) -> asyncio.Future[Any]:
-        if not msg.ts_event:
-            msg = msgspec.structs.replace(msg, ts_event=self.clock.now_ns())
+    async def _send(self, msg: Message, epoch: int = 0) -> asyncio.Future[Any]:
+        if not msg.ts_event or (epoch and not msg.epoch):
+            msg = msgspec.structs.replace(msg, ts_event=msg.ts_event or self.clock.now_ns(), epoch=msg.epoch or epoch)
         return await self.bus.send(msg)
+
+    # -- takeover: the log is the truth ---------------------------------------------------------------------
+
+    def _must_rebuild(
+        self, intent_id: str, partition: int, kind: str, payload: Any, seq: int, delivered: int, state: Any
+    ) -> bool:
+        """The first step of an intent after this replica took its partition over rebuilds it from the log,
+        unless the step is the intent's very beginning: a first delivery, newer than the takeover, of a
+        message that starts an intent, with nothing stored."""
+        rebuilt = self._rebuilt.get(partition)
+        if rebuilt is None or intent_id in rebuilt or not self.actor.rebuilds():
+            return False
+        if state is not None and self.actor.settled(state):
+            rebuilt.add(intent_id)
+            return False
+        if (
+            kind == "msg"
+            and state is None
+            and delivered == 1
+            and seq > self._taken_at_seq.get(partition, 0)
+            and isinstance(payload, self.actor.begins_intent)
+        ):
+            rebuilt.add(intent_id)
+            return False
+        return True
+
+    async def _rebuild(self, intent_id: str, partition: int, stored: Any, ctx: IntentContext[Any]) -> Any:
+        """Replace the snapshot with what the intent's messages in the log imply, and stage it: the write
+        (with this owner's epoch in it) moves the key's revision, so a stale owner's next write is refused."""
+        from bus.replay import read_stream  # the same reader as `execbus replay`
+
+        history: list[tuple[int, Message]] = []
+        async for record in read_stream(self.bus, f"{subjects.PREFIX}.*.*.*.{intent_id}", stream=self._settings.stream):
+            try:
+                history.append((record.seq, record.message()))
+            except Exception:  # a record that does not decode was dead-lettered when it arrived
+                continue
+        state = await self.actor.rebuild(history, stored, ctx)
+        self._rebuilt.setdefault(partition, set()).add(intent_id)
+        self.stats["rebuilt"] += 1
+        self.log.info("intent_rebuilt_from_log", intent_id=intent_id, messages=len(history), had_snapshot=stored is not None)
+        if state is None:
+            if stored is not None:
+                ctx.forget()
+            return None
+        ctx.save(state)
+        await self.actor.on_resume(ctx)  # act on what is due: a reaction the dead owner never sent
+        return ctx.state
 
     async def _publish(self, msg: Message) -> None:
         await (await self._send(msg))

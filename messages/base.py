@@ -102,6 +102,10 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """When the thing happened, integer nanoseconds since the epoch, from the producer's clock."""
     ts_init: int = 0
     """When this message object was created, integer nanoseconds since the epoch."""
+    epoch: int = 0
+    """Lease epoch of the producer's partition when it sent this (0: not sent by a partition owner). It grows
+    with every change of owner, so a command from an owner that has lost its lease can be refused. Not part
+    of `msg_id`: the same command re-sent by the next owner is still the same message."""
 
     #: the part of the subject that names the kind of message, e.g. "order_filled"; set per class.
     kind: ClassVar[str] = ""

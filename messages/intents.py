@@ -123,6 +123,11 @@ class ExecutionTimedOut(Message, frozen=True, kw_only=True):
     remaining_qty: Decimal
     filled_qty: Decimal
     fallback: Fallback
+    act_by_ns: int = 0
+    """The supervisor waits for the fallback until then; a fallback that gets this later must not act (its
+    order would be a ghost nobody waits for). 0: no limit (messages from before the field existed)."""
+    reason: str = ""
+    """Why the strategy stopped before the fallback (budget exhausted, attempts used up, ...)."""
 
     def validate(self) -> None:
         require_positive("remaining_qty", self.remaining_qty)
@@ -159,6 +164,9 @@ class ExecutionCompleted(Message, frozen=True, kw_only=True):
     fees: Decimal
     """Sum of fees converted to the quote currency (fees charged in base are valued at the fill price)."""
     fee_currency: str
+    other_fees: dict[str, Decimal] = {}
+    """Fees charged in a currency that is neither base nor quote (e.g. BNB), summed per currency and not
+    converted: `fees` counts only base and quote fees, and no fee is ever dropped."""
     arrival_mid: Decimal | None
     slippage_bps: Decimal | None
     """Signed cost versus arrival mid: positive means worse than arrival (paid more / received less)."""

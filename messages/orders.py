@@ -57,10 +57,18 @@ class PlaceOrder(_OrderMessage, frozen=True, kw_only=True):
     post_only: bool = False
     origin: str = "supervisor"
     """Which actor asked (supervisor or market_fallback): reports say who placed what."""
+    deadline_ns: int = 0
+    """When the attempt this order belongs to ends (0: none): an owner rebuilt from the log knows it."""
+    ref_price: Decimal | None = None
+    """The fresh, uncrossed touch the command was priced from (the ask for a buy, the bid for a sell). A
+    market order carries it so the placer need not ask the book again; without it the placer asks."""
+    ref_ts_ns: int = 0
+    """When `ref_price` was read from the book."""
 
     def validate(self) -> None:
         require_positive("qty", self.qty)
         require_positive("price", self.price)
+        require_positive("ref_price", self.ref_price)
         if self.order_type == "limit" and self.price is None:
             raise ValueError("`price` is required for a limit order")
 
@@ -101,6 +109,11 @@ class CancelOrder(_OrderMessage, frozen=True, kw_only=True):
 
     order_id: str | None = None
     reason: str = ""
+    retry: int = 0
+    """0 for the first cancel of an order; the canceling phase's deadline sends it again as 1, 2, ..."""
+
+    def dedup_suffix(self) -> str:
+        return self.client_order_id if not self.retry else f"{self.client_order_id}.{self.retry}"
 
 
 class OrderCanceled(_OrderMessage, frozen=True, kw_only=True):
