@@ -22,13 +22,22 @@ class MarketFallback(Actor[None]):
 
     def __init__(self) -> None:
         self.executed = 0
+        self.refused = 0
 
     def status(self) -> dict[str, Any]:
-        return {"executed": self.executed}
+        return {"executed": self.executed, "refused_late": self.refused}
 
     async def handle(self, msg: Message, ctx: IntentContext[None]) -> None:
         assert isinstance(msg, ExecutionTimedOut)
         if msg.fallback != "market":
+            return
+        now = ctx.clock.now_ns()
+        if msg.act_by_ns and now > msg.act_by_ns:
+            # The supervisor stopped waiting for us: an order now would be a ghost nobody accounts for.
+            self.refused += 1
+            ctx.log.warning(
+                "fallback_too_late", remaining=str(msg.remaining_qty), late_ms=(now - msg.act_by_ns) // 1_000_000
+            )
             return
         self.executed += 1
         ctx.log.info("fallback_market", remaining=str(msg.remaining_qty))

@@ -1,14 +1,29 @@
-"""The placer: the only actor that calls `create_order` and `cancel_order`.
+"""The placer: the only actor that calls `create_order` and `cancel_order`, and the last check before
+money moves.
 
-Client order ids are deterministic (`<intent>-<attempt>`), so a repeated `PlaceOrder` can never place
-twice: the venue refuses a used id (`DuplicateOrderId`) and the placer then looks the order up. A timeout
-or network error on create is *unknown*, not failed: `OrderOutcomeUnknown` is published and the order is
-looked up by client order id on a timer until it is found, or until it has been absent long enough that
-creating it again (same id, so still at most once) is safe.
+Before any create, whoever asked for it:
+- the intent must be accepted and not finished, and the command must not come from an owner whose lease
+  has moved on (its epoch is older than one already seen from the same origin);
+- its quantity must fit: the intent's quantity minus what every other order of the intent has filled or
+  still has open, from the placer's own durable record (and the venue's, for an attempt it has no record
+  of) — `OrderRejected(error="ExposureExceeded")` otherwise;
+- a `PlaceOrder` delivered before (an earlier delivery may have created it and died before recording it)
+  is first looked up at the venue by client order id, open and closed: only an order proven absent is
+  created. Venues such as Binance accept a reused client order id once the first order has closed, so the
+  venue's refusal of a duplicate is no protection;
+- a market order needs a fresh, uncrossed price: the command's reference price, or the venue's book.
+
+A timeout or network error on create is *unknown*, not failed: `OrderOutcomeUnknown` is published and the
+order is looked up by client order id on a timer until it is found, or until it has been absent long enough
+that creating it again is safe. A rate-limited create executed nothing and is retried after the venue's
+back-off. A cancel answered "not found" (a venue that has not indexed the order yet) is retried through a
+lookup by client order id until the order is terminal.
 """
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from typing import Any
 
 import ccxt
@@ -16,6 +31,8 @@ import msgspec
 
 from bus.actor import Actor, IntentContext
 from messages import (
+    IntentAccepted,
+    StrategyFinished,
     CancelOrder,
     CancelRejected,
     OrderCanceled,
@@ -31,6 +48,9 @@ from venues.gateway import fetch_order_by_client_id
 __all__ = ["Placer", "PlacerState"]
 
 NS = 1_000_000_000
+FRESH_PRICE_NS = 2 * NS
+"""A reference price older than this is not fresh: the placer reads the venue's book instead."""
+_RETRY_AFTER = re.compile(r"retry_after_ms=(\d+)")
 
 
 class Pending(msgspec.Struct, kw_only=True):
@@ -45,6 +65,18 @@ class Pending(msgspec.Struct, kw_only=True):
 class PlacerState(msgspec.Struct, kw_only=True):
     venue: str = ""
     symbol: str = ""
+    intent_qty: Decimal | None = None
+    """From `IntentAccepted`: the most the intent's orders may ever fill together."""
+    finished: bool = False
+    """`StrategyFinished` seen: nothing more may be created for the intent."""
+    qty: dict[str, Decimal] = msgspec.field(default_factory=dict)
+    """client order id -> quantity asked for, for every order we created or may have created"""
+    filled: dict[str, Decimal] = msgspec.field(default_factory=dict)
+    """client order id -> final filled quantity, from `OrderFinalized`"""
+    epochs: dict[str, int] = msgspec.field(default_factory=dict)
+    """origin -> highest lease epoch seen on its commands"""
+    backoff: dict[str, Pending] = msgspec.field(default_factory=dict)
+    """Creates refused by the venue's rate limit (nothing executed), due again at `since_ns`."""
     placed: dict[str, str] = msgspec.field(default_factory=dict)
     """client order id -> venue order id"""
     unknown: dict[str, Pending] = msgspec.field(default_factory=dict)
@@ -60,7 +92,8 @@ class PlacerState(msgspec.Struct, kw_only=True):
 
 class Placer(Actor[PlacerState]):
     name = "placer"
-    consumes = (PlaceOrder, CancelOrder, OrderFinalized)
+    consumes = (IntentAccepted, PlaceOrder, CancelOrder, OrderFinalized, StrategyFinished)
+    begins_intent = (IntentAccepted,)
     State = PlacerState
 
     def __init__(
@@ -75,13 +108,17 @@ class Placer(Actor[PlacerState]):
         self._resolve_ns = int(resolve_interval_s * NS)
         self._absent_grace_ns = int(absent_grace_s * NS)
         self._cancel_retry_ns = int(cancel_retry_s * NS)
-        self.stats = {"created": 0, "rejected": 0, "unknown": 0, "recovered": 0, "canceled": 0, "cancel_failed": 0}
+        self.stats = {
+            "created": 0, "rejected": 0, "unknown": 0, "recovered": 0, "canceled": 0, "cancel_failed": 0,
+            "refused": 0, "rate_limited": 0,
+        }
 
     def status(self) -> dict[str, Any]:
         return dict(self.stats)
 
     async def handle(self, msg: Message, ctx: IntentContext[PlacerState]) -> None:
         state = ctx.state or PlacerState(venue=msg.venue, symbol=msg.symbol)
+        _apply_fact(state, msg)
         match msg:
             case PlaceOrder():
                 await self._place(msg, state, ctx)
@@ -93,37 +130,65 @@ class Placer(Actor[PlacerState]):
             case OrderFinalized():
                 state.cancels.pop(msg.client_order_id, None)
                 pending = state.unknown.pop(msg.client_order_id, None)
+                state.backoff.pop(msg.client_order_id, None)
                 if pending is not None and msg.order_id is not None:
                     # The reconciler saw the order at the venue before our lookup did: that resolves it.
                     state.placed[msg.client_order_id] = msg.order_id
                     await self._published_placed(pending.command, msg.order_id, ctx, recovered=True)
-                if msg.client_order_id not in state.final:
-                    state.final.append(msg.client_order_id)
+        self._keep(state, ctx)
+
+    def _keep(self, state: PlacerState, ctx: IntentContext[PlacerState]) -> None:
         if self._done(state):
-            ctx.forget()
+            # Kept (for a day) rather than forgotten: a `PlaceOrder` coming back after this must find its
+            # order recorded, not create it again under a client order id the venue would accept anew.
+            ctx.retire(state)
+            ctx.wake_at(0)
             return
         self._arm(state, ctx)
         ctx.save(state)
 
     @staticmethod
     def _done(state: PlacerState) -> bool:
-        """Every order we placed is final and nothing is pending: nothing left to remember."""
-        return (
-            bool(state.placed)
-            and not state.unknown
-            and not state.cancels
-            and not state.early_cancels
-            and all(cid in state.final for cid in state.placed)
-        )
+        """Every order we placed is final and nothing is pending: nothing left to do."""
+        if state.unknown or state.cancels or state.early_cancels or state.backoff:
+            return False
+        return (bool(state.placed) or state.finished) and all(cid in state.final for cid in state.placed)
 
     @staticmethod
     def _never_seen(cid: str, state: PlacerState) -> bool:
         return cid not in state.placed and cid not in state.unknown and cid not in state.final
 
+    async def rebuild(
+        self, history: list[tuple[int, Message]], stored: PlacerState | None, ctx: IntentContext[PlacerState]
+    ) -> PlacerState | None:
+        """The record of the intent's orders as the log has it, over the snapshot: what the snapshot
+        missed (a create recorded only in the log) is learned, what it has (pending lookups) is kept."""
+        state = stored
+        for _seq, msg in history:
+            if state is None:
+                state = PlacerState(venue=msg.venue, symbol=msg.symbol)
+            _apply_fact(state, msg)
+            match msg:
+                case OrderPlaced():
+                    state.placed.setdefault(msg.client_order_id, msg.order_id)
+                    state.unknown.pop(msg.client_order_id, None)
+                case OrderFinalized():
+                    state.unknown.pop(msg.client_order_id, None)
+                    state.cancels.pop(msg.client_order_id, None)
+                    state.backoff.pop(msg.client_order_id, None)
+                    if msg.order_id is not None:
+                        state.placed.setdefault(msg.client_order_id, msg.order_id)
+        return state
+
     async def on_timer(self, ctx: IntentContext[PlacerState]) -> None:
         state = ctx.state
         if state is None:
             return
+        now = ctx.clock.now_ns()
+        for cid, pending in list(state.backoff.items()):
+            if pending.since_ns <= now:
+                state.backoff.pop(cid, None)
+                await self._place(pending.command, state, ctx, again=True)
         for cid, pending in list(state.unknown.items()):
             await self._resolve(cid, pending, state, ctx)
         for cid, tries in list(state.cancels.items()):
@@ -131,8 +196,7 @@ class Placer(Actor[PlacerState]):
                 state.cancels.pop(cid, None)
                 continue
             await self._cancel(cid, state.placed.get(cid), state.venue, state.symbol, state, ctx, tries=tries)
-        self._arm(state, ctx)
-        ctx.save(state)
+        self._keep(state, ctx)
 
     async def on_resume(self, ctx: IntentContext[PlacerState]) -> None:
         if ctx.state is not None:
@@ -140,16 +204,58 @@ class Placer(Actor[PlacerState]):
 
     def _arm(self, state: PlacerState, ctx: IntentContext[PlacerState]) -> None:
         now = ctx.clock.now_ns()
+        due = []
         if state.unknown:
-            ctx.wake_at(now + self._resolve_ns)
-        elif state.cancels:
-            ctx.wake_at(now + self._cancel_retry_ns)
-        else:
-            ctx.wake_at(0)
+            due.append(now + self._resolve_ns)
+        if state.cancels:
+            due.append(now + self._cancel_retry_ns)
+        due.extend(p.since_ns for p in state.backoff.values())
+        ctx.wake_at(min(due) if due else 0)
+
+    # -- the last check ---------------------------------------------------------------------------------
+
+    def _refusal(self, cmd: PlaceOrder, state: PlacerState) -> tuple[str, str] | None:
+        """Why this create must not go out (error class, reason), from what the placer knows; or None."""
+        if state.finished:
+            return "IntentFinished", "the intent's strategy has finished: nothing more is placed for it"
+        if state.intent_qty is None:
+            return "IntentUnknown", "no accepted intent for this order: its exposure cannot be checked"
+        if cmd.epoch and cmd.epoch < state.epochs.get(cmd.origin, 0):
+            return "StaleEpoch", (
+                f"sent by an owner that has lost the intent (epoch {cmd.epoch} < {state.epochs[cmd.origin]})"
+            )
+        room = state.intent_qty - _exposure(state, exclude=cmd.client_order_id)
+        if cmd.qty > room:
+            return "ExposureExceeded", (
+                f"qty {cmd.qty} exceeds what the intent still needs: {state.intent_qty} minus "
+                f"{_exposure(state, exclude=cmd.client_order_id)} filled or open = {room}"
+            )
+        return None
+
+    async def _unrecorded_attempts(self, cmd: PlaceOrder, state: PlacerState, ctx: IntentContext[PlacerState]) -> None:
+        """Earlier attempts of the intent with no record here (their placer died before recording them, and
+        no `OrderFinalized` came yet): ask the venue, so the exposure counts what is really there."""
+        if cmd.origin != "supervisor":
+            return
+        exchange = await self._venues.get(cmd.venue)
+        for attempt in range(1, cmd.attempt):
+            cid = f"{cmd.intent_id}-{attempt}"
+            if cid in state.qty:
+                continue
+            found = await fetch_order_by_client_id(exchange, cid, cmd.symbol)  # NetworkError: try again later
+            if found is not None:
+                state.qty[cid] = Decimal(str(found.get("amount") or 0))
+                state.placed[cid] = str(found["id"])
+                if found.get("status") != "open":
+                    state.filled[cid] = Decimal(str(found.get("filled") or 0))
+                    if cid not in state.final:
+                        state.final.append(cid)
 
     # -- create -----------------------------------------------------------------------------------------
 
-    async def _place(self, cmd: PlaceOrder, state: PlacerState, ctx: IntentContext[PlacerState]) -> None:
+    async def _place(
+        self, cmd: PlaceOrder, state: PlacerState, ctx: IntentContext[PlacerState], *, again: bool = False
+    ) -> None:
         cid = cmd.client_order_id
         cancel_after = cid in state.early_cancels
         if cancel_after:
@@ -159,11 +265,164 @@ class Placer(Actor[PlacerState]):
         if cid in state.placed:
             await self._published_placed(cmd, state.placed[cid], ctx, recovered=cancel_after)
             return
-        if cid in state.unknown:
+        if cid in state.unknown or (cid in state.backoff and not again):
             return  # being resolved already
-        # Canceled before it came back: still create it (same id, so a create the dead replica sent that
-        # lands late is refused) and cancel it at once; if it exists already, DuplicateOrderId finds it.
+        if ctx.delivered > 1 and not again:
+            # An earlier delivery may have created it and died before recording it. Never create twice:
+            # find it first (open or closed); only an order proven absent is created.
+            exchange = await self._venues.get(cmd.venue)
+            try:
+                found = await fetch_order_by_client_id(exchange, cid, cmd.symbol)
+            except ccxt.NetworkError as exc:
+                await self._unknown(cmd, state, ctx, f"lookup before re-create failed: {type(exc).__name__}")
+                return
+            if found is not None:
+                self.stats["recovered"] += 1
+                state.qty[cid] = cmd.qty
+                state.placed[cid] = str(found["id"])
+                await self._published_placed(cmd, state.placed[cid], ctx, recovered=True)
+                if cancel_after:
+                    await self._cancel(cid, state.placed[cid], cmd.venue, cmd.symbol, state, ctx)
+                return
+            # One "not found" is no proof: the venue may not have indexed it yet. Its outcome is unknown
+            # until it has stayed absent for longer than the venue's lag (`_resolve` then creates it).
+            await self._unknown(cmd, state, ctx, "redelivered and not found yet", cancel_wanted=cancel_after)
+            return
+        # Canceled before it came back: still create it and cancel it at once.
         await self._create(cmd, state, ctx, cancel_after=cancel_after)
+
+    async def _reject(self, cmd: PlaceOrder, ctx: IntentContext[PlacerState], error: str, reason: str, *, retryable: bool = False) -> None:
+        self.stats["rejected"] += 1
+        ctx.log.info("order_rejected", client_order_id=cmd.client_order_id, error=error, reason=reason)
+        await ctx.publish(
+            OrderRejected(
+                **routing(cmd),
+                client_order_id=cmd.client_order_id,
+                attempt=cmd.attempt,
+                reason=reason[:500],
+                error=error,
+                retryable=retryable,
+            )
+        )
+
+    async def _create(
+        self, cmd: PlaceOrder, state: PlacerState, ctx: IntentContext[PlacerState], *, cancel_after: bool = False
+    ) -> None:
+        cid = cmd.client_order_id
+        try:
+            await self._unrecorded_attempts(cmd, state, ctx)
+        except ccxt.NetworkError as exc:
+            await self._unknown(cmd, state, ctx, f"exposure lookup failed: {type(exc).__name__}")
+            return
+        refusal = self._refusal(cmd, state)
+        if refusal is not None:
+            self.stats["refused"] += 1
+            error, reason = refusal
+            ctx.log.warning("create_refused", client_order_id=cid, error=error, reason=reason)
+            await self._reject(cmd, ctx, error, reason, retryable=error == "StaleEpoch")
+            return
+        exchange = await self._venues.get(cmd.venue)
+        try:
+            amount, price, params = await self._order_args(exchange, cmd, ctx)
+        except _NoPrice as exc:
+            await self._reject(cmd, ctx, "NoFreshPrice", str(exc))
+            return
+        except ccxt.NetworkError as exc:
+            await self._unknown(cmd, state, ctx, f"book read failed: {type(exc).__name__}", created=False)
+            return
+        state.qty[cid] = cmd.qty  # counted as open from now on: the create may land even if we die
+        try:
+            order = await exchange.create_order(cmd.symbol, cmd.order_type, cmd.side, amount, price, params)
+        except ccxt.DuplicateOrderId:
+            # Open under this id already (a crash between create and our record of it): find it.
+            await self._unknown(cmd, state, ctx, "DuplicateOrderId", cancel_wanted=cancel_after)
+            await self._resolve(cid, state.unknown[cid], state, ctx)
+            return
+        except ccxt.RateLimitExceeded as exc:
+            # Refused before it executed: nothing to look up. Try again once the venue has room.
+            self.stats["rate_limited"] += 1
+            wait_ns = _retry_after_ns(exc, exchange)
+            ctx.log.info("create_rate_limited", client_order_id=cid, retry_in_ms=wait_ns // 1_000_000)
+            pending = Pending(command=cmd, since_ns=ctx.clock.now_ns() + wait_ns, cancel_wanted=cancel_after)
+            state.backoff[cid] = pending
+            return
+        except ccxt.NetworkError as exc:
+            await self._unknown(cmd, state, ctx, type(exc).__name__, cancel_wanted=cancel_after)
+            return
+        except ccxt.BaseError as exc:
+            state.qty.pop(cid, None)
+            await self._reject(
+                cmd, ctx, type(exc).__name__, str(exc), retryable=isinstance(exc, ccxt.OrderImmediatelyFillable)
+            )
+            return
+        self.stats["created"] += 1
+        state.placed[cid] = str(order["id"])
+        state.unknown.pop(cid, None)
+        await self._published_placed(cmd, state.placed[cid], ctx, recovered=False)
+        if cancel_after:
+            await self._cancel(cid, state.placed[cid], cmd.venue, cmd.symbol, state, ctx)
+
+    async def _order_args(
+        self, exchange: Any, cmd: PlaceOrder, ctx: IntentContext[PlacerState]
+    ) -> tuple[Any, Any, dict[str, Any]]:
+        """Amount and price as strings at the venue's precision (never a float that is one ulp off the
+        venue's step), and the venue-specific parameters. A market order gets a fresh, uncrossed price
+        first; venues whose market buys need one get it."""
+        params: dict[str, Any] = {"clientOrderId": cmd.client_order_id}
+        if cmd.post_only:
+            params["postOnly"] = True
+        if cmd.time_in_force != "GTC":
+            params["timeInForce"] = cmd.time_in_force
+        amount = exchange.amount_to_precision(cmd.symbol, str(cmd.qty))
+        price: str | None = None
+        if cmd.price is not None:
+            price = exchange.price_to_precision(cmd.symbol, str(cmd.price))
+        if cmd.order_type == "market":
+            touch = await self._fresh_touch(exchange, cmd, ctx)
+            if cmd.side == "buy" and (exchange.options or {}).get("createMarketBuyOrderRequiresPrice"):
+                # The venue spends amount x price of quote: at the touch it buys at most `amount`.
+                price = exchange.price_to_precision(cmd.symbol, str(touch))
+        return amount, price, params
+
+    async def _fresh_touch(self, exchange: Any, cmd: PlaceOrder, ctx: IntentContext[PlacerState]) -> Decimal:
+        """The price a market order would take from: the command's if it is fresh, else the venue's book.
+        An empty or crossed book means no market order (it would go into a book nobody can price)."""
+        if cmd.ref_price is not None and ctx.clock.now_ns() - cmd.ref_ts_ns <= FRESH_PRICE_NS:
+            return cmd.ref_price
+        book = await exchange.fetch_order_book(cmd.symbol, 5)
+        bids, asks = book.get("bids") or [], book.get("asks") or []
+        if not bids or not asks:
+            raise _NoPrice(f"no fresh price for a market order: the {cmd.symbol} book is empty")
+        bid, ask = Decimal(str(bids[0][0])), Decimal(str(asks[0][0]))
+        if bid >= ask:
+            raise _NoPrice(f"no fresh price for a market order: the {cmd.symbol} book is crossed ({bid} >= {ask})")
+        return ask if cmd.side == "buy" else bid
+
+    async def _unknown(
+        self,
+        cmd: PlaceOrder,
+        state: PlacerState,
+        ctx: IntentContext[PlacerState],
+        error: str,
+        *,
+        cancel_wanted: bool = False,
+        created: bool = True,
+    ) -> None:
+        cid = cmd.client_order_id
+        self.stats["unknown"] += 1
+        ctx.log.warning("order_outcome_unknown", client_order_id=cid, error=error)
+        if created:
+            state.qty[cid] = cmd.qty
+        pending = state.unknown.setdefault(cid, Pending(command=cmd, since_ns=ctx.clock.now_ns()))
+        pending.cancel_wanted = pending.cancel_wanted or cancel_wanted
+        await ctx.publish(
+            OrderOutcomeUnknown(
+                **routing(cmd),
+                client_order_id=cid,
+                attempt=cmd.attempt,
+                error=error,
+            )
+        )
 
     async def _cancel_before_place(self, msg: CancelOrder, state: PlacerState, ctx: IntentContext[PlacerState]) -> None:
         """A cancel for an order we have no record of. Either its `PlaceOrder` is still to come back to us
@@ -192,71 +451,6 @@ class Placer(Actor[PlacerState]):
         if found is not None:
             state.placed[cid] = str(found["id"])
             await self._cancel(cid, state.placed[cid], msg.venue, msg.symbol, state, ctx)
-
-    async def _create(
-        self, cmd: PlaceOrder, state: PlacerState, ctx: IntentContext[PlacerState], *, cancel_after: bool = False
-    ) -> None:
-        cid = cmd.client_order_id
-        exchange = await self._venues.get(cmd.venue)
-        params: dict[str, Any] = {"clientOrderId": cid}
-        if cmd.post_only:
-            params["postOnly"] = True
-        if cmd.time_in_force != "GTC":
-            params["timeInForce"] = cmd.time_in_force
-        try:
-            order = await exchange.create_order(
-                cmd.symbol,
-                cmd.order_type,
-                cmd.side,
-                float(cmd.qty),
-                float(cmd.price) if cmd.price is not None else None,
-                params,
-            )
-        except ccxt.DuplicateOrderId:
-            # Placed before (a crash between create and our record of it): find it, never place again.
-            await self._unknown(cmd, state, ctx, "DuplicateOrderId", cancel_wanted=cancel_after)
-            await self._resolve(cid, state.unknown[cid], state, ctx)
-            return
-        except ccxt.NetworkError as exc:
-            await self._unknown(cmd, state, ctx, type(exc).__name__, cancel_wanted=cancel_after)
-            return
-        except ccxt.BaseError as exc:
-            self.stats["rejected"] += 1
-            ctx.log.info("order_rejected", client_order_id=cid, error=type(exc).__name__, reason=str(exc))
-            await ctx.publish(
-                OrderRejected(
-                    **routing(cmd),
-                    client_order_id=cid,
-                    attempt=cmd.attempt,
-                    reason=str(exc)[:500],
-                    error=type(exc).__name__,
-                    retryable=isinstance(exc, (ccxt.OrderImmediatelyFillable,)),
-                )
-            )
-            return
-        self.stats["created"] += 1
-        state.placed[cid] = str(order["id"])
-        state.unknown.pop(cid, None)
-        await self._published_placed(cmd, state.placed[cid], ctx, recovered=False)
-        if cancel_after:
-            await self._cancel(cid, state.placed[cid], cmd.venue, cmd.symbol, state, ctx)
-
-    async def _unknown(
-        self, cmd: PlaceOrder, state: PlacerState, ctx: IntentContext[PlacerState], error: str, *, cancel_wanted: bool = False
-    ) -> None:
-        cid = cmd.client_order_id
-        self.stats["unknown"] += 1
-        ctx.log.warning("order_outcome_unknown", client_order_id=cid, error=error)
-        pending = state.unknown.setdefault(cid, Pending(command=cmd, since_ns=ctx.clock.now_ns()))
-        pending.cancel_wanted = pending.cancel_wanted or cancel_wanted
-        await ctx.publish(
-            OrderOutcomeUnknown(
-                **routing(cmd),
-                client_order_id=cid,
-                attempt=cmd.attempt,
-                error=error,
-            )
-        )
 
     async def _resolve(self, cid: str, pending: Pending, state: PlacerState, ctx: IntentContext[PlacerState]) -> None:
         cmd = pending.command
@@ -329,14 +523,26 @@ class Placer(Actor[PlacerState]):
         try:
             await exchange.cancel_order(order_id, symbol)
         except ccxt.OrderNotFound as exc:
-            # Typically it filled completely first. The reconciler confirms the final state either way.
-            state.cancels.pop(cid, None)
-            await ctx.publish(
-                CancelRejected(
-                    intent_id=ctx.intent_id, venue=venue, symbol=symbol, client_order_id=cid,
-                    order_id=order_id, reason=str(exc)[:300], error="OrderNotFound",
+            # Either it is closed already (filled first), or the venue has not indexed it yet (Binance's
+            # "Unknown order sent" for a new order). Only a lookup tells: an order that is not there or still
+            # open is retried until the reconciler says it is terminal; one found closed needs no cancel.
+            try:
+                found = await fetch_order_by_client_id(exchange, cid, symbol)
+            except ccxt.NetworkError:
+                found = None
+            if found is not None and found.get("status") not in ("open", None):
+                state.cancels.pop(cid, None)
+                await ctx.publish(
+                    CancelRejected(
+                        intent_id=ctx.intent_id, venue=venue, symbol=symbol, client_order_id=cid,
+                        order_id=order_id, reason=f"order is {found.get('status')}: {str(exc)[:200]}",
+                        error="OrderNotFound",
+                    )
                 )
-            )
+                return
+            self.stats["cancel_failed"] += 1
+            state.cancels[cid] = tries + 1
+            ctx.log.info("cancel_not_found_will_retry", client_order_id=cid, tries=tries + 1, at_venue=found is not None)
             return
         except ccxt.BaseError as exc:
             self.stats["cancel_failed"] += 1
@@ -349,3 +555,43 @@ class Placer(Actor[PlacerState]):
             OrderCanceled(intent_id=ctx.intent_id, venue=venue, symbol=symbol, client_order_id=cid, order_id=order_id)
         )
 
+
+
+class _NoPrice(Exception):
+    """No fresh, uncrossed price to send a market order into."""
+
+
+def _apply_fact(state: PlacerState, msg: Message) -> None:
+    """What a message tells the placer about the intent's exposure, whoever handles it (live or rebuilt)."""
+    match msg:
+        case IntentAccepted():
+            state.intent_qty = msg.qty
+        case StrategyFinished():
+            state.finished = True
+        case PlaceOrder():
+            if msg.epoch:
+                state.epochs[msg.origin] = max(state.epochs.get(msg.origin, 0), msg.epoch)
+        case OrderFinalized():
+            state.filled[msg.client_order_id] = msg.filled_qty
+            if msg.client_order_id not in state.final:
+                state.final.append(msg.client_order_id)
+
+
+def _exposure(state: PlacerState, *, exclude: str) -> Decimal:
+    """What the intent's other orders have filled (final ones) or may still fill (the rest)."""
+    total = Decimal(0)
+    for cid, qty in state.qty.items():
+        if cid != exclude:
+            total += state.filled.get(cid, qty) if cid in state.final else qty
+    for cid, filled in state.filled.items():
+        if cid != exclude and cid not in state.qty:
+            total += filled  # finalized orders we never recorded ourselves (another replica created them)
+    return total
+
+
+def _retry_after_ns(exc: Exception, exchange: Any) -> int:
+    """The venue's back-off if it said one (`retry_after_ms=`), else its rate limit interval, at least 50 ms."""
+    found = _RETRY_AFTER.search(str(exc))
+    if found:
+        return max(int(found.group(1)), 1) * 1_000_000
+    return max(int(getattr(exchange, "rateLimit", 50) or 50), 50) * 1_000_000

@@ -44,8 +44,16 @@ __all__ = ["Supervisor", "SupervisorState", "OrderRecord"]
 NS = 1_000_000_000
 PRICE_RETRY_NS = 200_000_000
 MAX_PRICE_REQUESTS = 10
+"""Per attempt: an attempt whose price is refused this often ends the limit attempts (no blind fallback)."""
 FALLBACK_GRACE_NS = 30 * NS
+FALLBACK_MARGIN_NS = 5 * NS
+"""After the fallback's own deadline (`act_by_ns`), how long a `PlaceOrder` it sent just in time may take to
+reach us before we stop waiting for it."""
 MARKET_BUDGET_NS = 60 * NS
+CANCEL_CHECK_NS = 2 * NS
+"""The canceling phase's deadline: a cancel not confirmed terminal by then is sent again."""
+INTAKE_RETRY_NS = 500_000_000
+"""A venue that cannot be reached at intake is asked again this often, within the intent's budget."""
 ESCALATION = ("touch", "inside", "cross")
 
 
@@ -60,6 +68,8 @@ class OrderRecord(msgspec.Struct, kw_only=True):
     """pending -> open | unknown -> final; `cancel` is set once a cancel was asked for."""
     cancel: bool = False
     filled: Decimal = Decimal(0)
+    rejected: str = ""
+    """"" | "retryable" | "final": how the venue or placer refused it."""
 
 
 class SupervisorState(msgspec.Struct, kw_only=True):
@@ -68,8 +78,21 @@ class SupervisorState(msgspec.Struct, kw_only=True):
     deadline_ns: int
     """End of the strategy's budget (aggressive: total timeout; simple: timeout; market: a sanity cap)."""
     phase: str = "arrival"
-    """arrival -> pricing -> working -> (canceling) -> ... -> fallback -> finished"""
+    """(intake ->) arrival -> pricing -> working -> (canceling) -> ... -> fallback -> finished"""
+    epoch: int = 0
+    """Lease epoch of the owner that last rebuilt this state from the log."""
     attempt: int = 0
+    attempt_price_requests: int = 0
+    """Price requests sent for the current attempt (the cap is per attempt)."""
+    quote: PriceQuoted | None = None
+    """The quote for the current attempt not yet acted on (set by a rebuild from the log)."""
+    cancel_round: int = 0
+    """How often the working orders' cancels were sent (the canceling phase's deadline sends them again)."""
+    fallback_act_by_ns: int = 0
+    intake_error: str = ""
+    """Why the venue could not be asked at intake (phase intake), retried within the budget."""
+    claim_token: str = ""
+    """The submission's stream sequence, the intent-id claim's token (a retry from a timer has no message)."""
     attempt_deadline_ns: int = 0
     price_request: int = 0
     arrival_bid: Decimal | None = None
@@ -116,6 +139,7 @@ class Supervisor(Actor[SupervisorState]):
         OrderFinalized,
         PlaceOrder,
     )
+    begins_intent = (SubmitIntent,)
     State = SupervisorState
 
     def __init__(self, venues: Any) -> None:
@@ -205,30 +229,60 @@ class Supervisor(Actor[SupervisorState]):
 
     async def _submit(self, intent: SubmitIntent, ctx: IntentContext[SupervisorState]) -> None:
         if ctx.state is not None:
-            return  # the same submission redelivered after we accepted it
-        problem = await self._validate(intent)
+            return  # the same submission redelivered after we accepted it (or finished it: kept a day)
+        now = ctx.clock.now_ns()
+        await self._intake(intent, ctx, arrived_ns=now, token=str(ctx.message_seq), state=None)
+
+    async def _intake(
+        self,
+        intent: SubmitIntent,
+        ctx: IntentContext[SupervisorState],
+        *,
+        arrived_ns: int,
+        token: str,
+        state: SupervisorState | None,
+    ) -> None:
+        """Validate, claim the intent id, accept. A venue that cannot be reached is not the intent's fault:
+        it is asked again within the intent's budget (phase `intake`), and only a wrong intent is rejected."""
+        budget_end = arrived_ns + _budget_ns(intent)
+        try:
+            problem = await self._validate(intent)
+        except _VenueUnavailable as exc:
+            now = ctx.clock.now_ns()
+            if now + INTAKE_RETRY_NS < budget_end:
+                ctx.log.warning("venue_unavailable_at_intake_will_retry", error=str(exc))
+                state = state or SupervisorState(
+                    intent=intent, accepted_ns=arrived_ns, deadline_ns=budget_end, phase="intake"
+                )
+                state.intake_error = str(exc)
+                state.claim_token = token
+                ctx.wake_at(now + INTAKE_RETRY_NS)
+                ctx.save(state)
+                return
+            problem = None
+            unavailable = str(exc)
+        else:
+            unavailable = ""
         if problem is not None:
             field, reason = problem
             self.rejected += 1
             await ctx.publish(_reject(intent, field, reason))
+            if state is not None:
+                state.phase = "finished"
+                ctx.retire(state)
             return
         assert self._services is not None
-        if not await self._services.claim_once(f"intent.{intent.intent_id}", str(ctx.message_seq)):
+        if not await self._services.claim_once(f"intent.{intent.intent_id}", token):
             self.rejected += 1
             await ctx.publish(_reject(intent, "intent_id", "duplicate: this intent id was already submitted", dup=True))
+            if state is not None:
+                ctx.forget()
             return
-        now = ctx.clock.now_ns()
-        params = intent.params
-        budget = {
-            "market": MARKET_BUDGET_NS,
-            "simple_limit": _ns(params.timeout_seconds),
-            "aggressive_limit": _ns(params.total_timeout_seconds),
-        }[intent.strategy]
-        rules = await self._rules(intent)
+        rules = {} if unavailable else await self._rules(intent)
         state = SupervisorState(
             intent=intent,
-            accepted_ns=now,
-            deadline_ns=now + budget,
+            accepted_ns=arrived_ns,
+            deadline_ns=budget_end,
             tick_size=rules.get("tick_size"),
             min_amount=rules.get("min_amount"),
             min_cost=rules.get("min_cost"),
@@ -244,17 +298,22 @@ class Supervisor(Actor[SupervisorState]):
                 deadline_ns=state.deadline_ns,
             )
         )
+        if unavailable:
+            # Accepted so the upstream gets a true report, which says the venue never answered.
+            await self._finish(state, ctx, f"venue {intent.venue!r} unavailable for the whole budget: {unavailable}")
+            return
         await self._request_price(state, ctx, attempt=0, mode="arrival", qty=intent.qty)
         ctx.save(state)
 
     async def _validate(self, intent: SubmitIntent) -> tuple[str, str] | None:
-        """Semantic checks against the venue's market: the types were checked by the decoder."""
+        """Semantic checks against the venue's market: the types were checked by the decoder. A venue that
+        cannot be reached raises `_VenueUnavailable`: that says nothing about the intent."""
         if not self._venues.known(intent.venue):
             return "venue", f"unknown venue {intent.venue!r}"
         try:
             exchange = await self._venues.get(intent.venue)
         except Exception as exc:
-            return "venue", f"venue {intent.venue!r} unavailable: {exc}"
+            raise _VenueUnavailable(f"venue {intent.venue!r} unavailable: {type(exc).__name__}: {exc}") from exc
         if intent.symbol not in (exchange.markets or {}):
             return "symbol", f"{intent.venue} has no market {intent.symbol!r}"
         rules = await self._rules(intent)
@@ -277,7 +336,11 @@ class Supervisor(Actor[SupervisorState]):
     async def _request_price(
         self, state: SupervisorState, ctx: IntentContext[SupervisorState], *, attempt: int, mode: str, qty: Decimal
     ) -> None:
+        if attempt != state.attempt:
+            state.attempt_price_requests = 0
         state.attempt = attempt
+        state.attempt_price_requests += 1
+        state.quote = None
         state.phase = "arrival" if attempt == 0 else "pricing"
         intent = state.intent
         await ctx.publish(
@@ -299,8 +362,9 @@ class Supervisor(Actor[SupervisorState]):
         if msg.attempt != state.attempt or state.phase not in ("arrival", "pricing"):
             return
         ctx.log.warning("price_unavailable", attempt=msg.attempt, reason=msg.reason)
-        if state.price_request >= MAX_PRICE_REQUESTS or ctx.clock.now_ns() >= state.deadline_ns:
-            await self._no_more_attempts(state, ctx, f"no price: {msg.reason}")
+        if state.attempt_price_requests >= MAX_PRICE_REQUESTS or ctx.clock.now_ns() >= state.deadline_ns:
+            # No fallback: a market order would go into the very book the pricer refused.
+            await self._no_more_attempts(state, ctx, f"no price: {msg.reason}", allow_fallback=False)
             return
         ctx.wake_at(ctx.clock.now_ns() + PRICE_RETRY_NS)
 
@@ -309,30 +373,80 @@ class Supervisor(Actor[SupervisorState]):
         if state is None or state.phase == "finished":
             return
         now = ctx.clock.now_ns()
+        if state.phase == "intake":
+            await self._intake(state.intent, ctx, arrived_ns=state.accepted_ns, token=state.claim_token, state=state)
+            return
         if state.phase in ("arrival", "pricing"):
-            if state.price_request >= MAX_PRICE_REQUESTS:
-                await self._no_more_attempts(state, ctx, "no price from the pricer")
+            if state.attempt_price_requests >= MAX_PRICE_REQUESTS:
+                await self._no_more_attempts(state, ctx, "no price from the pricer", allow_fallback=False)
             else:
                 mode = "arrival" if state.attempt == 0 else self._mode(state, state.attempt)
                 await self._request_price(state, ctx, attempt=state.attempt, mode=mode, qty=state.remaining)
         elif state.phase == "working" and now >= state.attempt_deadline_ns:
             await self._cancel_working(state, ctx)
-        elif state.phase == "fallback" and now >= state.deadline_ns + FALLBACK_GRACE_NS:
-            await self._finish(state, ctx, "fallback did not complete in time")
+        elif state.phase == "canceling":
+            await self._cancel_again(state, ctx)
+        elif state.phase == "fallback" and now >= state.fallback_act_by_ns + FALLBACK_MARGIN_NS:
+            fallback = [o for o in state.orders if o.origin == "market_fallback"]
+            if not fallback:
+                await self._finish(state, ctx, f"{state.reason}; the fallback did not act in time")
+            elif not state.all_final:
+                ctx.wake_at(now + CANCEL_CHECK_NS)  # its order is real: wait for it to be terminal
         if not ctx.deleted:
             ctx.save(state)
 
     async def on_resume(self, ctx: IntentContext[SupervisorState]) -> None:
-        """After a restart: the deadlines are in the state; arm the next one."""
+        """After a takeover (the state rebuilt from the log) or a restart: act on what is due — a reaction
+        the previous owner never sent — and arm the next deadline."""
         state = ctx.state
         if state is None:
             return
-        if state.phase == "working":
+        if state.phase == "finished":
+            ctx.retire(state)
+            return
+        now = ctx.clock.now_ns()
+        if state.phase in ("arrival", "pricing") and state.quote is not None:
+            quote, state.quote = state.quote, None
+            await self._quoted(quote, state, ctx)
+        elif state.orders and state.all_final and (
+            state.phase in ("working", "canceling")
+            or (state.phase == "fallback" and any(o.origin == "market_fallback" for o in state.orders))
+        ):
+            await self._react_to_final(state, ctx)
+        elif state.phase == "working":
             ctx.wake_at(state.attempt_deadline_ns)
         elif state.phase == "fallback":
-            ctx.wake_at(state.deadline_ns + FALLBACK_GRACE_NS)
-        elif state.phase in ("arrival", "pricing"):
-            ctx.wake_at(ctx.clock.now_ns())
+            ctx.wake_at(state.fallback_act_by_ns + FALLBACK_MARGIN_NS)
+        else:  # intake, arrival, pricing (ask again), canceling (cancel again)
+            ctx.wake_at(now)
+        if not ctx.deleted:
+            ctx.save(state)
+
+    def settled(self, stored: SupervisorState) -> bool:
+        return stored.phase == "finished"
+
+    async def rebuild(
+        self,
+        history: list[tuple[int, Message]],
+        stored: SupervisorState | None,
+        ctx: IntentContext[SupervisorState],
+    ) -> SupervisorState | None:
+        """The intent's state as its messages in the log imply, whatever the snapshot says."""
+        state = _fold(history)
+        if state is None:
+            # Not accepted in the log: a submission still at intake (waiting for the venue) stays there; any
+            # other snapshot is not backed by the log, and the submission's redelivery starts it afresh.
+            return stored if stored is not None and stored.phase == "intake" else None
+        if stored is not None:
+            state.tick_size, state.min_amount = stored.tick_size, stored.min_amount
+            state.min_cost, state.amount_step = stored.min_cost, stored.amount_step
+        elif state.phase != "finished":
+            rules = await self._rules(state.intent)
+            state.tick_size = state.tick_size or rules.get("tick_size")
+            state.min_amount, state.min_cost = rules.get("min_amount"), rules.get("min_cost")
+            state.amount_step = rules.get("amount_step")
+        state.epoch = ctx.epoch
+        return state
 
     def _mode(self, state: SupervisorState, attempt: int) -> str:
         if state.intent.strategy == "aggressive_limit":
@@ -366,6 +480,7 @@ class Supervisor(Actor[SupervisorState]):
         order_type: str,
         price: Decimal | None,
         attempt_deadline_ns: int,
+        ref: PriceQuoted | None = None,
     ) -> None:
         intent = state.intent
         qty = state.remaining
@@ -382,6 +497,9 @@ class Supervisor(Actor[SupervisorState]):
                 order_type=order_type,  # type: ignore[arg-type]
                 qty=qty,
                 price=price,
+                deadline_ns=attempt_deadline_ns,
+                ref_price=None if ref is None else (ref.ask if intent.side == "buy" else ref.bid),
+                ref_ts_ns=0 if ref is None else ref.ts_event,
             )
         )
         ctx.wake_at(attempt_deadline_ns)
@@ -403,7 +521,7 @@ class Supervisor(Actor[SupervisorState]):
                 timeout = ctx.clock.now_ns() + _ns(state.intent.params.timeout_seconds)
                 await self._place(state, ctx, order_type="limit", price=cap, attempt_deadline_ns=timeout)
                 return
-        await self._place(state, ctx, order_type="market", price=None, attempt_deadline_ns=state.deadline_ns)
+        await self._place(state, ctx, order_type="market", price=None, attempt_deadline_ns=state.deadline_ns, ref=quote)
 
     async def _place_limit(self, quote: PriceQuoted, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
         intent, params = state.intent, state.intent.params
@@ -441,13 +559,21 @@ class Supervisor(Actor[SupervisorState]):
         if record is None or record.status == "final":
             return
         record.status = "final"
+        record.rejected = "retryable" if msg.retryable else "final"
         state.reason = f"order {msg.client_order_id} rejected: {msg.error}: {msg.reason}"
-        if msg.retryable:
-            await self._next_step(state, ctx)
-        elif state.phase == "fallback":
-            await self._finish(state, ctx, state.reason)
-        else:
-            await self._no_more_attempts(state, ctx, state.reason, allow_fallback=False)
+        await self._react_to_final(state, ctx)
+
+    async def _react_to_final(self, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        """Every order is terminal: a refused order (not retryable) ends the strategy; otherwise go on."""
+        if not state.all_final:
+            return
+        if any(o.rejected == "final" for o in state.orders) and state.remaining > 0:
+            if state.phase == "fallback":
+                await self._finish(state, ctx, state.reason)
+            else:
+                await self._no_more_attempts(state, ctx, state.reason, allow_fallback=False)
+            return
+        await self._next_step(state, ctx)
 
     # -- attempts ---------------------------------------------------------------------------------------
 
@@ -465,9 +591,30 @@ class Supervisor(Actor[SupervisorState]):
                 record.cancel = True
                 await self._send_cancel(state, record, ctx, "attempt deadline passed")
         state.phase = "canceling"
+        state.cancel_round = 0
+        ctx.wake_at(ctx.clock.now_ns() + CANCEL_CHECK_NS)
+
+    async def _cancel_again(self, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        """The canceling phase's deadline: an order not confirmed terminal by now is canceled again (a
+        cancel can be lost with a placer, or answered "not found" by a venue that had not indexed it)."""
+        if state.all_final:
+            await self._react_to_final(state, ctx)
+            return
+        state.cancel_round += 1
+        for record in state.orders:
+            if record.status != "final" and record.cancel:
+                ctx.log.info("cancel_again", client_order_id=record.client_order_id, round=state.cancel_round)
+                await self._send_cancel(state, record, ctx, "not terminal after cancel", retry=state.cancel_round)
+        ctx.wake_at(ctx.clock.now_ns() + CANCEL_CHECK_NS)
 
     async def _send_cancel(
-        self, state: SupervisorState, record: OrderRecord, ctx: IntentContext[SupervisorState], reason: str
+        self,
+        state: SupervisorState,
+        record: OrderRecord,
+        ctx: IntentContext[SupervisorState],
+        reason: str,
+        *,
+        retry: int = 0,
     ) -> None:
         intent = state.intent
         await ctx.publish(
@@ -476,6 +623,7 @@ class Supervisor(Actor[SupervisorState]):
                 client_order_id=record.client_order_id,
                 order_id=record.order_id,
                 reason=reason,
+                retry=retry,
             )
         )
 
@@ -531,6 +679,7 @@ class Supervisor(Actor[SupervisorState]):
             state.phase = "fallback"
             state.fallback_used = True
             state.reason = reason
+            state.fallback_act_by_ns = max(state.deadline_ns, ctx.clock.now_ns()) + FALLBACK_GRACE_NS
             await ctx.publish(
                 ExecutionTimedOut(
                     **routing(intent),
@@ -538,9 +687,11 @@ class Supervisor(Actor[SupervisorState]):
                     remaining_qty=remaining,
                     filled_qty=state.filled,
                     fallback="market",
+                    act_by_ns=state.fallback_act_by_ns,
+                    reason=reason,
                 )
             )
-            ctx.wake_at(max(state.deadline_ns, ctx.clock.now_ns()) + FALLBACK_GRACE_NS)
+            ctx.wake_at(state.fallback_act_by_ns + FALLBACK_MARGIN_NS)
             return
         await self._finish(state, ctx, reason)
 
@@ -561,7 +712,120 @@ class Supervisor(Actor[SupervisorState]):
             )
         )
         state.phase = "finished"
-        ctx.forget()
+        # Kept (a day), not forgotten: the durable "finished" marker a redelivered submission meets.
+        ctx.retire(state)
+
+
+class _VenueUnavailable(Exception):
+    """The venue could not be asked (not reachable, markets not loaded): nothing is wrong with the intent."""
+
+
+def _budget_ns(intent: SubmitIntent) -> int:
+    params = intent.params
+    return {
+        "market": MARKET_BUDGET_NS,
+        "simple_limit": _ns(params.timeout_seconds),
+        "aggressive_limit": _ns(params.total_timeout_seconds),
+    }[intent.strategy]
+
+
+def _fold(history: list[tuple[int, Message]]) -> SupervisorState | None:
+    """What the intent's messages, oldest first, say its state is: facts only, no decisions (those are
+    `on_resume`'s). None when the log holds no acceptance of it."""
+    intent: SubmitIntent | None = None
+    state: SupervisorState | None = None
+    for _seq, msg in history:
+        if isinstance(msg, SubmitIntent):
+            intent = intent or msg
+            continue
+        if isinstance(msg, IntentRejected):
+            if not msg.duplicate and state is None:
+                return None
+            continue
+        if isinstance(msg, IntentAccepted):
+            if state is None and intent is not None:
+                state = SupervisorState(intent=intent, accepted_ns=msg.ts_event, deadline_ns=msg.deadline_ns)
+            continue
+        if state is None:
+            continue
+        _fold_one(state, msg)
+    return state
+
+
+def _fold_one(state: SupervisorState, msg: Message) -> None:
+    if isinstance(msg, OrderPlaced | OrderOutcomeUnknown | OrderRejected | OrderFinalized) and state.order(msg.client_order_id) is None:
+        state.early.append(msg)  # (the log has an order's command before its events; kept like live)
+        return
+    match msg:
+        case PriceRequested():
+            if msg.attempt != state.attempt:
+                state.attempt_price_requests = 0
+            state.attempt = msg.attempt
+            state.attempt_price_requests += 1
+            state.price_request = max(state.price_request, msg.request + 1)
+            state.phase = "arrival" if msg.attempt == 0 else "pricing"
+            state.quote = None
+        case PriceQuoted():
+            if msg.attempt == 0:
+                state.arrival_bid, state.arrival_ask = msg.bid, msg.ask
+                state.tick_size = state.tick_size or msg.tick_size
+            if msg.attempt == state.attempt and state.phase in ("arrival", "pricing"):
+                state.quote = msg  # not acted on yet, unless a PlaceOrder follows
+        case PlaceOrder():
+            if state.order(msg.client_order_id) is None:
+                state.orders.append(
+                    OrderRecord(
+                        client_order_id=msg.client_order_id, attempt=msg.attempt, origin=msg.origin,
+                        qty=msg.qty, price=msg.price,
+                    )
+                )
+            if msg.origin != "market_fallback":
+                state.attempt = msg.attempt
+                state.phase = "working"
+                state.attempt_deadline_ns = msg.deadline_ns or state.deadline_ns
+                state.quote = None
+        case OrderPlaced():
+            record = state.order(msg.client_order_id)
+            assert record is not None
+            record.order_id = msg.order_id
+            if record.status in ("pending", "unknown"):
+                record.status = "open"
+        case OrderOutcomeUnknown():
+            record = state.order(msg.client_order_id)
+            if record is not None and record.status == "pending":
+                record.status = "unknown"
+        case OrderRejected():
+            record = state.order(msg.client_order_id)
+            if record is not None and record.status != "final":
+                record.status = "final"
+                record.rejected = "retryable" if msg.retryable else "final"
+                state.reason = f"order {msg.client_order_id} rejected: {msg.error}: {msg.reason}"
+        case OrderFinalized():
+            record = state.order(msg.client_order_id)
+            if record is not None and record.status != "final":
+                record.status = "final"
+                record.filled = msg.filled_qty
+                record.order_id = record.order_id or msg.order_id
+        case CancelOrder():
+            record = state.order(msg.client_order_id)
+            if record is not None:
+                record.cancel = True
+                if state.phase == "working":
+                    state.phase = "canceling"
+                state.cancel_round = max(state.cancel_round, msg.retry)
+        case ExecutionTimedOut():
+            state.phase = "fallback"
+            state.fallback_used = True
+            state.fallback_act_by_ns = msg.act_by_ns or state.deadline_ns + FALLBACK_GRACE_NS
+            state.reason = msg.reason or state.reason
+        case StrategyFinished():
+            state.phase = "finished"
+            state.reason = msg.reason
+    # Events kept for an order whose command came later (not in log order; only after a redelivery).
+    ready = [e for e in state.early if state.order(e.client_order_id) is not None]
+    for event in ready:
+        state.early.remove(event)
+        _fold_one(state, event)
 
 
 def _reject(intent: SubmitIntent, field: str, reason: str, *, dup: bool = False) -> IntentRejected:

@@ -1,0 +1,422 @@
+"""Never trade twice, never strand an order (issue 10): the placer's last check before money moves, state
+rebuilt from the log on takeover, a durable finished marker, no market order without a price, a fallback
+that refuses to act late, and a venue outage at intake that is retried instead of rejecting the intent.
+
+Every test runs the real actors on a real nats-server against the paper venue in its default (`binance`)
+profile; each fails on the code before issue 10.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from actors.supervisor import OrderRecord, Supervisor, SupervisorState
+from bus.bus import Bus
+from bus.client import execute
+from bus.runtime import ActorHost
+from bus.server import EmbeddedNats
+from bus.system import System
+from messages import (
+    CancelOrder,
+    ExecutionCompleted,
+    ExecutionParams,
+    ExecutionTimedOut,
+    IntentAccepted,
+    IntentRejected,
+    OrderFinalized,
+    OrderOutcomeUnknown,
+    OrderPlaced,
+    OrderRejected,
+    PlaceOrder,
+    PriceQuoted,
+    PriceRequested,
+    StrategyFinished,
+    subjects,
+)
+from tests.e2e.conftest import Running, start_running, stepped_config, stop_running, system_config
+from tests.helpers import Recorder, fast_settings, new_intent, wait_until
+from venues.config import PaperVenueConfig
+from venues.gateway import VenuePool
+from venues.service import run_paper_venue
+
+D = Decimal
+NS = 1_000_000_000
+
+
+async def _bid(running: Running) -> Decimal:
+    book = await running.exchange.fetch_order_book("BTC/USDT")
+    return D(repr(book["bids"][0][0]))
+
+
+def _accepted(intent_id: str, qty: str, **fields: Any) -> IntentAccepted:
+    return IntentAccepted(
+        intent_id=intent_id, venue="paper", symbol="BTC/USDT", side="buy", qty=D(qty), strategy="aggressive_limit",
+        deadline_ns=time.time_ns() + 60 * NS, **fields,
+    )
+
+
+def _place(intent_id: str, suffix: str, qty: str, price: Decimal | None, **fields: Any) -> PlaceOrder:
+    return PlaceOrder(
+        intent_id=intent_id, venue="paper", symbol="BTC/USDT", client_order_id=f"{intent_id}-{suffix}",
+        attempt=0 if suffix == "F" else int(suffix), side="buy", order_type="limit" if price else "market",
+        qty=D(qty), price=price, origin="market_fallback" if suffix == "F" else "supervisor", **fields,
+    )
+
+
+async def _cancel_all(running: Running) -> None:
+    for order in await running.exchange.fetch_open_orders("BTC/USDT"):
+        try:
+            await running.exchange.cancel_order(order["id"], "BTC/USDT")
+        except Exception:
+            pass
+
+
+# -- the placer's last check -------------------------------------------------------------------------------
+
+
+async def test_the_placer_refuses_a_create_beyond_what_the_intent_still_needs(stepped: Running) -> None:
+    """Attempt 1 rests with the whole quantity; a fallback `PlaceOrder` for the same quantity (a supervisor
+    that acted on a stale state, say) must not reach the venue."""
+    intent_id = new_intent().intent_id
+    low = (await _bid(stepped)) - D(500)
+    await stepped.bus.publish(_accepted(intent_id, "0.01"))
+    await stepped.bus.publish(_place(intent_id, "1", "0.01", low))
+    await stepped.recorder.wait_for(OrderPlaced, intent_id)
+
+    await stepped.bus.publish(_place(intent_id, "F", "0.01", None))
+
+    (rejected,) = await stepped.recorder.wait_for(OrderRejected, intent_id)
+    assert rejected.client_order_id == f"{intent_id}-F" and rejected.error == "ExposureExceeded", rejected
+    assert "0.01" in rejected.reason
+    assert [p.client_order_id for p in stepped.recorder.of(OrderPlaced, intent_id)] == [f"{intent_id}-1"]
+    trades = await stepped.exchange.fetch_my_trades("BTC/USDT")
+    assert [t for t in trades if t.get("clientOrderId") == f"{intent_id}-F"] == []  # a market order would trade
+    await _cancel_all(stepped)
+
+
+async def test_the_placer_refuses_an_order_of_an_intent_it_never_saw_accepted(stepped: Running) -> None:
+    intent_id = new_intent().intent_id
+    await stepped.bus.publish(_place(intent_id, "1", "0.01", (await _bid(stepped)) - D(500)))
+
+    (rejected,) = await stepped.recorder.wait_for(OrderRejected, intent_id)
+    assert rejected.error == "IntentUnknown", rejected
+    assert stepped.recorder.of(OrderPlaced, intent_id) == []
+
+
+async def test_a_command_from_an_owner_that_lost_its_lease_is_refused(stepped: Running) -> None:
+    intent_id = new_intent().intent_id
+    low = (await _bid(stepped)) - D(500)
+    await stepped.bus.publish(_accepted(intent_id, "0.01"))
+    await stepped.bus.publish(_place(intent_id, "1", "0.004", low, epoch=20))
+    await stepped.recorder.wait_for(OrderPlaced, intent_id)
+
+    await stepped.bus.publish(_place(intent_id, "2", "0.004", low, epoch=10))  # the old owner, still sending
+
+    (rejected,) = await stepped.recorder.wait_for(OrderRejected, intent_id)
+    assert rejected.client_order_id == f"{intent_id}-2" and rejected.error == "StaleEpoch", rejected
+    await _cancel_all(stepped)
+
+
+async def test_a_redelivered_place_order_is_looked_up_and_never_created_again(stepped: Running) -> None:
+    """The placer that took this `PlaceOrder` created the market order and died before recording it; the
+    order filled and closed, and the `binance` venue would accept its client order id again. The redelivery
+    must find it at the venue, not buy a second time."""
+    intent_id = new_intent().intent_id
+    cid = f"{intent_id}-1"
+    await stepped.exchange.create_order("BTC/USDT", "market", "buy", "0.01", None, {"clientOrderId": cid})
+    host = stepped.system.hosts["placer"]
+    placer = host.actor
+    ctx = _context(intent_id, delivered=2)
+    ctx.state = placer.State(venue="paper", symbol="BTC/USDT", intent_qty=D("0.01"))
+
+    found = await _eventually(placer, lambda: placer.handle(_place(intent_id, "1", "0.01", None), ctx), ctx)
+
+    assert isinstance(found, OrderPlaced) and found.recovered, found
+    trades = [t for t in await stepped.exchange.fetch_my_trades("BTC/USDT") if t["clientOrderId"] == cid]
+    assert sum(D(str(t["amount"])) for t in trades) == D("0.01"), trades
+
+
+async def test_amounts_and_prices_reach_ccxt_as_strings_at_the_venues_precision(stepped: Running) -> None:
+    exchange = await stepped.system.hosts["placer"].actor._venues.get("paper")
+    seen: list[tuple[Any, Any]] = []
+    original = exchange.create_order
+
+    async def spy(symbol: str, type: str, side: str, amount: Any, price: Any = None, params: dict[str, Any] = {}) -> Any:
+        seen.append((amount, price))
+        return await original(symbol, type, side, amount, price, params)
+
+    exchange.create_order = spy
+    try:
+        intent_id = new_intent().intent_id
+        await stepped.bus.publish(_accepted(intent_id, "0.0123"))
+        await stepped.bus.publish(_place(intent_id, "1", "0.0123", (await _bid(stepped)) - D("500.004")))
+        await stepped.recorder.wait_for(OrderPlaced, intent_id)
+    finally:
+        exchange.create_order = original
+    ((amount, price),) = seen
+    assert isinstance(amount, str) and D(amount) == D("0.0123"), amount
+    assert isinstance(price, str) and D(price) % D("0.01") == 0, price  # on the tick grid, never a float
+    await _cancel_all(stepped)
+
+
+async def test_a_rate_limited_create_is_retried_after_the_back_off_not_treated_as_unknown(stepped: Running) -> None:
+    intent = new_intent()
+    await stepped.exchange.paper_control(
+        "faults_set",
+        {"rules": [{"kind": "rate_limit", "client_order_id_prefix": intent.intent_id, "count": 1, "name": "rl"}]},
+    )
+    try:
+        report = await execute(stepped.bus, intent, timeout=30)
+    finally:
+        await stepped.exchange.paper_control("faults_clear", {"name": "rl"})
+    assert isinstance(report, ExecutionCompleted) and report.status == "filled", report
+    assert stepped.recorder.of(OrderOutcomeUnknown, intent.intent_id) == []
+    assert stepped.system.hosts["placer"].actor.stats["rate_limited"] >= 1
+
+
+# -- no market order without a price; a late fallback does nothing -------------------------------------------
+
+
+@pytest.fixture
+async def stale() -> AsyncIterator[Running]:
+    config = stepped_config()
+    config.actor_options["pricer"] = {"max_age_s": 0.001}  # the frozen market's book is stale at once
+    r = await start_running(config)
+    try:
+        yield r
+    finally:
+        await stop_running(r)
+
+
+async def test_no_price_ends_the_attempts_without_a_blind_market_fallback(stale: Running) -> None:
+    await execute(stale.bus, new_intent(), timeout=30)  # opens the book stream; the next book is stale
+    intent = new_intent(
+        strategy="aggressive_limit",
+        params=ExecutionParams(total_timeout_seconds=D(20), max_retries=3, fallback="market"),
+    )
+
+    report = await execute(stale.bus, intent, timeout=30)
+
+    assert isinstance(report, ExecutionCompleted) and report.status == "failed", report
+    assert "no price" in report.reason
+    assert stale.recorder.of(ExecutionTimedOut, intent.intent_id) == []
+    assert stale.recorder.of(PlaceOrder, intent.intent_id) == []
+
+
+async def test_the_fallback_refuses_an_execution_timed_out_it_got_too_late(stepped: Running) -> None:
+    intent_id = new_intent().intent_id
+    late = ExecutionTimedOut(
+        intent_id=intent_id, venue="paper", symbol="BTC/USDT", side="buy", remaining_qty=D("0.01"),
+        filled_qty=D(0), fallback="market", act_by_ns=time.time_ns() - NS,
+    )
+    fallback = stepped.system.hosts["market_fallback"].actor
+
+    await stepped.bus.publish(late)
+
+    await wait_until(lambda: fallback.refused == 1, timeout=10)
+    assert stepped.recorder.of(PlaceOrder, intent_id) == []
+
+
+# -- intake: an outage is not the intent's fault -----------------------------------------------------------
+
+
+async def test_a_venue_unreachable_at_intake_is_retried_and_the_intent_executes() -> None:
+    """Right after a restart the supervisor cannot reach the venue yet: the intent is not rejected, it is
+    accepted once the venue answers, within its budget."""
+    system = await System(system_config(paper_venue=False, reconcile_at_start=False)).start()
+    assert system.bus is not None
+    recorder = await Recorder().attach(system.bus)
+    stop = asyncio.Event()
+    venue: asyncio.Task[None] | None = None
+    try:
+        intent = new_intent()
+        await system.bus.publish(intent)
+        await wait_until(lambda: system.hosts["supervisor"].stats["handled"] >= 1, timeout=10)
+        venue = asyncio.create_task(run_paper_venue(system.url, PaperVenueConfig(speed=20.0), stop=stop))
+
+        (report,) = await recorder.wait_for(ExecutionCompleted, intent.intent_id, timeout=40)
+
+        assert report.status == "filled", report
+        assert recorder.of(IntentRejected, intent.intent_id) == []
+    finally:
+        stop.set()
+        if venue is not None:
+            await venue
+        await system.stop()
+
+
+# -- the log is the truth ----------------------------------------------------------------------------------
+
+
+async def test_a_new_owner_rebuilds_from_the_log_and_ignores_a_stale_snapshot(nats_server: EmbeddedNats) -> None:
+    """Issue 10's double buy: attempt 1 filled completely (in the log), but the KV snapshot the new owner
+    finds is older and says the order is still working past its deadline. Acting on it would cancel, time
+    out and send the fallback to buy it all again. Rebuilt from the log, the owner finishes: filled."""
+    bus = await Bus.connect(nats_server.url, fast_settings())
+    stop = asyncio.Event()
+    venue = asyncio.create_task(run_paper_venue(nats_server.url, PaperVenueConfig(speed=0), stop=stop))
+    pool = VenuePool(nats_url=nats_server.url)
+    recorder = await Recorder().attach(bus)
+    host: ActorHost | None = None
+    try:
+        intent = new_intent(
+            strategy="aggressive_limit",
+            params=ExecutionParams(total_timeout_seconds=D(60), max_retries=3, fallback="market"),
+        )
+        iid, cid, qty, price = intent.intent_id, f"{intent.intent_id}-1", intent.qty, D("60000")
+        now = time.time_ns()
+        r = {"intent_id": iid, "venue": "paper", "symbol": "BTC/USDT"}
+        quote = {"side": "buy", "price": price, "bid": price, "ask": price + D("0.01"), "tick_size": D("0.01")}
+        for msg in (
+            intent,
+            IntentAccepted(**r, side="buy", qty=qty, strategy="aggressive_limit", deadline_ns=now + 60 * NS),
+            PriceRequested(**r, attempt=0, side="buy", mode="arrival", qty=qty),
+            PriceQuoted(**r, attempt=0, mode="arrival", **quote),
+            PriceRequested(**r, attempt=1, side="buy", mode="touch", qty=qty, request=1),
+            PriceQuoted(**r, attempt=1, mode="touch", request=1, **quote),
+            PlaceOrder(**r, client_order_id=cid, attempt=1, side="buy", order_type="limit", qty=qty, price=price,
+                       deadline_ns=now - NS),
+            OrderPlaced(**r, client_order_id=cid, order_id="77", attempt=1, side="buy", order_type="limit", qty=qty,
+                        price=price),
+            OrderFinalized(**r, client_order_id=cid, order_id="77", attempt=1, status="filled", filled_qty=qty,
+                           avg_price=price),
+        ):
+            await bus.publish(msg)
+        stale = SupervisorState(
+            intent=intent, accepted_ns=now, deadline_ns=now + 60 * NS, phase="working", attempt=1,
+            attempt_deadline_ns=now - NS, price_request=2,
+            orders=[OrderRecord(client_order_id=cid, attempt=1, origin="supervisor", qty=qty, price=price,
+                                order_id="77", status="open")],
+        )
+        partition = await _partition_of(bus, iid)
+        await bus.buckets.state.put(f"supervisor.{partition}.{iid}", msgspec.json.encode(stale))
+
+        host = await ActorHost(bus, Supervisor(pool)).start()
+
+        (finished,) = await recorder.wait_for(StrategyFinished, iid, timeout=15)
+        assert finished.reason == "filled", finished
+        assert recorder.of(CancelOrder, iid) == [] and recorder.of(ExecutionTimedOut, iid) == []
+        assert [p.client_order_id for p in recorder.of(PlaceOrder, iid)] == [cid]
+        assert host.stats["rebuilt"] == 1
+    finally:
+        if host is not None:
+            await host.stop()
+        await pool.close()
+        stop.set()
+        await venue
+        await bus.close()
+
+
+async def test_a_finished_intent_is_not_restarted_by_its_submission_delivered_again(nats_server: EmbeddedNats) -> None:
+    """After a nats-server crash a consumer can deliver again what it had delivered (its acks were not yet
+    on disk), past the duplicate window: the submission's stream sequence is the same, so the intent-id
+    guard lets it through. The supervisor's durable "finished" marker must stop it."""
+    settings = fast_settings(duplicate_window_s=0.5)
+    config = system_config(settings=settings, nats_url=nats_server.url)
+    system = await System(config).start()
+    assert system.bus is not None
+    recorder = await Recorder().attach(system.bus)
+    try:
+        intent = new_intent()
+        report = await execute(system.bus, intent, timeout=30)
+        assert isinstance(report, ExecutionCompleted) and report.status == "filled"
+        await system.hosts["supervisor"].stop()
+        del system.hosts["supervisor"]
+        await asyncio.sleep(0.6)  # the server's duplicate window passes: a real time span, nothing to await
+        await _replay_consumers(system.bus, "supervisor", Supervisor.consumes)
+        replay = await ActorHost(system.bus, Supervisor(system.venue_pool)).start()
+        system.hosts["supervisor"] = replay
+
+        await wait_until(lambda: replay.stats["handled"] >= 1, timeout=10)
+        await wait_until(lambda: not replay.working(intent.intent_id) and not replay.queued(intent.intent_id))
+
+        assert len(await _stored(system.bus, IntentAccepted, intent.intent_id)) == 1
+        assert len(await _stored(system.bus, PriceRequested, intent.intent_id)) == 1
+    finally:
+        await system.stop()
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+
+
+def _context(intent_id: str, *, delivered: int) -> Any:
+    """An intent context for calling an actor's handler directly: what it publishes is collected."""
+    import structlog
+
+    from bus.actor import IntentContext
+    from bus.clock import WallClock
+
+    published: list[Any] = []
+
+    async def send(msg: Any, epoch: int = 0) -> asyncio.Future[Any]:
+        published.append(msg)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    ctx = IntentContext(intent_id, 0, None, send, WallClock(), structlog.get_logger())
+    ctx.delivered = delivered
+    ctx.published = published  # type: ignore[attr-defined]
+    return ctx
+
+
+async def _eventually(actor: Any, step: Any, ctx: Any) -> Any:
+    """Run the handler, then the actor's timer, until it has published an answer (a lookup may meet the
+    venue's indexing lag and be retried from the timer)."""
+    await step()
+    for _ in range(100):
+        answers = [m for m in ctx.published if isinstance(m, OrderPlaced | OrderRejected)]
+        if answers:
+            return answers[-1]
+        await asyncio.sleep(0.05)  # the venue's indexing lag passes in wall-clock time: nothing to await
+        await actor.on_timer(ctx)
+    raise AssertionError(f"no answer: {ctx.published}")
+
+
+async def _partition_of(bus: Bus, intent_id: str) -> int:
+    sub = await bus.js.subscribe(f"{subjects.PREFIX}.*.*.*.{intent_id}.*", ordered_consumer=True)
+    try:
+        msg = await sub.next_msg(timeout=5)
+        return int(msg.subject.rsplit(".", 1)[1])
+    finally:
+        await sub.unsubscribe()
+
+
+async def _replay_consumers(bus: Bus, actor: str, kinds: tuple[type, ...]) -> None:
+    """Make the actor's durable consumers deliver the whole log again, as after a store that lost acks."""
+    stream = bus.settings.stream
+    for partition in range(bus.settings.partitions):
+        durable = f"{actor}-p{partition}"
+        try:
+            await bus.js.delete_consumer(stream, durable)
+        except Exception:
+            pass
+        await bus.js.add_consumer(
+            stream,
+            ConsumerConfig(
+                durable_name=durable,
+                filter_subjects=[subjects.partition_filter(k.kind, partition) for k in kinds],
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=bus.settings.ack_wait_s,
+                max_ack_pending=10_000,
+                max_deliver=-1,
+            ),
+        )
+
+
+async def _stored(bus: Bus, kind: type, intent_id: str) -> list[Any]:
+    from bus.replay import read_stream
+
+    return [
+        r.message()
+        async for r in read_stream(bus, f"{subjects.PREFIX}.{kind.kind}.*.*.{intent_id}")  # type: ignore[attr-defined]
+    ]

@@ -1,0 +1,179 @@
+"""The supervisor's state as the log implies it (`_fold`), and decisions that depend on counting per attempt.
+
+The handler is called directly with an intent context whose publishes are collected: no bus is involved,
+only the supervisor's own logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from actors.supervisor import MAX_PRICE_REQUESTS, OrderRecord, Supervisor, SupervisorState, _fold
+from bus.actor import IntentContext
+from messages import (
+    CancelOrder,
+    ExecutionParams,
+    ExecutionTimedOut,
+    IntentAccepted,
+    OrderFinalized,
+    OrderPlaced,
+    PlaceOrder,
+    PriceQuoted,
+    PriceRequested,
+    PriceUnavailable,
+    StrategyFinished,
+)
+from tests.helpers import new_intent
+
+D = Decimal
+NS = 1_000_000_000
+
+
+class _Clock:
+    def __init__(self, now_ns: int) -> None:
+        self.now = now_ns
+
+    def now_ns(self) -> int:
+        return self.now
+
+
+def _ctx(intent_id: str, state: SupervisorState | None, now_ns: int = 10 * NS) -> IntentContext[Any]:
+    published: list[Any] = []
+
+    async def send(msg: Any, epoch: int = 0) -> asyncio.Future[Any]:
+        published.append(msg)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    ctx: IntentContext[Any] = IntentContext(intent_id, 0, state, send, _Clock(now_ns), structlog.get_logger())  # type: ignore[arg-type]
+    ctx.published = published  # type: ignore[attr-defined]
+    return ctx
+
+
+def _aggressive(**params: Any) -> Any:
+    return new_intent(
+        strategy="aggressive_limit",
+        params=ExecutionParams(total_timeout_seconds=D(60), max_retries=8, fallback="market", **params),
+    )
+
+
+async def test_the_price_request_cap_counts_per_attempt_not_per_intent() -> None:
+    """With `max_retries=8`, attempts 0..4 already used nine price requests between them; one transient
+    `PriceUnavailable` in attempt 5 must be retried, not end the limit attempts."""
+    intent = _aggressive()
+    state = SupervisorState(
+        intent=intent, accepted_ns=0, deadline_ns=60 * NS, phase="pricing", attempt=5,
+        price_request=MAX_PRICE_REQUESTS, attempt_price_requests=1,
+    )
+    ctx = _ctx(intent.intent_id, state)
+    r = {"intent_id": intent.intent_id, "venue": "paper", "symbol": "BTC/USDT"}
+
+    await Supervisor(None).handle(PriceUnavailable(**r, attempt=5, reason="book crossed", request=9), ctx)
+
+    kinds = [type(m) for m in ctx.published]  # type: ignore[attr-defined]
+    assert StrategyFinished not in kinds and ExecutionTimedOut not in kinds, ctx.published  # type: ignore[attr-defined]
+    assert ctx.wake_at_ns and state.phase == "pricing"
+
+
+async def test_ten_refused_prices_in_one_attempt_end_it_without_the_market_fallback() -> None:
+    intent = _aggressive()
+    state = SupervisorState(
+        intent=intent, accepted_ns=0, deadline_ns=60 * NS, phase="pricing", attempt=2,
+        attempt_price_requests=MAX_PRICE_REQUESTS,
+    )
+    ctx = _ctx(intent.intent_id, state)
+    r = {"intent_id": intent.intent_id, "venue": "paper", "symbol": "BTC/USDT"}
+
+    await Supervisor(None).handle(PriceUnavailable(**r, attempt=2, reason="book stale", request=12), ctx)
+
+    (finished,) = [m for m in ctx.published if isinstance(m, StrategyFinished)]  # type: ignore[attr-defined]
+    assert "no price" in finished.reason and not finished.fallback_used
+    assert not any(isinstance(m, ExecutionTimedOut) for m in ctx.published)  # type: ignore[attr-defined]
+
+
+def _history(intent: Any, *more: Any) -> list[tuple[int, Any]]:
+    r = {"intent_id": intent.intent_id, "venue": "paper", "symbol": "BTC/USDT"}
+    base = [
+        intent,
+        IntentAccepted(**r, side="buy", qty=intent.qty, strategy=intent.strategy, deadline_ns=60 * NS, ts_event=NS),
+        PriceRequested(**r, attempt=0, side="buy", mode="arrival", qty=intent.qty),
+        PriceQuoted(**r, attempt=0, side="buy", mode="arrival", price=D(100), bid=D(100), ask=D("100.01"),
+                    tick_size=D("0.01")),
+    ]
+    return list(enumerate([*base, *(m(r) for m in more)], start=1))
+
+
+def test_the_fold_reads_attempts_orders_and_cancels_from_the_log() -> None:
+    intent = _aggressive()
+    cid1 = f"{intent.intent_id}-1"
+    history = _history(
+        intent,
+        lambda r: PriceRequested(**r, attempt=1, side="buy", mode="touch", qty=intent.qty, request=1),
+        lambda r: PriceQuoted(**r, attempt=1, side="buy", mode="touch", price=D(100), bid=D(100), ask=D("100.01"),
+                              tick_size=D("0.01"), request=1),
+        lambda r: PlaceOrder(**r, client_order_id=cid1, attempt=1, side="buy", order_type="limit", qty=intent.qty,
+                             price=D(100), deadline_ns=9 * NS),
+        lambda r: OrderPlaced(**r, client_order_id=cid1, order_id="5", attempt=1, side="buy", order_type="limit",
+                              qty=intent.qty, price=D(100)),
+        lambda r: CancelOrder(**r, client_order_id=cid1, order_id="5"),
+    )
+
+    state = _fold(history)
+
+    assert state is not None
+    assert (state.phase, state.attempt, state.attempt_deadline_ns, state.deadline_ns) == ("canceling", 1, 9 * NS, 60 * NS)
+    assert state.accepted_ns == NS and state.arrival_bid == D(100) and state.price_request == 2
+    (order,) = state.orders
+    assert (order.client_order_id, order.order_id, order.status, order.cancel) == (cid1, "5", "open", True)
+    assert state.quote is None  # acted on: the PlaceOrder follows it
+
+
+def test_a_quote_the_old_owner_never_acted_on_is_kept_for_the_new_one() -> None:
+    intent = _aggressive()
+    history = _history(
+        intent,
+        lambda r: PriceRequested(**r, attempt=1, side="buy", mode="touch", qty=intent.qty, request=1),
+        lambda r: PriceQuoted(**r, attempt=1, side="buy", mode="touch", price=D(100), bid=D(100), ask=D("100.01"),
+                              tick_size=D("0.01"), request=1),
+    )
+
+    state = _fold(history)
+
+    assert state is not None and state.phase == "pricing" and state.quote is not None and state.quote.attempt == 1
+
+
+def test_the_fold_of_an_order_filled_in_the_log_leaves_nothing_to_buy() -> None:
+    intent = _aggressive()
+    cid1 = f"{intent.intent_id}-1"
+    history = _history(
+        intent,
+        lambda r: PlaceOrder(**r, client_order_id=cid1, attempt=1, side="buy", order_type="limit", qty=intent.qty,
+                             price=D(100)),
+        lambda r: OrderFinalized(**r, client_order_id=cid1, order_id="5", attempt=1, status="filled",
+                                 filled_qty=intent.qty),
+    )
+
+    state = _fold(history)
+
+    assert state is not None and state.all_final and state.remaining == 0
+
+
+async def test_a_rebuilt_intent_whose_orders_are_all_final_acts_at_once() -> None:
+    """The old owner died after the last `OrderFinalized` and before reacting: the new one finishes it."""
+    intent = _aggressive()
+    state = SupervisorState(
+        intent=intent, accepted_ns=0, deadline_ns=60 * NS, phase="working", attempt=1,
+        orders=[OrderRecord(client_order_id=f"{intent.intent_id}-1", attempt=1, origin="supervisor",
+                            qty=intent.qty, status="final", filled=intent.qty)],
+    )
+    ctx = _ctx(intent.intent_id, state)
+
+    await Supervisor(None).on_resume(ctx)
+
+    (finished,) = [m for m in ctx.published if isinstance(m, StrategyFinished)]  # type: ignore[attr-defined]
+    assert finished.reason == "filled" and ctx.retired
