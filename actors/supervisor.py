@@ -25,6 +25,7 @@ from messages import (
     IntentAccepted,
     IntentRejected,
     InvalidMessage,
+    OrderKept,
     OrderFinalized,
     OrderOutcomeUnknown,
     OrderPlaced,
@@ -78,7 +79,9 @@ class SupervisorState(msgspec.Struct, kw_only=True):
     deadline_ns: int
     """End of the strategy's budget (aggressive: total timeout; simple: timeout; market: a sanity cap)."""
     phase: str = "arrival"
-    """(intake ->) arrival -> pricing -> working -> (canceling) -> ... -> fallback -> finished"""
+    """(intake ->) arrival -> pricing -> working -> (repricing -> working | canceling) -> ... -> fallback ->
+    finished. `repricing`: an attempt expired with its order working, and the next attempt's price decides
+    whether that order is kept (`OrderKept`) or canceled."""
     epoch: int = 0
     """Lease epoch of the owner that last rebuilt this state from the log."""
     attempt: int = 0
@@ -359,7 +362,10 @@ class Supervisor(Actor[SupervisorState]):
     async def _price_unavailable(
         self, msg: PriceUnavailable, state: SupervisorState, ctx: IntentContext[SupervisorState]
     ) -> None:
-        if msg.attempt != state.attempt or state.phase not in ("arrival", "pricing"):
+        if msg.attempt != state.attempt or state.phase not in ("arrival", "pricing", "repricing"):
+            return
+        if state.phase == "repricing":
+            await self._give_up_keeping(state, ctx)
             return
         ctx.log.warning("price_unavailable", attempt=msg.attempt, reason=msg.reason)
         if state.attempt_price_requests >= MAX_PRICE_REQUESTS or ctx.clock.now_ns() >= state.deadline_ns:
@@ -383,7 +389,12 @@ class Supervisor(Actor[SupervisorState]):
                 mode = "arrival" if state.attempt == 0 else self._mode(state, state.attempt)
                 await self._request_price(state, ctx, attempt=state.attempt, mode=mode, qty=state.remaining)
         elif state.phase == "working" and now >= state.attempt_deadline_ns:
-            await self._cancel_working(state, ctx)
+            if self._keepable(state, now) is not None:
+                await self._reprice(state, ctx)
+            else:
+                await self._cancel_working(state, ctx)
+        elif state.phase == "repricing":
+            await self._give_up_keeping(state, ctx)  # the pricer did not answer in time
         elif state.phase == "canceling":
             await self._cancel_again(state, ctx)
         elif state.phase == "fallback" and now >= state.fallback_act_by_ns + FALLBACK_MARGIN_NS:
@@ -405,7 +416,7 @@ class Supervisor(Actor[SupervisorState]):
             ctx.retire(state)
             return
         now = ctx.clock.now_ns()
-        if state.phase in ("arrival", "pricing") and state.quote is not None:
+        if state.phase in ("arrival", "pricing", "repricing") and state.quote is not None:
             quote, state.quote = state.quote, None
             await self._quoted(quote, state, ctx)
         elif state.orders and state.all_final and (
@@ -456,7 +467,10 @@ class Supervisor(Actor[SupervisorState]):
         return "cross"
 
     async def _quoted(self, msg: PriceQuoted, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
-        if msg.attempt != state.attempt or state.phase not in ("arrival", "pricing"):
+        if msg.attempt != state.attempt or state.phase not in ("arrival", "pricing", "repricing"):
+            return
+        if state.phase == "repricing":
+            await self._keep_or_cancel(msg, state, ctx)
             return
         if msg.attempt == 0:
             state.arrival_bid, state.arrival_ask = msg.bid, msg.ask
@@ -524,6 +538,13 @@ class Supervisor(Actor[SupervisorState]):
         await self._place(state, ctx, order_type="market", price=None, attempt_deadline_ns=state.deadline_ns, ref=quote)
 
     async def _place_limit(self, quote: PriceQuoted, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        price, deadline = self._limit_price(quote, state, ctx)
+        await self._place(state, ctx, order_type="limit", price=price, attempt_deadline_ns=deadline)
+
+    def _limit_price(
+        self, quote: PriceQuoted, state: SupervisorState, ctx: IntentContext[SupervisorState]
+    ) -> tuple[Decimal, int]:
+        """The attempt's limit price (offset, on the tick grid, within the break-even bound) and deadline."""
         intent, params = state.intent, state.intent.params
         price = quote.price
         tick = state.tick_size or quote.tick_size
@@ -542,7 +563,63 @@ class Supervisor(Actor[SupervisorState]):
             if bounded != price:
                 ctx.log.info("break_even_bound_applied", wanted=str(price), bound=str(bound))
             price = _to_tick(bounded, tick, intent.side)
-        await self._place(state, ctx, order_type="limit", price=price, attempt_deadline_ns=deadline)
+        return price, deadline
+
+    # -- keeping the working order -----------------------------------------------------------------------
+
+    def _keepable(self, state: SupervisorState, now: int) -> OrderRecord | None:
+        """The one working order the next aggressive attempt could keep, if it prices the same."""
+        intent = state.intent
+        if intent.strategy != "aggressive_limit" or state.attempt >= intent.params.max_retries or now >= state.deadline_ns:
+            return None
+        live = [o for o in state.orders if o.status != "final"]
+        if len(live) != 1:
+            return None
+        order = live[0]
+        if order.origin != "supervisor" or order.status != "open" or order.cancel or order.price is None:
+            return None
+        return order
+
+    async def _reprice(self, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        """An attempt's deadline passed with its order working: price the next attempt before canceling,
+        so an order that would be placed again at the same price keeps its place in the queue."""
+        order = self._keepable(state, ctx.clock.now_ns())
+        assert order is not None
+        await ctx.publish(
+            AttemptTimedOut(**routing(state.intent), attempt=state.attempt, client_order_id=order.client_order_id)
+        )
+        following = state.attempt + 1
+        await self._request_price(state, ctx, attempt=following, mode=self._mode(state, following), qty=state.remaining)
+        state.phase = "repricing"
+
+    async def _keep_or_cancel(self, quote: PriceQuoted, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        live = [o for o in state.orders if o.status != "final"]
+        order = live[0] if len(live) == 1 and not live[0].cancel else None
+        if order is None:
+            await self._give_up_keeping(state, ctx)
+            return
+        price, deadline = self._limit_price(quote, state, ctx)
+        if price != order.price:
+            await self._give_up_keeping(state, ctx)
+            return
+        ctx.log.info("order_kept", attempt=state.attempt, client_order_id=order.client_order_id, price=str(price))
+        await ctx.publish(
+            OrderKept(
+                **routing(state.intent), attempt=state.attempt, client_order_id=order.client_order_id,
+                price=price, deadline_ns=deadline,
+            )
+        )
+        state.phase = "working"
+        state.attempt_deadline_ns = deadline
+        ctx.wake_at(deadline)
+
+    async def _give_up_keeping(self, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        """Back to the working order's own attempt, and cancel it as an expired attempt always was."""
+        live = [o for o in state.orders if o.status != "final"]
+        if live:
+            state.attempt = live[0].attempt
+        state.phase = "working"
+        await self._cancel_working(state, ctx)
 
     async def _placed(self, msg: OrderPlaced, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
         record = state.order(msg.client_order_id)
@@ -763,13 +840,14 @@ def _fold_one(state: SupervisorState, msg: Message) -> None:
             state.attempt = msg.attempt
             state.attempt_price_requests += 1
             state.price_request = max(state.price_request, msg.request + 1)
-            state.phase = "arrival" if msg.attempt == 0 else "pricing"
+            working = any(o.status != "final" and not o.cancel and o.origin == "supervisor" for o in state.orders)
+            state.phase = "repricing" if working else "arrival" if msg.attempt == 0 else "pricing"
             state.quote = None
         case PriceQuoted():
             if msg.attempt == 0:
                 state.arrival_bid, state.arrival_ask = msg.bid, msg.ask
                 state.tick_size = state.tick_size or msg.tick_size
-            if msg.attempt == state.attempt and state.phase in ("arrival", "pricing"):
+            if msg.attempt == state.attempt and state.phase in ("arrival", "pricing", "repricing"):
                 state.quote = msg  # not acted on yet, unless a PlaceOrder follows
         case PlaceOrder():
             if state.order(msg.client_order_id) is None:
@@ -813,6 +891,11 @@ def _fold_one(state: SupervisorState, msg: Message) -> None:
                 if state.phase == "working":
                     state.phase = "canceling"
                 state.cancel_round = max(state.cancel_round, msg.retry)
+        case OrderKept():
+            state.attempt = msg.attempt
+            state.phase = "working"
+            state.attempt_deadline_ns = msg.deadline_ns
+            state.quote = None
         case ExecutionTimedOut():
             state.phase = "fallback"
             state.fallback_used = True

@@ -14,6 +14,7 @@ from messages.codec import (
 )
 from messages.intents import (
     AttemptTimedOut,
+    OrderKept,
     ExecutionCompleted,
     ExecutionParams,
     ExecutionTimedOut,
@@ -39,7 +40,7 @@ from messages.pricing import PriceQuoted, PriceRequested, PriceUnavailable
 
 __all__ = [
     "Message", "BY_KIND", "MESSAGE_TYPES", "AnyMessage", "InvalidMessage", "decode", "decode_as", "encode",
-    "headers_for", "json_schema", "AttemptTimedOut", "ExecutionCompleted", "ExecutionParams",
+    "headers_for", "json_schema", "AttemptTimedOut", "OrderKept", "ExecutionCompleted", "ExecutionParams",
     "ExecutionTimedOut", "IntentAccepted", "IntentRejected", "StrategyFinished", "SubmitIntent",
     "DeadLetter", "IntentStatus", "OrderStatus", "StatusQuery", "CancelOrder", "CancelRejected",
     "OrderCanceled", "OrderFilled", "LateFillRecorded", "OrderFinalized", "OrderOutcomeUnknown", "OrderPlaced", "OrderRejected",

@@ -10,6 +10,7 @@ import msgspec
 from messages.base import Message
 from messages.intents import (
     AttemptTimedOut,
+    OrderKept,
     ExecutionCompleted,
     ExecutionTimedOut,
     IntentAccepted,
@@ -63,6 +64,7 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     OrderFinalized,
     LateFillRecorded,
     AttemptTimedOut,
+    OrderKept,
     ExecutionTimedOut,
     StrategyFinished,
     ExecutionCompleted,

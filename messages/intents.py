@@ -24,6 +24,7 @@ __all__ = [
     "IntentAccepted",
     "IntentRejected",
     "AttemptTimedOut",
+    "OrderKept",
     "ExecutionTimedOut",
     "StrategyFinished",
     "ExecutionCompleted",
@@ -107,10 +108,25 @@ class IntentRejected(Message, frozen=True, kw_only=True):
 
 
 class AttemptTimedOut(Message, frozen=True, kw_only=True):
-    """An attempt's deadline passed with its order still working; the supervisor cancels it."""
+    """An attempt's deadline passed with its order still working. The supervisor prices the next attempt
+    and cancels the order, unless that price is the order's own (then `OrderKept`)."""
 
     attempt: int
     client_order_id: ClientOrderId
+
+    def dedup_suffix(self) -> str:
+        return str(self.attempt)
+
+
+class OrderKept(Message, frozen=True, kw_only=True):
+    """Attempt `attempt` priced at exactly the working order's price, so it keeps that order (and its place
+    in the queue) instead of canceling and placing it again. In the log so an owner rebuilt from it knows
+    which order the attempt is working with, until when."""
+
+    attempt: int
+    client_order_id: ClientOrderId
+    price: Decimal
+    deadline_ns: int
 
     def dedup_suffix(self) -> str:
         return str(self.attempt)

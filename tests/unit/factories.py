@@ -17,6 +17,7 @@ import msgspec
 from messages import (
     MESSAGE_TYPES,
     AttemptTimedOut,
+    OrderKept,
     CancelOrder,
     CancelRejected,
     DeadLetter,
@@ -147,6 +148,12 @@ def _intent_rejected() -> Fields:
 @_factory(AttemptTimedOut)
 def _attempt_timed_out() -> Fields:
     return {**_routing(), "attempt": 1, "client_order_id": CLIENT_ORDER_ID}
+
+
+@_factory(OrderKept)
+def _order_kept() -> Fields:
+    return {**_routing(), "attempt": 2, "client_order_id": CLIENT_ORDER_ID, "price": Decimal("60000.5"),
+            "deadline_ns": 1_700_000_000_000_000_000}
 
 
 @_factory(ExecutionTimedOut)

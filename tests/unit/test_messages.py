@@ -17,6 +17,7 @@ from messages import (
     BY_KIND,
     MESSAGE_TYPES,
     AttemptTimedOut,
+    OrderKept,
     CancelOrder,
     CancelRejected,
     ExecutionParams,
@@ -323,7 +324,7 @@ def test_different_trade_id_gives_a_different_msg_id(cls: type[Message]) -> None
     assert make(cls, trade_id="paper-t-1").msg_id != make(cls, trade_id="paper-t-2").msg_id
 
 
-@pytest.mark.parametrize("cls", [AttemptTimedOut, *PRICING_TYPES], ids=name_of)
+@pytest.mark.parametrize("cls", [AttemptTimedOut, OrderKept, *PRICING_TYPES], ids=name_of)
 def test_different_attempt_gives_a_different_msg_id(cls: type[Message]) -> None:
     assert make(cls, attempt=1).msg_id != make(cls, attempt=2).msg_id
 

@@ -20,6 +20,7 @@ from messages import (
     ExecutionTimedOut,
     IntentAccepted,
     OrderFinalized,
+    OrderKept,
     OrderPlaced,
     PlaceOrder,
     PriceQuoted,
@@ -177,3 +178,83 @@ async def test_a_rebuilt_intent_whose_orders_are_all_final_acts_at_once() -> Non
 
     (finished,) = [m for m in ctx.published if isinstance(m, StrategyFinished)]  # type: ignore[attr-defined]
     assert finished.reason == "filled" and ctx.retired
+
+
+def _working(intent: Any, price: Decimal) -> SupervisorState:
+    return SupervisorState(
+        intent=intent, accepted_ns=0, deadline_ns=60 * NS, phase="working", attempt=1, attempt_deadline_ns=5 * NS,
+        price_request=2, tick_size=D("0.01"),
+        orders=[OrderRecord(client_order_id=f"{intent.intent_id}-1", attempt=1, origin="supervisor", qty=intent.qty,
+                            price=price, order_id="9", status="open")],
+    )
+
+
+async def _expire_and_quote(price: Decimal) -> tuple[SupervisorState, list[Any]]:
+    intent = _aggressive()
+    state = _working(intent, D(100))
+    ctx = _ctx(intent.intent_id, state, now_ns=6 * NS)
+    supervisor = Supervisor(None)
+    await supervisor.on_timer(ctx)
+    assert state.phase == "repricing" and state.attempt == 2
+    assert not any(isinstance(m, CancelOrder) for m in ctx.published)  # type: ignore[attr-defined]
+    r = {"intent_id": intent.intent_id, "venue": "paper", "symbol": "BTC/USDT"}
+    quote = PriceQuoted(**r, attempt=2, side="buy", mode="inside", price=price, bid=D(100), ask=D("100.01"),
+                        tick_size=D("0.01"), request=2)
+    await supervisor.handle(quote, ctx)
+    return state, ctx.published  # type: ignore[attr-defined]
+
+
+async def test_an_attempt_priced_at_the_working_orders_price_keeps_that_order() -> None:
+    """One-tick spread: attempt 2's "inside" price is attempt 1's own price. Canceling and placing it again
+    would only lose the order's place in the queue."""
+    state, published = await _expire_and_quote(D(100))
+
+    (kept,) = [m for m in published if isinstance(m, OrderKept)]
+    assert kept.attempt == 2 and kept.client_order_id.endswith("-1") and kept.price == D(100)
+    assert not any(isinstance(m, CancelOrder | PlaceOrder) for m in published), published
+    assert state.phase == "working" and state.attempt_deadline_ns == kept.deadline_ns > 6 * NS
+
+
+async def test_an_attempt_priced_elsewhere_cancels_the_working_order_first() -> None:
+    state, published = await _expire_and_quote(D("100.01"))
+
+    (cancel,) = [m for m in published if isinstance(m, CancelOrder)]
+    assert cancel.client_order_id.endswith("-1")
+    assert not any(isinstance(m, OrderKept | PlaceOrder) for m in published)
+    assert state.phase == "canceling" and state.attempt == 1  # attempt 2 is priced again once 1 is terminal
+
+
+def test_the_fold_of_a_kept_order_gives_the_next_attempt_that_order() -> None:
+    intent = _aggressive()
+    cid1 = f"{intent.intent_id}-1"
+    history = _history(
+        intent,
+        lambda r: PlaceOrder(**r, client_order_id=cid1, attempt=1, side="buy", order_type="limit", qty=intent.qty,
+                             price=D(100), deadline_ns=5 * NS),
+        lambda r: OrderPlaced(**r, client_order_id=cid1, order_id="9", attempt=1, side="buy", order_type="limit",
+                              qty=intent.qty, price=D(100)),
+        lambda r: PriceRequested(**r, attempt=2, side="buy", mode="inside", qty=intent.qty, request=2),
+        lambda r: OrderKept(**r, attempt=2, client_order_id=cid1, price=D(100), deadline_ns=11 * NS),
+    )
+
+    state = _fold(history)
+
+    assert state is not None and (state.phase, state.attempt, state.attempt_deadline_ns) == ("working", 2, 11 * NS)
+    assert [o.status for o in state.orders] == ["open"]
+
+
+def test_the_fold_of_a_repricing_the_old_owner_never_finished_does_not_place_a_second_order() -> None:
+    intent = _aggressive()
+    cid1 = f"{intent.intent_id}-1"
+    history = _history(
+        intent,
+        lambda r: PlaceOrder(**r, client_order_id=cid1, attempt=1, side="buy", order_type="limit", qty=intent.qty,
+                             price=D(100), deadline_ns=5 * NS),
+        lambda r: OrderPlaced(**r, client_order_id=cid1, order_id="9", attempt=1, side="buy", order_type="limit",
+                              qty=intent.qty, price=D(100)),
+        lambda r: PriceRequested(**r, attempt=2, side="buy", mode="inside", qty=intent.qty, request=2),
+    )
+
+    state = _fold(history)
+
+    assert state is not None and state.phase == "repricing"  # decided by keep-or-cancel, never "place"
