@@ -417,6 +417,10 @@ class ActorHost:
         self._store.drop(partition, intent_id)
         _retrieve_all(batch.sent)  # never cancel: a message already sent may still be stored and delivered
         stale = isinstance(exc, StaleState)
+        if stale and partition in self._rebuilt:
+            # Someone else wrote this intent's state since we read it (an owner that has not noticed it lost
+            # the lease): whatever it wrote is no basis. The next step rebuilds from the log again.
+            self._rebuilt[partition].discard(intent_id)
         returning = [*batch.messages, *([failed] if failed is not None else [])]
         delivered = max((ack_info(m.reply).delivered for m in returning), default=1)
         delay = 0.1 if stale else min(0.05 * 2**delivered, 2.0)

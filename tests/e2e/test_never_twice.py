@@ -315,6 +315,73 @@ async def test_a_new_owner_rebuilds_from_the_log_and_ignores_a_stale_snapshot(na
         await bus.close()
 
 
+async def test_a_state_written_by_an_owner_that_lost_its_lease_is_rebuilt_over(nats_server: EmbeddedNats) -> None:
+    """The new owner rebuilt the intent; then the old owner, not yet aware it lost the lease, writes its own
+    older state. The new owner's next write is refused (compare-and-set) and it rebuilds from the log again
+    instead of carrying on from what the old owner wrote."""
+    bus = await Bus.connect(nats_server.url, fast_settings())
+    stop = asyncio.Event()
+    venue = asyncio.create_task(run_paper_venue(nats_server.url, PaperVenueConfig(speed=0), stop=stop))
+    pool = VenuePool(nats_url=nats_server.url)
+    recorder = await Recorder().attach(bus)
+    host: ActorHost | None = None
+    try:
+        intent = new_intent(
+            strategy="aggressive_limit",
+            params=ExecutionParams(total_timeout_seconds=D(60), max_retries=3, fallback="none"),
+        )
+        iid, cid, qty, price = intent.intent_id, f"{intent.intent_id}-1", intent.qty, D("60000")
+        now = time.time_ns()
+        r = {"intent_id": iid, "venue": "paper", "symbol": "BTC/USDT"}
+        quote = {"side": "buy", "price": price, "bid": price, "ask": price + D("0.01"), "tick_size": D("0.01")}
+        for msg in (
+            intent,
+            IntentAccepted(**r, side="buy", qty=qty, strategy="aggressive_limit", deadline_ns=now + 60 * NS),
+            PriceRequested(**r, attempt=0, side="buy", mode="arrival", qty=qty),
+            PriceQuoted(**r, attempt=0, mode="arrival", **quote),
+            PriceRequested(**r, attempt=1, side="buy", mode="touch", qty=qty, request=1),
+            PriceQuoted(**r, attempt=1, mode="touch", request=1, **quote),
+            PlaceOrder(**r, client_order_id=cid, attempt=1, side="buy", order_type="limit", qty=qty, price=price,
+                       deadline_ns=now + 50 * NS),
+            OrderPlaced(**r, client_order_id=cid, order_id="78", attempt=1, side="buy", order_type="limit", qty=qty,
+                        price=price),
+        ):
+            await bus.publish(msg)
+        older = SupervisorState(intent=intent, accepted_ns=now, deadline_ns=now + 60 * NS, phase="pricing", attempt=1)
+        key = f"supervisor.{await _partition_of(bus, iid)}.{iid}"
+        await bus.buckets.state.put(key, msgspec.json.encode(older))
+        host = await ActorHost(bus, Supervisor(pool)).start()
+        await wait_until(lambda: host is not None and host.stats["rebuilt"] == 1, timeout=10)
+        await wait_until(lambda: host is not None and not host.working(iid), timeout=10)
+
+        await bus.buckets.state.put(key, msgspec.json.encode(older))  # the old owner, still writing
+        await bus.publish(
+            OrderFinalized(**r, client_order_id=cid, order_id="78", attempt=1, status="filled", filled_qty=qty,
+                           avg_price=price)
+        )
+
+        # The step publishes StrategyFinished at once; its state write is refused, and the redelivered
+        # OrderFinalized is handled on a state rebuilt from the log, not on what the old owner wrote.
+        await wait_until(lambda: host is not None and host.stats["rebuilt"] == 2, timeout=15)
+        await wait_until(lambda: host is not None and not host.working(iid) and not host.queued(iid), timeout=10)
+        (finished,) = recorder.of(StrategyFinished, iid)
+        assert finished.reason == "filled", finished
+        assert [p.client_order_id for p in recorder.of(PlaceOrder, iid)] == [cid]
+
+        async def stored_phase() -> str:
+            entry = await bus.buckets.state.get(key)
+            return msgspec.json.decode(entry.value, type=SupervisorState).phase
+
+        await wait_until(lambda: _is(stored_phase(), "finished"), timeout=10)  # written back within a flush delay
+    finally:
+        if host is not None:
+            await host.stop()
+        await pool.close()
+        stop.set()
+        await venue
+        await bus.close()
+
+
 async def test_a_finished_intent_is_not_restarted_by_its_submission_delivered_again(nats_server: EmbeddedNats) -> None:
     """After a nats-server crash a consumer can deliver again what it had delivered (its acks were not yet
     on disk), past the duplicate window: the submission's stream sequence is the same, so the intent-id
@@ -379,6 +446,10 @@ async def _eventually(actor: Any, step: Any, ctx: Any) -> Any:
         await asyncio.sleep(0.05)  # the venue's indexing lag passes in wall-clock time: nothing to await
         await actor.on_timer(ctx)
     raise AssertionError(f"no answer: {ctx.published}")
+
+
+async def _is(value: Any, expected: Any) -> bool:
+    return (await value) == expected
 
 
 async def _partition_of(bus: Bus, intent_id: str) -> int:
