@@ -350,6 +350,11 @@ class Placer(Actor[PlacerState]):
             await self._unknown(cmd, state, ctx, type(exc).__name__, cancel_wanted=cancel_after)
             return
         except ccxt.BaseError as exc:
+            if _is_duplicate(exc):
+                # Binance's "Duplicate order sent." (ccxt: InvalidOrder): open under this id already. Find it.
+                await self._unknown(cmd, state, ctx, type(exc).__name__, cancel_wanted=cancel_after)
+                await self._resolve(cid, state.unknown[cid], state, ctx)
+                return
             state.qty.pop(cid, None)
             await self._reject(
                 cmd, ctx, type(exc).__name__, str(exc), retryable=isinstance(exc, ccxt.OrderImmediatelyFillable)
@@ -587,6 +592,14 @@ def _exposure(state: PlacerState, *, exclude: str) -> Decimal:
         if cid != exclude and cid not in state.qty:
             total += filled  # finalized orders we never recorded ourselves (another replica created them)
     return total
+
+
+def _is_duplicate(exc: Exception) -> bool:
+    """The venue refused the create because an order with this client order id is open, however the venue
+    and ccxt spell it (`DuplicateOrderId`; Binance's code -2010 arrives as `InvalidOrder`)."""
+    return isinstance(exc, ccxt.DuplicateOrderId) or (
+        isinstance(exc, ccxt.InvalidOrder) and "duplicate order" in str(exc).lower()
+    )
 
 
 def _retry_after_ns(exc: Exception, exchange: Any) -> int:
