@@ -29,7 +29,7 @@ from typing import Any
 import ccxt
 import msgspec
 
-from bus.actor import Actor, IntentContext
+from bus.actor import Actor, IntentContext, Services
 from messages import (
     IntentAccepted,
     StrategyFinished,
@@ -60,6 +60,8 @@ class Pending(msgspec.Struct, kw_only=True):
     since_ns: int
     checks: int = 0
     cancel_wanted: bool = False
+    holder: str = ""
+    """The placer replica holding the right to create this id, when it is not us: its create may have landed."""
 
 
 class PlacerState(msgspec.Struct, kw_only=True):
@@ -105,6 +107,7 @@ class Placer(Actor[PlacerState]):
         cancel_retry_s: float = 0.5,
     ) -> None:
         self._venues = venues
+        self._services: Services | None = None
         self._resolve_ns = int(resolve_interval_s * NS)
         self._absent_grace_ns = int(absent_grace_s * NS)
         self._cancel_retry_ns = int(cancel_retry_s * NS)
@@ -115,6 +118,21 @@ class Placer(Actor[PlacerState]):
 
     def status(self) -> dict[str, Any]:
         return dict(self.stats)
+
+    async def start(self, services: Services) -> None:
+        self._services = services
+
+    async def _claim(self, cid: str, *, replacing: str = "") -> str:
+        """Claim the right to create `cid` (a durable first-wins claim per client order id) and return its
+        holder. Every create is preceded by one, so a claim we get fresh proves no placer ever sent this id
+        to the venue, and one held by another means its create may have landed: look before creating."""
+        if self._services is None or self._services.claim is None:
+            return ""  # no runtime (a handler called directly): nothing to claim against
+        return await self._services.claim(f"create.{cid}", self._services.replica, replacing=replacing or None)
+
+    @property
+    def _me(self) -> str:
+        return self._services.replica if self._services is not None else ""
 
     async def handle(self, msg: Message, ctx: IntentContext[PlacerState]) -> None:
         state = ctx.state or PlacerState(venue=msg.venue, symbol=msg.symbol)
@@ -284,10 +302,7 @@ class Placer(Actor[PlacerState]):
                 if cancel_after:
                     await self._cancel(cid, state.placed[cid], cmd.venue, cmd.symbol, state, ctx)
                 return
-            # One "not found" is no proof: the venue may not have indexed it yet. Its outcome is unknown
-            # until it has stayed absent for longer than the venue's lag (`_resolve` then creates it).
-            await self._unknown(cmd, state, ctx, "redelivered and not found yet", cancel_wanted=cancel_after)
-            return
+            # Not found (yet: the venue may lag). Whether it was ever sent, the create claim says (`_create`).
         # Canceled before it came back: still create it and cancel it at once.
         await self._create(cmd, state, ctx, cancel_after=cancel_after)
 
@@ -306,7 +321,13 @@ class Placer(Actor[PlacerState]):
         )
 
     async def _create(
-        self, cmd: PlaceOrder, state: PlacerState, ctx: IntentContext[PlacerState], *, cancel_after: bool = False
+        self,
+        cmd: PlaceOrder,
+        state: PlacerState,
+        ctx: IntentContext[PlacerState],
+        *,
+        cancel_after: bool = False,
+        replacing: str = "",
     ) -> None:
         cid = cmd.client_order_id
         try:
@@ -329,6 +350,13 @@ class Placer(Actor[PlacerState]):
             return
         except ccxt.NetworkError as exc:
             await self._unknown(cmd, state, ctx, f"book read failed: {type(exc).__name__}", created=False)
+            return
+        holder = await self._claim(cid, replacing=replacing)
+        if holder != self._me:
+            # Another placer (or an earlier life of one) may have created it: find out first, and take the
+            # claim over only once the order has stayed absent for longer than the venue's lag.
+            ctx.log.warning("create_claimed_elsewhere", client_order_id=cid, holder=holder)
+            await self._unknown(cmd, state, ctx, f"create claimed by {holder}", cancel_wanted=cancel_after, holder=holder)
             return
         state.qty[cid] = cmd.qty  # counted as open from now on: the create may land even if we die
         try:
@@ -412,6 +440,7 @@ class Placer(Actor[PlacerState]):
         *,
         cancel_wanted: bool = False,
         created: bool = True,
+        holder: str = "",
     ) -> None:
         cid = cmd.client_order_id
         self.stats["unknown"] += 1
@@ -420,6 +449,7 @@ class Placer(Actor[PlacerState]):
             state.qty[cid] = cmd.qty
         pending = state.unknown.setdefault(cid, Pending(command=cmd, since_ns=ctx.clock.now_ns()))
         pending.cancel_wanted = pending.cancel_wanted or cancel_wanted
+        pending.holder = holder or pending.holder
         await ctx.publish(
             OrderOutcomeUnknown(
                 **routing(cmd),
@@ -475,11 +505,13 @@ class Placer(Actor[PlacerState]):
                 await self._cancel(cid, state.placed[cid], cmd.venue, cmd.symbol, state, ctx)
             return
         if ctx.clock.now_ns() - pending.since_ns >= self._absent_grace_ns:
-            # Absent for longer than the venue's lag: it was never placed. Same id again, so still at most once.
-            ctx.log.info("order_absent_recreating", client_order_id=cid, checks=pending.checks)
+            # Absent for longer than the venue's lag: it was never placed. Create it, taking the claim over
+            # from the placer that held it (of several replicas doing so, only one wins the claim).
+            ctx.log.info("order_absent_recreating", client_order_id=cid, checks=pending.checks, holder=pending.holder)
             state.unknown.pop(cid, None)
+            state.qty.pop(cid, None)
             # A cancel asked for meanwhile still applies to whatever this places.
-            await self._create(cmd, state, ctx, cancel_after=pending.cancel_wanted)
+            await self._create(cmd, state, ctx, cancel_after=pending.cancel_wanted, replacing=pending.holder)
 
     async def _published_placed(self, cmd: PlaceOrder, order_id: str, ctx: IntentContext[PlacerState], *, recovered: bool) -> None:
         await ctx.publish(

@@ -339,6 +339,9 @@ class Supervisor(Actor[SupervisorState]):
     async def _request_price(
         self, state: SupervisorState, ctx: IntentContext[SupervisorState], *, attempt: int, mode: str, qty: Decimal
     ) -> None:
+        if qty <= 0:
+            await self._nothing_left(state, ctx)
+            return
         if attempt != state.attempt:
             state.attempt_price_requests = 0
         state.attempt = attempt
@@ -498,6 +501,9 @@ class Supervisor(Actor[SupervisorState]):
     ) -> None:
         intent = state.intent
         qty = state.remaining
+        if qty <= 0:
+            await self._nothing_left(state, ctx)
+            return
         cid = f"{intent.intent_id}-{state.attempt}"
         state.orders.append(OrderRecord(client_order_id=cid, attempt=state.attempt, origin="supervisor", qty=qty, price=price))
         state.phase = "working"
@@ -640,6 +646,20 @@ class Supervisor(Actor[SupervisorState]):
         state.reason = f"order {msg.client_order_id} rejected: {msg.error}: {msg.reason}"
         await self._react_to_final(state, ctx)
 
+    async def _nothing_left(self, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        """Asked to price or place with nothing left to buy: never send a zero quantity; finish once every
+        order is terminal (the fills say the intent is done), else wait for them."""
+        ctx.log.warning("nothing_left_to_trade", phase=state.phase, filled=str(state.filled))
+        if state.all_final:
+            await self._finish(state, ctx, "filled")
+            return
+        for record in state.orders:
+            if record.status != "final" and not record.cancel:
+                record.cancel = True  # anything still working would trade more than the intent
+                await self._send_cancel(state, record, ctx, "intent already filled")
+        state.phase = "canceling"
+        ctx.wake_at(ctx.clock.now_ns() + CANCEL_CHECK_NS)
+
     async def _react_to_final(self, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
         """Every order is terminal: a refused order (not retryable) ends the strategy; otherwise go on."""
         if not state.all_final:
@@ -682,7 +702,8 @@ class Supervisor(Actor[SupervisorState]):
             if record.status != "final" and record.cancel:
                 ctx.log.info("cancel_again", client_order_id=record.client_order_id, round=state.cancel_round)
                 await self._send_cancel(state, record, ctx, "not terminal after cancel", retry=state.cancel_round)
-        ctx.wake_at(ctx.clock.now_ns() + CANCEL_CHECK_NS)
+        # Backing off: the placer retries on its own too; this only covers a cancel lost with a placer.
+        ctx.wake_at(ctx.clock.now_ns() + min(CANCEL_CHECK_NS << min(state.cancel_round, 4), 30 * NS))
 
     async def _send_cancel(
         self,
@@ -811,7 +832,12 @@ def _fold(history: list[tuple[int, Message]]) -> SupervisorState | None:
     `on_resume`'s). None when the log holds no acceptance of it."""
     intent: SubmitIntent | None = None
     state: SupervisorState | None = None
+    newest_owner = 0
     for _seq, msg in history:
+        if _ours(msg) and msg.epoch:
+            if msg.epoch < newest_owner:
+                continue  # sent by an owner that had lost the intent: fenced, as the placer fences it
+            newest_owner = msg.epoch
         if isinstance(msg, SubmitIntent):
             intent = intent or msg
             continue
@@ -847,7 +873,8 @@ def _fold_one(state: SupervisorState, msg: Message) -> None:
             if msg.attempt == 0:
                 state.arrival_bid, state.arrival_ask = msg.bid, msg.ask
                 state.tick_size = state.tick_size or msg.tick_size
-            if msg.attempt == state.attempt and state.phase in ("arrival", "pricing", "repricing"):
+            current = msg.request == state.price_request - 1  # an answer to a fenced request is not ours
+            if current and msg.attempt == state.attempt and state.phase in ("arrival", "pricing", "repricing"):
                 state.quote = msg  # not acted on yet, unless a PlaceOrder follows
         case PlaceOrder():
             if state.order(msg.client_order_id) is None:
@@ -909,6 +936,17 @@ def _fold_one(state: SupervisorState, msg: Message) -> None:
     for event in ready:
         state.early.remove(event)
         _fold_one(state, event)
+
+
+def _ours(msg: Message) -> bool:
+    """Sent by the supervisor (as the intent's owner at the time)."""
+    if isinstance(msg, PlaceOrder):
+        return msg.origin != "market_fallback"
+    return isinstance(
+        msg,
+        IntentAccepted | IntentRejected | PriceRequested | AttemptTimedOut | OrderKept | CancelOrder
+        | ExecutionTimedOut | StrategyFinished,
+    )
 
 
 def _reject(intent: SubmitIntent, field: str, reason: str, *, dup: bool = False) -> IntentRejected:

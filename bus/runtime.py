@@ -121,7 +121,8 @@ class ActorHost:
 
     async def start(self) -> ActorHost:
         services = Services(
-            self.clock, self.run_for_intent, self._publish, self.replica, self._claim_once, self._store.find
+            self.clock, self.run_for_intent, self._publish, self.replica, self._claim_once, self._store.find,
+            self._claim,
         )
         await self.actor.start(services)
         self._timer_task = asyncio.create_task(self._run_timers(), name=f"timers-{self.actor.name}")
@@ -530,6 +531,33 @@ class ActorHost:
         self.stats["dead_lettered"] += 1
         await self.bus.dead_letter(self.actor.name, _live_subject(raw.subject), reason, raw.data)
         await raw.term()
+
+    async def _claim(self, key: str, token: str, *, replacing: str | None = None) -> str:
+        """Claim `key` for `token`, durably (JetStream KV; the claim expires after `retired_state_ttl_s`),
+        and return whoever holds it now: `token` if the claim is ours. With `replacing`, a claim still held
+        by that token is taken over (compare-and-set, so of two replicas replacing it only one wins)."""
+        kv = self.bus.buckets.intents
+        subject = f"$KV.{kv._name}.{key}"
+        ttl = {"Nats-TTL": str(max(int(self._settings.retired_state_ttl_s), 1))}
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            entry = None
+        if entry is None or entry.value is None:
+            try:
+                await self.bus.acks.publish(subject, token.encode(), {"Nats-Expected-Last-Subject-Sequence": "0", **ttl})
+                return token
+            except nats.js.errors.KeyWrongLastSequenceError:
+                entry = await kv.get(key)
+        holder = (entry.value or b"").decode()
+        if holder == token or replacing is None or holder != replacing:
+            return holder
+        try:
+            expected = {"Nats-Expected-Last-Subject-Sequence": str(entry.revision), **ttl}
+            await self.bus.acks.publish(subject, token.encode(), expected)
+            return token
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return (await kv.get(key)).value.decode()
 
     async def _claim_once(self, key: str, token: str) -> bool:
         """True for the first claimant of `key` (and for that same claimant again: same `token`)."""

@@ -258,3 +258,47 @@ def test_the_fold_of_a_repricing_the_old_owner_never_finished_does_not_place_a_s
     state = _fold(history)
 
     assert state is not None and state.phase == "repricing"  # decided by keep-or-cancel, never "place"
+
+
+def test_the_fold_ignores_what_an_owner_sent_after_a_newer_owner_had_taken_over() -> None:
+    """Chaos run, seed 26: owner 869 placed attempt 2 and canceled it; owner 839, not yet aware it had lost
+    the intent, then asked for attempt 2's price again. Folded as a fact, that request put the state back
+    in `pricing`, and its quote made the next owner place with nothing left to buy."""
+    intent = _aggressive()
+    cid2 = f"{intent.intent_id}-2"
+    history = _history(
+        intent,
+        lambda r: PriceRequested(**r, attempt=2, side="buy", mode="inside", qty=intent.qty, request=2, epoch=839),
+        lambda r: PlaceOrder(**r, client_order_id=cid2, attempt=2, side="buy", order_type="limit", qty=intent.qty,
+                             price=D(100), epoch=869),
+        lambda r: CancelOrder(**r, client_order_id=cid2, epoch=869),
+        lambda r: PriceRequested(**r, attempt=2, side="buy", mode="inside", qty=intent.qty, request=3, epoch=839),
+        lambda r: PriceQuoted(**r, attempt=2, side="buy", mode="inside", price=D(99), bid=D(99), ask=D("99.01"),
+                              tick_size=D("0.01"), request=3),
+        lambda r: OrderFinalized(**r, client_order_id=cid2, order_id="207", attempt=2, status="filled",
+                                 filled_qty=intent.qty),
+    )
+
+    state = _fold(history)
+
+    assert state is not None and state.phase == "canceling" and state.quote is None, state
+    assert state.price_request == 3 and state.remaining == 0
+
+
+async def test_nothing_left_to_buy_never_becomes_a_zero_quantity_order() -> None:
+    intent = _aggressive()
+    state = SupervisorState(
+        intent=intent, accepted_ns=0, deadline_ns=60 * NS, phase="pricing", attempt=2, price_request=3,
+        orders=[OrderRecord(client_order_id=f"{intent.intent_id}-2", attempt=2, origin="supervisor", qty=intent.qty,
+                            status="final", filled=intent.qty)],
+    )
+    ctx = _ctx(intent.intent_id, state)
+    r = {"intent_id": intent.intent_id, "venue": "paper", "symbol": "BTC/USDT"}
+    quote = PriceQuoted(**r, attempt=2, side="buy", mode="inside", price=D(99), bid=D(99), ask=D("99.01"),
+                        tick_size=D("0.01"), request=2)
+
+    await Supervisor(None).handle(quote, ctx)  # raised ValueError (qty 0) before
+
+    assert not any(isinstance(m, PlaceOrder) for m in ctx.published)  # type: ignore[attr-defined]
+    (finished,) = [m for m in ctx.published if isinstance(m, StrategyFinished)]  # type: ignore[attr-defined]
+    assert finished.reason == "filled"
