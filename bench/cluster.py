@@ -24,7 +24,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from bench.common import ProcStat, proc_stat
+from bench.common import VENUE_PROFILE, ProcStat, proc_stat
 from bus.bus import Bus
 from bus.server import EmbeddedNats
 from bus.settings import BusSettings
@@ -109,7 +109,21 @@ class Cluster:
         listed = list(ACTORS) if names == "all" else [a for a in names.split(",") if a]
         worker = Worker(wid, proc, log_path, listed)
         self.workers[wid] = worker
+        if venue != "none":
+            await self.set_venue_profile(VENUE_PROFILE)
         return worker
+
+    async def set_venue_profile(self, profile: dict[str, Any], venue: str = "paper") -> Any:
+        """Switch the paper venue's behaviour profile. The benchmarks run at ~1000 orders/s, far over the
+        default (binance) profile's order budget, so every venue worker is switched to `VENUE_PROFILE`
+        before the benchmark sends its first order."""
+        from venues.subjects import Subjects
+
+        reply = await self.nc.request(Subjects(venue).ctl("profile"), json.dumps(profile).encode(), timeout=30)
+        body = json.loads(reply.data)
+        if "ok" not in body:
+            raise RuntimeError(f"paper venue refused profile {profile}: {body}")
+        return body["ok"]
 
     @staticmethod
     def tail(path: Path, n: int = 3000) -> str:

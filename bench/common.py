@@ -35,6 +35,7 @@ __all__ = [
     "fmt",
     "progress",
     "VENUE_HISTORY",
+    "VENUE_PROFILE",
 ]
 
 VENUE_HISTORY = 1000
@@ -42,6 +43,13 @@ VENUE_HISTORY = 1000
 Binance's `myTrades` answers at most 1,000; more matters because the reconciler fetches the whole trade
 history when an order event overtakes its trade event, so with the default every such fetch costs
 O(trades so far) and a 10,000-intent run slows down quadratically (see bench/README.md)."""
+
+VENUE_PROFILE: dict[str, Any] = {"profile": "strict"}
+"""The paper venue's behaviour profile in the benchmarks (sent as `paper_control("profile", ...)` when a
+venue worker starts). The default `binance` profile refuses more than 100 orders per 10 s per account and
+hides a fresh order from lookups and cancels for up to 300 ms; the benchmarks push ~1000 orders/s through
+one account to measure execbus itself, so a rate limit would measure only its back-off. `strict` is the
+venue every published figure was measured on."""
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

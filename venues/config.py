@@ -19,7 +19,9 @@ __all__ = [
     "LatencyConfig",
     "MarketConfig",
     "PaperVenueConfig",
+    "Profile",
     "SyntheticConfig",
+    "VenueQuirks",
 ]
 
 SAMPLE_FILE = str(Path(__file__).resolve().parent / "data" / "binance_spot_btcusdt_sample.gz")
@@ -112,6 +114,31 @@ class MarketConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     taker_fee: Decimal | None = None
 
 
+Profile = Literal["strict", "binance"]
+"""How unkind the venue is (see venues/README.md): `strict` is the well-behaved original; `binance` (the
+default) reuses closed clientOrderIds, lags fresh orders out of REST lookups and rate-limits orders."""
+
+
+class VenueQuirks(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Switches for other venues' habits, all off by default; also settable at run time
+    (`paper_control("quirks", {...})`)."""
+
+    market_buy_requires_price: bool = False
+    """Gate/HTX/Coinbase: a market buy needs a price (or params['cost']) and spends amount*price of quote."""
+    fee_currency: str | None = None
+    """Charge every fee in this third currency (e.g. 'BNB') instead of the received one."""
+    fee_currency_price: Decimal = Decimal("1")
+    """Quote currency per unit of `fee_currency`, to convert the fee."""
+    trades_without_ids: bool = False
+    """Trades (REST and stream) carry id None."""
+    fetch_order_trades: bool = True
+    """False: has['fetchOrderTrades'] is False, the method raises NotSupported, and fetch_my_trades pages."""
+    my_trades_page_limit: int = 500
+    """With fetch_order_trades False: the most trades one fetch_my_trades returns (Binance's default)."""
+    silent_streams: bool = False
+    """watch_orders / watch_my_trades stop delivering, without an error (a silently dead stream)."""
+
+
 class PaperVenueConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Everything `run_paper_venue` needs; the defaults run the shipped sample at 1x, forever."""
 
@@ -126,7 +153,8 @@ class PaperVenueConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     balances: dict[str, Decimal] = msgspec.field(
         default_factory=lambda: {"BTC": Decimal("100"), "USDT": Decimal("10000000")}
     )
-    """Starting balances of every account the venue has not seen before."""
+    """Starting balances of every account the venue has not seen before. Every base and quote of the
+    markets, and the quirks' fee currency, is funded anyway (`venues.profiles.FUNDING`); these override."""
     maker_fee: Decimal = Decimal("0.001")
     taker_fee: Decimal = Decimal("0.001")
     latency: LatencyConfig = LatencyConfig()
@@ -137,6 +165,17 @@ class PaperVenueConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Levels per side in published book events."""
     book_publish_interval_ms: float = 50.0
     """Wall-clock throttle of book events in real-time mode (each step publishes once)."""
+    profile: Profile = "binance"
+    """Venue behaviour profile; the three fields below default to the profile's values when None."""
+    visibility_lag_ms: float | None = None
+    """A new order is unknown to REST lookups and cancel for U(0, this) ms of exchange time
+    (None: binance 300, strict 0)."""
+    order_rate_limit: int | None = None
+    """Orders per account per `order_rate_window_s` of exchange time (None: binance 100, strict unlimited)."""
+    order_rate_window_s: float = 10.0
+    quirks: VenueQuirks = VenueQuirks()
+    audit_limit: int = 1_000_000
+    """Accepted creates kept for `paper_control("audit")`; older ones are dropped (and counted)."""
     history_limit: int = 100_000
     """Closed orders and trades kept per account for fetch_closed_orders / fetch_my_trades. An order's own
     trades live on its record, so fetch_order_trades returns all of them until the order itself ages out

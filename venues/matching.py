@@ -46,6 +46,8 @@ log = structlog.get_logger("execbus.venues.matching")
 
 _D0 = Decimal(0)
 _QUEUE_Q = Decimal("1e-12")
+_ALL = Decimal("1e12")
+"""More than any book holds, yet small enough that quantities stay exact in Decimal's 28 digits."""
 Listener = Callable[[str, Any], None]
 Segment = tuple[SimOrder | None, Decimal]
 
@@ -148,6 +150,11 @@ class MatchingEngine:
         self.queue_cancel_model = queue_cancel_model
         self.history_limit = history_limit
         self.accounts: dict[str, Account] = {}
+        self.reuse_closed_client_ids = False
+        """Binance: a clientOrderId is unique among open orders only; strict: among all orders ever."""
+        self.fee_currency: str | None = None
+        """Charge fees in this third currency (BNB-style) at `fee_currency_price` quote per unit."""
+        self.fee_currency_price = Decimal(1)
         self.listeners: list[Listener] = []
         self.now_ns = 0
         self._order_seq = 0
@@ -316,17 +323,23 @@ class MatchingEngine:
 
     def create_order(self, account: str, symbol: str, type: str, side: str, amount: Decimal,
                      price: Decimal | None = None, *, client_order_id: str | None = None,
-                     time_in_force: str | None = None, post_only: bool = False) -> SimOrder:
-        """Validate, reserve, match; returns the order as it stands after matching."""
+                     time_in_force: str | None = None, post_only: bool = False,
+                     quote_budget: Decimal | None = None) -> SimOrder:
+        """Validate, reserve, match; returns the order as it stands after matching.
+
+        `quote_budget` (market buys only): spend this much quote walking the book instead of buying
+        `amount` (how Gate/HTX/Coinbase market buys work); the order's amount becomes what it buys.
+        """
         ms = self.market(symbol)
         spec = ms.spec
         acct = self.account(account)
         tif = self._validate(ms, type, side, amount, price, time_in_force, post_only)
-        if client_order_id is not None and client_order_id in acct.used_client_ids:
-            raise ccxt.DuplicateOrderId(f"paper clientOrderId {client_order_id} was already used")
+        self._check_client_id(acct, client_order_id)
         is_buy = side == "buy"
         if not ms.book.bids and not ms.book.asks:
             raise ccxt.ExchangeNotAvailable(f"paper {symbol} has no market data yet")
+        if quote_budget is not None and type == "market" and is_buy:
+            amount = self._budget_amount(ms, quote_budget)
         limit = price if type == "limit" else None
         levels, can_qty, can_cost = self.plan_take(ms, is_buy, amount, limit)
         if tif == "PO" and can_qty > 0:
@@ -344,7 +357,7 @@ class MatchingEngine:
         oid = str(self._order_seq)
         coid = client_order_id if client_order_id is not None else f"paper-{oid}"
         o = SimOrder(oid, coid, account, spec.symbol, side, type, tif, price if type == "limit" else None,
-                     amount, self.now_ns, self._order_seq, spec.base if is_buy else spec.quote,
+                     amount, self.now_ns, self._order_seq, self._fee_currency(spec, is_buy),
                      update_ts=self.now_ns, reserved=need)
         acct.used_client_ids.add(coid)
         acct.orders[oid] = o
@@ -363,6 +376,40 @@ class MatchingEngine:
                 self._rest(ms, o)
         self._flush()
         return o
+
+    def _fee_currency(self, spec: MarketSpec, is_buy: bool) -> str:
+        """The received currency, or the configured third currency (one of the market's own: received)."""
+        if self.fee_currency and self.fee_currency not in (spec.base, spec.quote):
+            return self.fee_currency
+        return spec.base if is_buy else spec.quote
+
+    def _check_client_id(self, acct: Account, client_order_id: str | None) -> None:
+        if client_order_id is None:
+            return
+        if not self.reuse_closed_client_ids:
+            if client_order_id in acct.used_client_ids:
+                raise ccxt.DuplicateOrderId(f"paper clientOrderId {client_order_id} was already used")
+            return
+        current = acct.orders.get(acct.by_client_id.get(client_order_id, ""))
+        if current is not None and current.status == "open":
+            # Binance: code -2010 'Duplicate order sent.', which ccxt's binance maps to InvalidOrder
+            raise ccxt.InvalidOrder(f"paper Duplicate order sent. (clientOrderId {client_order_id} is open)")
+
+    def _budget_amount(self, ms: MarketState, budget: Decimal) -> Decimal:
+        """Base quantity a market buy spending `budget` quote gets walking the asks, in whole lots."""
+        step = ms.spec.amount_step
+        levels, _, _ = self.plan_take(ms, True, _ALL, None)
+        left, qty = budget, _D0
+        for price, segs, _, _ in levels:
+            got = sum((q for _, q in segs), _D0)
+            q = min(got, (left / price / step).to_integral_value(rounding=ROUND_FLOOR) * step)
+            qty += q
+            left -= q * price
+            if q < got:
+                break
+        if qty < ms.spec.min_amount:
+            raise ccxt.InvalidOrder(f"paper market buy cost {budget} buys less than the minimum {ms.spec.min_amount}")
+        return qty
 
     def _validate(self, ms: MarketState, type: str, side: str, amount: Decimal, price: Decimal | None,
                   tif: str | None, post_only: bool) -> str:
@@ -418,18 +465,22 @@ class MatchingEngine:
         acct = self.accounts[o.account]
         rate = spec.maker_fee if maker else spec.taker_fee
         quote_amt = price * qty
+        third = o.fee_currency not in (spec.base, spec.quote)
+        if third:  # BNB-style: the fee is the quote value of the usual fee, charged in another currency
+            fee = quote_amt * rate / self.fee_currency_price
+            acct.add(o.fee_currency, total=-fee)
         if o.is_buy:
-            fee = qty * rate
+            fee = fee if third else qty * rate
             release = min(o.price * qty if o.price is not None else quote_amt, o.reserved)
             o.reserved -= release
             acct.add(spec.quote, total=-quote_amt, used=-release)
-            acct.add(spec.base, total=qty - fee)
+            acct.add(spec.base, total=qty - (_D0 if third else fee))
         else:
-            fee = quote_amt * rate
+            fee = fee if third else quote_amt * rate
             release = min(qty, o.reserved)
             o.reserved -= release
             acct.add(spec.base, total=-qty, used=-release)
-            acct.add(spec.quote, total=quote_amt - fee)
+            acct.add(spec.quote, total=quote_amt - (_D0 if third else fee))
         o.filled += qty
         o.cost += quote_amt
         o.fee += fee

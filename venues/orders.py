@@ -145,8 +145,9 @@ class Account:
         self.closed_ids.append(order.id)
         while len(self.closed_ids) > self.history_limit:
             old = self.orders.pop(self.closed_ids.popleft(), None)
-            if old is not None:
-                self.by_client_id.pop(old.client_order_id, None)
+            # a reused clientOrderId (binance profile) may already name a newer order: keep that one
+            if old is not None and self.by_client_id.get(old.client_order_id) == old.id:
+                del self.by_client_id[old.client_order_id]
 
     def record_trade(self, fill: Fill) -> None:
         self.trades.append(fill)

@@ -10,7 +10,8 @@ Options: `natsUrl`, `engine` (a `venues.simulator.PaperVenue`), `venue` (subject
 and balances). The venue speaks a Binance-shaped JSON with exact decimal strings; this class parses it
 into ccxt's unified structures (floats, as ccxt does) and keeps the exact strings in `info`.
 Like ccxt's own exchange classes, `create_order` rounds amount and price with `amount_to_precision`
-/ `price_to_precision` before sending.
+/ `price_to_precision` before sending. `load_markets` also reads the venue's `features` (its profile and
+quirks, see venues/README.md) into `has['fetchOrderTrades']` and `options['createMarketBuyOrderRequiresPrice']`.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class PaperExchange(Exchange):
             "has": has,
             "precisionMode": TICK_SIZE,
             "requiredCredentials": {"apiKey": False, "secret": False},
-            "options": {"natsUrl": None, "engine": None, "venue": "paper", "account": None},
+            "options": {"natsUrl": None, "engine": None, "venue": "paper", "account": None,
+                        "createMarketBuyOrderRequiresPrice": False},
         })
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
@@ -109,10 +111,21 @@ class PaperExchange(Exchange):
         return await self._tx().call("rpc", method, body)
 
     async def paper_control(self, command: str, payload: dict[str, Any] | None = None) -> Any:
-        """The venue's control API (advance, advance_until, faults_set, faults_clear, stats, set_balances)."""
+        """The venue's control API (advance, advance_until, advance_to, faults_set, faults_clear, stats,
+        set_balances, ping, quirks, profile, audit). `quirks` and `profile` also refresh this client's
+        `has` / `options`; other clients pick the change up on their next `load_markets(reload=True)`."""
         body = {"account": self.account_name}
         body.update(payload or {})
-        return await self._tx().call("ctl", command, body)
+        result = await self._tx().call("ctl", command, body)
+        if command in ("quirks", "profile"):
+            self._apply_features(result)
+        return result
+
+    def _apply_features(self, features: dict[str, Any]) -> None:
+        """Advertise what the venue's quirks make true (has['fetchOrderTrades'], market-buy option)."""
+        self.has = dict(self.has)
+        self.has.update(features.get("has", {}))
+        self.options.update(features.get("options", {}))
 
     async def close(self, clean_instance_data: bool = False) -> None:  # no aiohttp session to close
         self.closed_by_user = True
@@ -126,6 +139,7 @@ class PaperExchange(Exchange):
 
     # ----------------------------------------------------------------- public
     async def fetch_markets(self, params: dict[str, Any] = {}) -> list[Any]:
+        self._apply_features(await self._rpc("features"))
         return [self.parse_market(m) for m in await self._rpc("markets")]
 
     def parse_market(self, m: dict[str, Any]) -> Any:
@@ -197,10 +211,13 @@ class PaperExchange(Exchange):
         client_id = self.safe_string_2(params, "clientOrderId", "newClientOrderId")
         tif = self.safe_string_upper(params, "timeInForce")
         post_only = self.is_post_only(type == "market", tif == "PO", params)
+        cost = self.safe_string(params, "cost")
         request = {
             "symbol": market["symbol"], "type": type, "side": side,
             "amount": self.amount_to_precision(symbol, amount),
-            "price": self.price_to_precision(symbol, price) if type == "limit" and price is not None else None,
+            # market orders carry their price too: a venue with createMarketBuyOrderRequiresPrice needs it
+            "price": self.price_to_precision(symbol, price) if price is not None else None,
+            "cost": None if cost is None else self.cost_to_precision(symbol, cost),
             "clientOrderId": client_id, "timeInForce": tif, "postOnly": post_only or None,
         }
         return self.parse_order(await self._rpc("create_order", request), market)
@@ -238,7 +255,9 @@ class PaperExchange(Exchange):
                               limit: int | None = None, params: dict[str, Any] = {}) -> Any:
         await self.load_markets()
         market = self.market(symbol) if symbol else None
-        rows = await self._rpc("my_trades", {"symbol": market["symbol"] if market else None})
+        # since/limit go to the venue: without fetchOrderTrades it answers one bounded page, like Binance
+        rows = await self._rpc("my_trades", {"symbol": market["symbol"] if market else None,
+                                             "since": since, "limit": limit})
         return self.parse_trades(rows, market, since, limit)
 
     async def fetch_order_trades(self, id: str, symbol: str | None = None, since: int | None = None,

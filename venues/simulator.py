@@ -19,11 +19,12 @@ import ccxt
 import msgspec
 import structlog
 
-from venues.config import FaultRule, MarketConfig, PaperVenueConfig
+from venues.config import FaultRule, MarketConfig, PaperVenueConfig, VenueQuirks
 from venues.faults import FaultInjector, LatencySampler, Scope
 from venues.marketdata import MarketEvent, RecordingSource, inspect_recording, split_symbol_id
 from venues.matching import MatchingEngine
 from venues.orders import Fill, MarketSpec, SimOrder, dec_str, fill_to_wire, order_to_wire
+from venues.profiles import AuditLog, OrderRateLimiter, ProfileSettings, VisibilityLag, funded_balances
 from venues.replay import MarketReplay
 from venues.subjects import Subjects
 from venues.synthetic import synthetic_events
@@ -34,8 +35,12 @@ log = structlog.get_logger("execbus.venues.simulator")
 
 Listener = Callable[[str, dict[str, Any]], None]
 RPC_METHODS = ("markets", "order_book", "ticker", "balance", "create_order", "cancel_order", "fetch_order",
-               "open_orders", "closed_orders", "my_trades", "order_trades", "time")
-CONTROL_COMMANDS = ("advance", "advance_until", "advance_to", "faults_set", "faults_clear", "stats", "set_balances", "ping")
+               "open_orders", "closed_orders", "my_trades", "order_trades", "time", "features")
+CONTROL_COMMANDS = ("advance", "advance_until", "advance_to", "faults_set", "faults_clear", "stats", "set_balances",
+                    "ping", "quirks", "profile", "audit")
+_MARKET_BUY_NEEDS_PRICE = (
+    "paper createOrder() requires the price argument for market buy orders to calculate the total cost to spend"
+    " (amount * price), or params['cost'] (createMarketBuyOrderRequiresPrice)")
 _NS = 1_000_000_000
 
 
@@ -86,9 +91,17 @@ class PaperVenue:
             spec, source = build_market(mc, cfg, cfg.seed + i)
             specs.append(spec)
             sources[spec.symbol] = source
-        self.engine = MatchingEngine(specs, balances=dict(cfg.balances),
+        balances = funded_balances(specs, dict(cfg.balances), cfg.quirks.fee_currency)
+        self.engine = MatchingEngine(specs, balances=balances,
                                      queue_cancel_model=cfg.queue_cancel_model, history_limit=cfg.history_limit)
         self.engine.listeners.append(self._on_engine_event)
+        self.profile = ProfileSettings.from_config(cfg)
+        self.quirks = VenueQuirks()
+        self.rate = OrderRateLimiter()
+        self.lag = VisibilityLag(cfg.seed)
+        self.audit = AuditLog(cfg.audit_limit)
+        self._apply_profile(self.profile)
+        self._apply_quirks(cfg.quirks)
         self.replay = MarketReplay(sources, self._on_market_event, self.engine.set_time)
         self.replay.after_batch = self.publish_books
         self.faults = FaultInjector(list(cfg.faults), cfg.seed)
@@ -112,11 +125,13 @@ class PaperVenue:
 
     def _on_engine_event(self, kind: str, item: SimOrder | Fill) -> None:
         self._books_dirty.add(item.symbol)
+        if self.quirks.silent_streams:
+            return  # the stream died without telling anyone: no event, no error
         if isinstance(item, SimOrder):
-            subject, payload = self.subjects.orders(item.account, item.symbol), order_to_wire(item)
+            subject, payload = self.subjects.orders(item.account, item.symbol), self._order_wire(item)
             method, order_id = "watch_orders", item.id
         else:
-            subject, payload = self.subjects.trades(item.account, item.symbol), fill_to_wire(item)
+            subject, payload = self.subjects.trades(item.account, item.symbol), self._fill_wire(item)
             method, order_id = "watch_my_trades", item.order_id
         scope = Scope(method, item.account, item.symbol, item.client_order_id)
         delay = self._event_delay.get(order_id, 0.0)
@@ -162,9 +177,17 @@ class PaperVenue:
             lat = lat / self.config.speed if self.config.speed > 0 else lat
             await asyncio.sleep(lat / 2)
         scope = self._scope(method, p)
-        if self.faults.rules:
-            self.faults.before(scope)
-        result = self.dispatch(method, p)
+        try:
+            if self.faults.rules:
+                self.faults.before(scope)
+            if method == "create_order":  # the order budget: a refused request executes nothing
+                self.rate.admit(p.get("account") or "main", self.engine.now_ns, self.profile.order_rate_limit,
+                                self.profile.order_rate_window_s)
+            result = self.dispatch(method, p)
+        except Exception as exc:
+            if method == "create_order":
+                self.audit.refused_by(exc)
+            raise
         if method in ("create_order", "cancel_order"):
             self.publish_books()  # our order changed the visible book (throttled)
         if self.faults.rules:
@@ -199,33 +222,86 @@ class PaperVenue:
             return eng.balance(account)
         if method == "time":
             return eng.now_ns // 1_000_000
+        if method == "features":
+            return self.features()
         if method == "create_order":
-            amount = _dec(p.get("amount"), "amount")
-            if amount is None:
-                raise ccxt.ArgumentsRequired("paper create_order needs an amount")
-            o = eng.create_order(
-                account, symbol, p.get("type", ""), p.get("side", ""), amount,
-                _dec(p.get("price"), "price"), client_order_id=p.get("clientOrderId"),
-                time_in_force=p.get("timeInForce"), post_only=bool(p.get("postOnly")))
-            self._maybe_hide(o)
-            return order_to_wire(o)
+            return self._order_wire(self._create(account, symbol, p))
         if method == "fetch_order":
-            return order_to_wire(self._visible(account, p))
+            return self._order_wire(self._visible(account, p))
         if method == "cancel_order":
-            return order_to_wire(self._cancel(self._visible(account, p)))
+            return self._order_wire(self._cancel(self._visible(account, p, "Unknown order sent.")))
         if method == "open_orders":
-            now = eng.now_ns
-            return [order_to_wire(o) for o in eng.open_orders(account, symbol)
-                    if self._hidden.get((account, o.id), 0) <= now]
+            return [self._order_wire(o) for o in eng.open_orders(account, symbol) if self._listed(o)]
         if method == "closed_orders":
-            return [order_to_wire(o) for o in eng.closed_orders(account, symbol)]
+            return [self._order_wire(o) for o in eng.closed_orders(account, symbol) if self._listed(o, faults=False)]
         if method == "my_trades":
-            return [fill_to_wire(f) for f in eng.my_trades(account, symbol)]
+            return [self._fill_wire(f) for f in self._my_trades(account, symbol, p)]
         if method == "order_trades":
+            if not self.quirks.fetch_order_trades:
+                raise ccxt.NotSupported("paper fetchOrderTrades() is not supported yet")
             # From the order record, not the account's bounded trade history: an order that is still
             # known has all its trades, however many later fills pushed them out of `my_trades`.
-            return [fill_to_wire(f) for f in self._visible(account, p).trades]
+            return [self._fill_wire(f) for f in self._visible(account, p).trades]
         raise ccxt.NotSupported(f"paper does not support {method}")
+
+    def _create(self, account: str, symbol: str | None, p: dict[str, Any]) -> SimOrder:
+        amount = _dec(p.get("amount"), "amount")
+        if amount is None:
+            raise ccxt.ArgumentsRequired("paper create_order needs an amount")
+        price = _dec(p.get("price"), "price")
+        o = self.engine.create_order(
+            account, symbol, p.get("type", ""), p.get("side", ""), amount,  # type: ignore[arg-type]
+            price, client_order_id=p.get("clientOrderId"), time_in_force=p.get("timeInForce"),
+            post_only=bool(p.get("postOnly")), quote_budget=self._quote_budget(p, amount, price))
+        self._maybe_hide(o)
+        self.lag.hide(o, self.engine.now_ns, self.profile.visibility_lag_ms)
+        self.audit.accepted(o)
+        return o
+
+    def _quote_budget(self, p: dict[str, Any], amount: Decimal, price: Decimal | None) -> Decimal | None:
+        """market_buy_requires_price: what a market buy spends (params cost, else amount * price)."""
+        if not (self.quirks.market_buy_requires_price and p.get("type") == "market" and p.get("side") == "buy"):
+            return None
+        cost = _dec(p.get("cost"), "cost")
+        if cost is not None:
+            return cost
+        if price is None:
+            raise ccxt.InvalidOrder(_MARKET_BUY_NEEDS_PRICE)
+        return amount * price
+
+    def _my_trades(self, account: str, symbol: str | None, p: dict[str, Any]) -> list[Fill]:
+        """All trades; without fetchOrderTrades, one Binance-like page: `limit` (capped) from `since`, else
+        the most recent ones — so a client that neither pages nor bounds by time loses trades."""
+        trades = self.engine.my_trades(account, symbol)
+        if self.quirks.fetch_order_trades:
+            return trades
+        cap = self.quirks.my_trades_page_limit
+        limit = min(int(p["limit"]), cap) if p.get("limit") else cap
+        since = p.get("since")
+        if since is None:
+            return trades[-limit:] if limit else []
+        return [f for f in trades if f.ts // 1_000_000 >= int(since)][:limit]
+
+    def _order_wire(self, o: SimOrder) -> dict[str, Any]:
+        w = order_to_wire(o)
+        if self.quirks.trades_without_ids:
+            for f in w["fills"]:
+                f["id"] = None
+        return w
+
+    def _fill_wire(self, f: Fill) -> dict[str, Any]:
+        w = fill_to_wire(f)
+        if self.quirks.trades_without_ids:
+            w["id"] = None
+        return w
+
+    def _listed(self, o: SimOrder, faults: bool = True) -> bool:
+        """Whether a list query shows this order yet: not within its visibility lag, nor (open orders only,
+        as before profiles existed) while an order_not_found fault hides it."""
+        now = self.engine.now_ns
+        if faults and self._hidden.get((o.account, o.id), 0) > now:
+            return False
+        return not self.lag.hidden(o.account, o.id, now)
 
     def _maybe_hide(self, o: SimOrder) -> None:
         if self.faults.rules:
@@ -233,8 +309,10 @@ class PaperVenue:
             if rule is not None:
                 self._hidden[(o.account, o.id)] = self.engine.now_ns + int(rule.duration_s * _NS)
 
-    def _visible(self, account: str, p: dict[str, Any]) -> SimOrder:
+    def _visible(self, account: str, p: dict[str, Any], unknown: str = "Order does not exist.") -> SimOrder:
         o = self.engine.find_order(account, p.get("id"), p.get("clientOrderId"), p.get("symbol"))
+        if self.lag.hidden(account, o.id, self.engine.now_ns):  # Binance's REST lags its matching engine
+            raise ccxt.OrderNotFound(f"paper {unknown} ({p.get('id') or p.get('clientOrderId')})")
         until = self._hidden.get((account, o.id))
         if until is not None:
             if self.engine.now_ns < until:
@@ -264,7 +342,8 @@ class PaperVenue:
 
     # ----------------------------------------------------------------- control
     def control(self, command: str, p: dict[str, Any]) -> Any:
-        """Test/benchmark API: step the clock, set faults, read stats, set balances."""
+        """Test/benchmark API: step the clock, set faults, read stats, set balances, switch profile and
+        quirks, read the create audit."""
         if command == "ping":
             return {"venue": self.config.venue, "now": self.engine.now_ns // 1_000_000}
         if command == "advance":
@@ -290,7 +369,59 @@ class PaperVenue:
             return self.engine.balance(p.get("account") or "main")
         if command == "stats":
             return self.stats()
+        if command == "quirks":
+            return self._set_quirks(p)
+        if command == "profile":
+            return self._set_profile(p)
+        if command == "audit":
+            return self.audit.report(p.get("client_order_id_prefix"))
         raise ccxt.NotSupported(f"paper control has no command {command}")
+
+    # ----------------------------------------------------------------- profile and quirks
+    def features(self) -> dict[str, Any]:
+        """What a ccxt client must advertise (`has`, `options`) for the current quirks."""
+        return {"profile": self.profile.to_wire(), "quirks": msgspec.to_builtins(self.quirks),
+                "has": {"fetchOrderTrades": self.quirks.fetch_order_trades},
+                "options": {"createMarketBuyOrderRequiresPrice": self.quirks.market_buy_requires_price}}
+
+    def _set_quirks(self, p: dict[str, Any]) -> dict[str, Any]:
+        """Change some quirks at run time; fields not given keep their value."""
+        merged = msgspec.to_builtins(self.quirks)
+        merged.update({k: v for k, v in p.items() if k != "account"})
+        try:
+            quirks = msgspec.convert(merged, VenueQuirks, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ccxt.BadRequest(f"paper quirks: {exc}") from None
+        self._apply_quirks(quirks)
+        return self.features()
+
+    def _apply_quirks(self, quirks: VenueQuirks) -> None:
+        if quirks.fee_currency_price <= 0 or quirks.my_trades_page_limit <= 0:
+            raise ccxt.BadRequest("paper quirks: fee_currency_price and my_trades_page_limit must be positive")
+        self.quirks = quirks
+        eng = self.engine
+        eng.fee_currency, eng.fee_currency_price = quirks.fee_currency, quirks.fee_currency_price
+        if quirks.fee_currency and quirks.fee_currency not in eng.default_balances:
+            # fund the new fee currency everywhere, as if it had been configured from the start
+            fund = funded_balances([], {}, quirks.fee_currency)[quirks.fee_currency]
+            eng.default_balances[quirks.fee_currency] = fund
+            for acct in eng.accounts.values():
+                acct.total.setdefault(quirks.fee_currency, fund)
+
+    def _set_profile(self, p: dict[str, Any]) -> dict[str, Any]:
+        """Switch profile at run time; a new `profile` resets the overrides not given to its values."""
+        cur = self.profile
+        keep = "profile" not in p
+        self._apply_profile(ProfileSettings.resolve(
+            p.get("profile", cur.profile),
+            p.get("visibility_lag_ms", cur.visibility_lag_ms if keep else None),
+            p.get("order_rate_limit", cur.order_rate_limit if keep else None),
+            float(p.get("order_rate_window_s", cur.order_rate_window_s))))
+        return self.features()
+
+    def _apply_profile(self, settings: ProfileSettings) -> None:
+        self.profile = settings
+        self.engine.reuse_closed_client_ids = settings.reuse_closed_client_ids
 
     def _advance_until(self, p: dict[str, Any]) -> dict[str, Any]:
         """Step the market until an order is done (`until='done'`) or has any fill (`'fill'`)."""
@@ -331,6 +462,8 @@ class PaperVenue:
             "requests": self.requests,
             "accounts": len(self.engine.accounts),
             "faults_fired": dict(self.faults.fired),
+            "profile": self.profile.to_wire(),
+            "refused_creates": dict(self.audit.refused),
             "markets": {s: {"synced": ms.book.synced, "resyncs": ms.book.resyncs, "prints": ms.prints,
                             "best_bid": dec_str(ms.best(True)), "best_ask": dec_str(ms.best(False))}
                         for s, ms in self.engine.markets.items()},

@@ -28,6 +28,9 @@ def full_recording() -> list[str]:
 
 
 def stepped(**kw: object) -> PaperVenueConfig:
+    """A step-driven venue. The fill-model and fault tests are about the venue's mechanics, so they run on
+    the well-behaved `strict` profile unless told otherwise; test_profiles.py covers `binance` (the default)."""
+    kw.setdefault("profile", "strict")
     return PaperVenueConfig(speed=0, **kw)  # type: ignore[arg-type]
 
 
