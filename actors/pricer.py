@@ -3,6 +3,15 @@ the attempt's mode — or with `PriceUnavailable` when the book is stale, empty 
 
 Books come from the venue's `watch_order_book` stream when it has one (one watcher per market, started
 on the first request), and from `fetch_order_book` on each request otherwise.
+
+Our own resting orders are taken out of the book before it is priced: the venue's book shows them, and
+quoting from our own order ("touch" is our price; on a one-tick spread "inside" is too) re-places at the
+price we already hold and loses queue place. The pricer learns the account's open orders (every intent's,
+whoever placed them) from the venue: `fetch_open_orders` per market when first asked, then the account's
+`watch_orders` stream of that market (per symbol: a stream of its own, apart from the reconciler's
+account-wide one); when that stream has been silent for `own_orders_refresh_s` the list is fetched
+again before pricing (and every `own_orders_max_age_s` anyway), so a silently dead stream or a dropped
+event cannot leave stale orders in (or out of) the book for long.
 """
 
 from __future__ import annotations
@@ -60,6 +69,107 @@ def price_for_mode(mode: str, side: str, bid: Decimal, ask: Decimal, tick: Decim
     raise ValueError(f"unknown price mode {mode!r}")
 
 
+def without_own(levels: list[Level], own: dict[Decimal, Decimal]) -> list[Level]:
+    """`levels` less our own resting quantity at each price; a level that was only ours disappears."""
+    if not own:
+        return levels
+    out: list[Level] = []
+    for price, size in levels:
+        mine = own.get(price)
+        if mine:
+            size = size - mine
+            if size <= 0:
+                continue
+        out.append((price, size))
+    return out
+
+
+class OwnOrders:
+    """Our open orders in one market: order id -> (side, price, remaining, update time), from the venue's
+    open-order list and its order stream. Orders seen terminal are remembered (bounded) so a list fetched
+    before their end cannot bring them back."""
+
+    CLOSED_LIMIT = 10_000
+    LIST_LAG_NS = 1_000_000_000
+    """Venues list a fresh order only after a while (Binance: a few hundred ms): an order the stream
+    announced this recently is kept even if a list fetched meanwhile does not show it yet."""
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self.open: dict[str, tuple[str, Decimal, Decimal, int]] = {}
+        self.seen_ns: dict[str, int] = {}
+        """order id -> monotonic ns when we last heard of it open."""
+        self.closed: dict[str, None] = {}
+        self.seeded_ns: int | None = None
+        """Monotonic ns of the last full open-order fetch."""
+        self.last_event_ns = 0
+        self.broken = False
+        """The order stream failed and has not delivered since: fetch the list on every request."""
+        self._levels: dict[str, dict[Decimal, Decimal]] = {}
+        """side -> price -> our remaining quantity, rebuilt after a change (thousands of resting orders
+        must not cost a pass over all of them per quote)."""
+
+    def apply(self, order: dict[str, Any]) -> None:
+        oid = order.get("id")
+        if order.get("symbol") not in (None, self.symbol) or oid is None:
+            return
+        oid = str(oid)
+        if oid in self.closed:
+            return
+        self._levels.clear()
+        book = self.open
+        ts = order.get("lastUpdateTimestamp") or order.get("timestamp") or 0
+        known = book.get(oid)
+        if known is not None and known[3] > ts:
+            return  # an older view of the order than the one we hold
+        price = _exact_of(order, "price", "price")
+        amount = _exact_of(order, "amount", "origQty")
+        filled = _exact_of(order, "filled", "executedQty") or Decimal(0)
+        if order.get("status") != "open" or price is None or amount is None or amount - filled <= 0:
+            book.pop(oid, None)
+            self.seen_ns.pop(oid, None)
+            if order.get("status") in ("closed", "canceled", "expired", "rejected"):
+                self.closed[oid] = None
+                while len(self.closed) > self.CLOSED_LIMIT:
+                    self.closed.pop(next(iter(self.closed)))
+            return
+        book[oid] = (str(order.get("side")), price, amount - filled, ts)
+        self.seen_ns[oid] = time.monotonic_ns()
+
+    def replace(self, orders: list[dict[str, Any]], fetched_ns: int) -> None:
+        """A fresh open-order list: anything not in it is no longer open."""
+        self._levels.clear()
+        listed = {str(o.get("id")) for o in orders}
+        for oid in [oid for oid in self.open if oid not in listed]:
+            if fetched_ns - self.seen_ns.get(oid, 0) > self.LIST_LAG_NS:
+                del self.open[oid]
+                self.seen_ns.pop(oid, None)
+        for order in orders:
+            self.apply(order)
+        self.seeded_ns = fetched_ns
+
+    def levels(self, side: str) -> dict[Decimal, Decimal]:
+        cached = self._levels.get(side)
+        if cached is not None:
+            return cached
+        out: dict[Decimal, Decimal] = {}
+        for s, price, remaining, _ in self.open.values():
+            if s == side:
+                out[price] = out.get(price, Decimal(0)) + remaining
+        self._levels[side] = out
+        return out
+
+
+def _exact_of(item: dict[str, Any], field: str, info_key: str) -> Decimal | None:
+    info = item.get("info")
+    if isinstance(info, dict) and isinstance(info.get(info_key), str):
+        try:
+            return Decimal(info[info_key])
+        except ArithmeticError:
+            pass
+    return to_decimal(item.get(field))
+
+
 def sweep_average(levels: list[Level], qty: Decimal) -> Decimal | None:
     """Average price of taking `qty` from `levels` (best first); None if the visible book is too thin."""
     left, cost = qty, Decimal(0)
@@ -76,7 +186,17 @@ class Pricer(Actor[None]):
     name = "pricer"
     consumes = (PriceRequested,)
 
-    def __init__(self, venues: Any, *, max_age_s: float = 5.0, depth: int = 100, first_book_timeout_s: float = 3.0) -> None:
+    def __init__(
+        self, venues: Any, *, max_age_s: float = 5.0, depth: int = 100, first_book_timeout_s: float = 3.0,
+        exclude_own_orders: bool = True, own_orders_refresh_s: float = 3.0, own_orders_max_age_s: float = 30.0,
+    ) -> None:
+        self._exclude_own = exclude_own_orders
+        self._own_refresh_ns = int(own_orders_refresh_s * 1e9)
+        self._own_max_age_ns = int(own_orders_max_age_s * 1e9)
+        """The open-order list is fetched again at least this often, even while the stream delivers (a
+        dropped event must not keep a gone order out of the book for good)."""
+        self._own: dict[tuple[str, str], OwnOrders] = {}
+        self._own_watchers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._venues = venues
         self._max_age_ns = int(max_age_s * 1e9)
         self._depth = depth
@@ -91,15 +211,18 @@ class Pricer(Actor[None]):
         self._services = services
 
     async def stop(self) -> None:
-        for task in self._watchers.values():
+        tasks = [*self._watchers.values(), *self._own_watchers.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._watchers.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._watchers.clear()
+        self._own_watchers.clear()
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic_ns()
         return {
             "quoted": self.quoted,
+            "own_orders": {f"{v}:{s}": len(o.open) for (v, s), o in self._own.items()},
             "unavailable": self.unavailable,
             "books": {f"{v}:{s}": round((now - b.received_ns) / 1e6, 1) for (v, s), b in self._books.items()},
         }
@@ -109,6 +232,7 @@ class Pricer(Actor[None]):
         try:
             exchange = await self._venues.get(msg.venue)
             book = await self._book(exchange, msg.venue, msg.symbol)
+            own_bids, own_asks = await self._own_levels(exchange, msg.venue, msg.symbol, ctx)
         except Exception as exc:  # the venue is down: say so, the supervisor decides
             await self._unavailable(msg, ctx, f"venue error: {exc!r}")
             return
@@ -119,15 +243,16 @@ class Pricer(Actor[None]):
         if age_ns > self._max_age_ns:
             await self._unavailable(msg, ctx, "order book is stale", age_ms=age_ns // 1_000_000)
             return
-        if not book.bids or not book.asks:
-            await self._unavailable(msg, ctx, "order book has an empty side")
+        bids, asks = without_own(book.bids, own_bids), without_own(book.asks, own_asks)
+        if not bids or not asks:
+            await self._unavailable(msg, ctx, "order book has an empty side" + (" without our own orders" if book.bids and book.asks else ""))
             return
-        bid, ask = book.bids[0][0], book.asks[0][0]
+        bid, ask = bids[0][0], asks[0][0]
         if bid >= ask:
             await self._unavailable(msg, ctx, f"order book is crossed ({bid} >= {ask})")
             return
         tick = market_rules(exchange, msg.symbol)["tick_size"] or Decimal("0.00000001")
-        sweep = sweep_average(book.asks if msg.side == "buy" else book.bids, msg.qty)
+        sweep = sweep_average(asks if msg.side == "buy" else bids, msg.qty)
         self.quoted += 1
         await ctx.publish(
             PriceQuoted(
@@ -157,6 +282,56 @@ class Pricer(Actor[None]):
                 request=msg.request,
             )
         )
+
+    async def _own_levels(self, exchange: Any, venue: str, symbol: str, ctx: IntentContext[None]) -> tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]:
+        """Our resting quantity per price: (bids, asks). Empty when the venue cannot list open orders or
+        the first lookup fails (logged: the quote may then include our own orders, as there is no way
+        to tell)."""
+        if not self._exclude_own or not exchange.has.get("fetchOpenOrders"):
+            return {}, {}
+        key = (venue, symbol)
+        own = self._own.get(key)
+        if own is None:
+            own = self._own[key] = OwnOrders(symbol)
+        streaming = bool(exchange.has.get("watchOrders"))
+        if streaming and key not in self._own_watchers:
+            self._own_watchers[key] = asyncio.create_task(self._watch_own(exchange, own), name=f"own-{venue}-{symbol}")
+            for _ in range(3):  # let the watcher reach its subscription before the list is fetched
+                await asyncio.sleep(0)
+        now = time.monotonic_ns()
+        if (
+            own.seeded_ns is None
+            or not streaming
+            or own.broken
+            or self._own_watchers[key].done()
+            or now - max(own.last_event_ns, own.seeded_ns) > self._own_refresh_ns
+            or now - own.seeded_ns > self._own_max_age_ns
+        ):
+            try:
+                own.replace(await exchange.fetch_open_orders(symbol), now)
+            except Exception as exc:
+                ctx.log.warning("own_orders_unknown", venue=venue, symbol=symbol, error=repr(exc))
+                if own.seeded_ns is None:
+                    return {}, {}
+        return own.levels("buy"), own.levels("sell")
+
+    async def _watch_own(self, exchange: Any, own: OwnOrders) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                orders = await exchange.watch_orders(own.symbol)
+                own.last_event_ns = time.monotonic_ns()
+                own.broken = False
+                for order in orders:
+                    own.apply(order)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the stream broke: the open-order list is fetched again meanwhile
+                own.broken = True
+                log.warning("own_orders_stream_error", symbol=own.symbol, error=repr(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     async def _book(self, exchange: Any, venue: str, symbol: str) -> BookView | None:
         key = (venue, symbol)

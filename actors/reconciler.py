@@ -14,6 +14,7 @@ retried: venues answer that for a while after accepting an order.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import OrderedDict
 from decimal import Decimal
@@ -60,6 +61,17 @@ class Watched(msgspec.Struct, kw_only=True):
     venue_status: str | None = None
     """The venue's terminal status, once seen, while some of its trades are still missing here."""
     venue_filled: Decimal = Decimal(0)
+    fees: dict[str, Decimal] = msgspec.field(default_factory=dict)
+    """Fees published in fills so far, per currency (to book the rest of the order's fee with a gap fill)."""
+    created_ms: int | None = None
+    """The venue's creation time of the order: the start of the window its trades are looked up in."""
+    updated_ms: int | None = None
+    """The venue's last update (or trade) time of the order: the window's end."""
+    trade_waits: int = 0
+    """Times the order was seen terminal with trades still missing here."""
+    waiting_since_ns: int = 0
+    reason: str = ""
+    """Why the order was finalized the way it was, when that needs saying (missing trades)."""
 
 
 class ReconcilerState(msgspec.Struct, kw_only=True):
@@ -82,6 +94,12 @@ class Reconciler(Actor[ReconcilerState]):
         confirm_interval_s: float = 0.2,
         use_streams: bool = True,
         watch_venues: tuple[str, ...] = ("paper",),
+        stream_silence_s: float = 3.0,
+        trade_wait_tries: int = 10,
+        trade_wait_s: float = 10.0,
+        trades_page_limit: int = 100,
+        trades_max_pages: int = 20,
+        trades_since_margin_ms: int = 1_000,
     ) -> None:
         self._watch_venues = watch_venues
         self._venues = venues
@@ -95,6 +113,17 @@ class Reconciler(Actor[ReconcilerState]):
         restart the count starts again from the base interval)."""
         self._stream_broken: dict[str, float] = {}
         """venue -> when its order or trade stream last failed (polling is then the only source)."""
+        self._stream_seen: dict[str, float] = {}
+        """venue -> when its streams last delivered anything (or were opened). A stream silent for longer
+        than `stream_silence_s` while orders are open is not trusted: it may be dead without saying so."""
+        self._silence_s = stream_silence_s
+        self._trade_wait_tries = trade_wait_tries
+        self._trade_wait_ns = int(trade_wait_s * NS)
+        """A terminal order whose trades stay missing is finalized after this many looks and this long
+        (both), with the gap booked at the order's average price and the reason said (`_apply_order`)."""
+        self._page_limit = trades_page_limit
+        self._max_pages = trades_max_pages
+        self._since_margin_ms = trades_since_margin_ms
         self._confirm_ns = int(confirm_interval_s * NS)
         self._use_streams = use_streams
         self._services: Services | None = None
@@ -205,6 +234,9 @@ class Reconciler(Actor[ReconcilerState]):
         tasks = self._streams.get(venue)
         if not tasks or any(t.done() for t in tasks):
             return False
+        seen = self._stream_seen.get(venue)
+        if seen is None or time.monotonic() - seen > self._silence_s:
+            return False  # called with orders open: a stream this quiet may be dead without an error
         broken = self._stream_broken.get(venue)
         return broken is None or time.monotonic() - broken > self._max_poll_ns / NS
 
@@ -231,8 +263,28 @@ class Reconciler(Actor[ReconcilerState]):
         cid = watched.client_order_id
         self._quiet[cid] = self._quiet.get(cid, 0) + 1 if unchanged and not behind and not watched.final else 0
 
-    async def _apply_trade(self, state: ReconcilerState, watched: Watched, trade: dict[str, Any], ctx: IntentContext[ReconcilerState]) -> None:
-        trade_id = str(trade.get("id"))
+    async def _apply_event_trade(self, state: ReconcilerState, watched: Watched, trade: dict[str, Any], ctx: IntentContext[ReconcilerState]) -> None:
+        """A trade from the stream (or kept as an orphan). Without a venue id its id is derived from its
+        content; the first of identical trades is unambiguous, but another identical one cannot be told
+        from a repeat of it here, so the order's trade list (where their positions are known) decides."""
+        if trade.get("id") is not None:
+            await self._apply_trade(state, watched, trade, ctx)
+            return
+        prefix = _content_key(trade, watched.order_id)
+        if not any(t.startswith(prefix) for t in watched.trade_ids):
+            await self._apply_trade(state, watched, trade, ctx, prefix + "0")
+            return
+        await self._fetch_missing_trades(state, watched, ctx)
+
+    async def _apply_trade(
+        self, state: ReconcilerState, watched: Watched, trade: dict[str, Any], ctx: IntentContext[ReconcilerState],
+        trade_id: str | None = None,
+    ) -> None:
+        if trade_id is None:
+            if trade.get("id") is None:
+                ctx.log.warning("trade_without_id_outside_its_list", client_order_id=watched.client_order_id)
+                return
+            trade_id = str(trade.get("id"))
         if trade_id in watched.trade_ids or watched.final:
             return
         qty = _exact(trade, "amount", ("qty", "amount"))
@@ -241,9 +293,13 @@ class Reconciler(Actor[ReconcilerState]):
             ctx.log.warning("trade_without_amount", trade_id=trade_id)
             return
         fee = trade.get("fee") or {}
+        fee_cost = to_decimal(fee.get("cost")) or Decimal(0)
+        fee_currency = str(fee.get("currency") or "")
         watched.trade_ids.append(trade_id)
         watched.filled += qty
         watched.notional += qty * price
+        if fee_cost:
+            watched.fees[fee_currency] = watched.fees.get(fee_currency, Decimal(0)) + fee_cost
         self.stats["fills"] += 1
         await ctx.publish(
             OrderFilled(
@@ -257,8 +313,8 @@ class Reconciler(Actor[ReconcilerState]):
                 side=watched.side,  # type: ignore[arg-type]
                 qty=qty,
                 price=price,
-                fee=to_decimal(fee.get("cost")) or Decimal(0),
-                fee_currency=str(fee.get("currency") or ""),
+                fee=fee_cost,
+                fee_currency=fee_currency,
                 liquidity="maker" if trade.get("takerOrMaker") == "maker" else "taker",
             )
         )
@@ -272,6 +328,11 @@ class Reconciler(Actor[ReconcilerState]):
         if watched.final:
             return
         watched.order_id = watched.order_id or str(order.get("id"))
+        if watched.created_ms is None and isinstance(order.get("timestamp"), int):
+            watched.created_ms = order["timestamp"]
+        updated = [t for t in (order.get("lastUpdateTimestamp"), order.get("lastTradeTimestamp")) if isinstance(t, int)]
+        if updated:
+            watched.updated_ms = max(updated + ([watched.updated_ms] if watched.updated_ms is not None else []))
         venue_filled = to_decimal(order.get("filled")) or Decimal(0)
         status = order.get("status")
         if venue_filled > watched.filled and (polled or status in FINAL_STATUS):
@@ -285,11 +346,28 @@ class Reconciler(Actor[ReconcilerState]):
             exchange = await self._venues.get(state.venue)
             if exchange.has.get("fetchMyTrades") or exchange.has.get("fetchOrderTrades"):
                 # Its trades exist but we could not see them yet (the lookup failed or lags): wait for
-                # them, never invent one that the real trade would later double. A quick poll retries.
-                watched.canceling = True
-                ctx.log.info("terminal_order_waits_for_trades", client_order_id=watched.client_order_id)
+                # them, never invent one that the real trade would later double. A quick poll retries,
+                # for a bounded number of looks and time; after that the gap is booked and said.
+                now = ctx.clock.now_ns()
+                if not watched.trade_waits:
+                    watched.waiting_since_ns = now
+                watched.trade_waits += 1
+                if watched.trade_waits < self._trade_wait_tries or now - watched.waiting_since_ns < self._trade_wait_ns:
+                    watched.canceling = True
+                    ctx.log.info("terminal_order_waits_for_trades", client_order_id=watched.client_order_id,
+                                 times=watched.trade_waits)
+                    return
+                watched.reason = (
+                    f"trades missing: the venue reports {venue_filled} filled but its trade history showed "
+                    f"{watched.filled} after {watched.trade_waits} looks over "
+                    f"{(now - watched.waiting_since_ns) / NS:.1f} s; the missing {venue_filled - watched.filled} "
+                    f"is booked as one fill at the order's average price"
+                )
+                ctx.log.error("terminal_order_trades_missing", client_order_id=watched.client_order_id,
+                              reason=watched.reason)
+            if not await self._synthesize(state, watched, order, venue_filled, ctx):
+                watched.canceling = True  # cannot be priced: ask again (the error is logged)
                 return
-            await self._synthesize(state, watched, order, venue_filled, ctx)
         await self._finalize(state, watched, ctx)
 
     async def _finalize(self, state: ReconcilerState, watched: Watched, ctx: IntentContext[ReconcilerState]) -> None:
@@ -314,6 +392,7 @@ class Reconciler(Actor[ReconcilerState]):
                 status=FINAL_STATUS[watched.venue_status],  # type: ignore[arg-type]
                 filled_qty=watched.filled,
                 avg_price=(watched.notional / watched.filled) if watched.filled else None,
+                reason=watched.reason,
             )
         )
 
@@ -323,30 +402,65 @@ class Reconciler(Actor[ReconcilerState]):
             if exchange.has.get("fetchOrderTrades"):
                 trades = await exchange.fetch_order_trades(watched.order_id, state.symbol)
             else:
-                trades = await exchange.fetch_my_trades(state.symbol)
+                trades = await self._fetch_my_trades_window(exchange, state.symbol, watched)
         except ccxt.BaseError as exc:
             ctx.log.info("trade_fetch_failed", error=type(exc).__name__)
             return
-        for trade in trades:
-            if str(trade.get("order")) == watched.order_id:
-                await self._apply_trade(state, watched, trade, ctx)
+        mine = [t for t in trades if str(t.get("order")) == watched.order_id]
+        for trade, trade_id in with_trade_ids(mine, watched.order_id):
+            await self._apply_trade(state, watched, trade, ctx, trade_id)
 
-    async def _synthesize(self, state: ReconcilerState, watched: Watched, order: dict[str, Any], venue_filled: Decimal, ctx: IntentContext[ReconcilerState]) -> None:
-        """The venue reports more filled than the trades we could see (a venue without trade history):
-        book the difference at the order's average price so totals stay exact in quantity."""
+    async def _fetch_my_trades_window(self, exchange: Any, symbol: str, watched: Watched) -> list[dict[str, Any]]:
+        """The account's trades in the order's time window, oldest first: from its creation time (less a
+        margin) forward, page by page, until a page passes the order's last update, comes back empty, or
+        is short and reaches that update (a short page alone proves nothing: venues cap `limit` below
+        what was asked), or the page budget is spent. A later page starts at the previous page's last
+        timestamp and replaces what the previous one had from that instant on, so trades sharing a
+        timestamp come from one page (their positions there name the ones without ids). More trades in
+        one instant than a page holds cannot be read this way: they are left to the bounded wait."""
+        if watched.created_ms is None:
+            return list(await exchange.fetch_my_trades(symbol, None, self._page_limit))
+        since = watched.created_ms - self._since_margin_ms
+        end = watched.updated_ms
+        found: list[dict[str, Any]] = []
+        for _ in range(self._max_pages):
+            page = list(await exchange.fetch_my_trades(symbol, since, self._page_limit))
+            found = [t for t in found if (t.get("timestamp") or 0) < since] + page
+            if not page:
+                break
+            last = max((t.get("timestamp") or 0) for t in page)
+            if end is None:
+                if len(page) < self._page_limit:
+                    break
+            elif last > end or (len(page) < self._page_limit and last >= end):
+                break
+            since = last if last > since else since + 1  # a page of one instant: step past it
+        return found
+
+    async def _synthesize(self, state: ReconcilerState, watched: Watched, order: dict[str, Any], venue_filled: Decimal, ctx: IntentContext[ReconcilerState]) -> bool:
+        """The venue reports more filled than the trades we could see (a venue without trade history, or
+        trades that never showed up): book the difference at the order's average price, with the rest of
+        the order's fee, so totals stay exact in quantity. False if it cannot be priced."""
         delta = venue_filled - watched.filled
         average = to_decimal(order.get("average")) or to_decimal(order.get("price"))
         if average is None:
             ctx.log.error("cannot_price_missing_fill", client_order_id=watched.client_order_id, qty=str(delta))
-            return
+            return False
         self.stats["synthesized"] += 1
         price = (average * venue_filled - watched.notional) / delta
-        await self._apply_trade(
-            state,
-            watched,
-            {"id": f"{watched.order_id}-cum-{venue_filled}", "amount": delta, "price": price, "order": watched.order_id},
-            ctx,
-        )
+        if price <= 0:
+            price = average
+        trade: dict[str, Any] = {"id": f"{watched.order_id}-cum-{venue_filled}", "amount": delta, "price": price,
+                                 "order": watched.order_id}
+        fee = order.get("fee") or {}
+        fee_cost = to_decimal(fee.get("cost"))
+        if fee_cost is not None:
+            currency = str(fee.get("currency") or "")
+            rest = fee_cost - watched.fees.get(currency, Decimal(0))
+            if rest:
+                trade["fee"] = {"cost": rest, "currency": currency}
+        await self._apply_trade(state, watched, trade, ctx)
+        return True
 
     # -- streams ----------------------------------------------------------------------------------------
 
@@ -373,6 +487,7 @@ class Reconciler(Actor[ReconcilerState]):
         if exchange.has.get("watchMyTrades"):
             tasks.append(asyncio.create_task(self._stream(exchange, venue, "trade"), name=f"trades-{venue}"))
         self._streams[venue] = tasks
+        self._stream_seen[venue] = time.monotonic()
         for _ in range(3):  # let the watchers reach their subscriptions
             await asyncio.sleep(0)
 
@@ -383,6 +498,7 @@ class Reconciler(Actor[ReconcilerState]):
             try:
                 items = await watch()
                 backoff = 0.1
+                self._stream_seen[venue] = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the stream broke; polling covers the gap
@@ -419,7 +535,7 @@ class Reconciler(Actor[ReconcilerState]):
                 await self._replay_orphans(state, watched, ctx)
                 await self._apply_order(state, watched, item, ctx)
             else:
-                await self._apply_trade(state, watched, item, ctx)
+                await self._apply_event_trade(state, watched, item, ctx)
             self._commit(state, ctx)
 
         self._services.run_for_intent(intent_id, partition, apply)
@@ -442,9 +558,40 @@ class Reconciler(Actor[ReconcilerState]):
             return
         for _at, kind, item in self._orphans.pop((state.venue, watched.order_id), []):
             if kind == "trade":
-                await self._apply_trade(state, watched, item, ctx)
+                await self._apply_event_trade(state, watched, item, ctx)
             else:
                 await self._apply_order(state, watched, item, ctx)
+
+
+def _content_key(trade: dict[str, Any], order_id: str | None) -> str:
+    """The id prefix of a trade the venue gave no id: a digest of what identifies it (order, time, price,
+    amount); the occurrence index among identical trades of the order, in the venue's order, follows."""
+    price = _exact(trade, "price", ("price",))
+    qty = _exact(trade, "amount", ("qty", "amount"))
+    key = "|".join((
+        str(order_id if order_id is not None else trade.get("order")),
+        str(trade.get("timestamp")),
+        "" if price is None else format(price.normalize(), "f"),
+        "" if qty is None else format(qty.normalize(), "f"),
+    ))
+    return "noid-" + hashlib.sha256(key.encode()).hexdigest()[:20] + "-"
+
+
+def with_trade_ids(trades: list[dict[str, Any]], order_id: str | None) -> list[tuple[dict[str, Any], str | None]]:
+    """Each trade of one order (as the venue lists them) with its id: the venue's, or for a trade without
+    one `_content_key` plus its occurrence index among identical trades, so the same list always gives
+    the same ids and distinct trades never share one."""
+    seen: dict[str, int] = {}
+    out: list[tuple[dict[str, Any], str | None]] = []
+    for trade in trades:
+        if trade.get("id") is not None:
+            out.append((trade, str(trade["id"])))
+            continue
+        prefix = _content_key(trade, order_id)
+        n = seen.get(prefix, 0)
+        seen[prefix] = n + 1
+        out.append((trade, f"{prefix}{n}"))
+    return out
 
 
 def _find(state: ReconcilerState, order_id: str, cid: str | None) -> Watched | None:

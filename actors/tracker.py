@@ -44,6 +44,10 @@ class Fill(msgspec.Struct, kw_only=True, array_like=True):
     qty: Decimal
     price: Decimal
     fee_quote: Decimal
+    """The fee if charged in base (valued at the fill's price) or quote; 0 for a fee in another currency."""
+    fee_other: Decimal = Decimal(0)
+    """A fee charged in a third currency (e.g. BNB), in that currency, unconverted."""
+    fee_other_currency: str = ""
 
 
 class TrackedOrder(msgspec.Struct, kw_only=True):
@@ -54,6 +58,8 @@ class TrackedOrder(msgspec.Struct, kw_only=True):
     """requested -> placed -> final | rejected"""
     final_filled: Decimal | None = None
     fills: list[Fill] = msgspec.field(default_factory=list)
+    final_reason: str = ""
+    """What the reconciler said about how it finalized the order (e.g. trades the venue never showed)."""
 
     @property
     def filled(self) -> Decimal:
@@ -147,6 +153,7 @@ class Tracker(Actor[TrackerState]):
                 order.state = "final"
                 order.final_filled = msg.filled_qty
                 order.order_id = order.order_id or msg.order_id
+                order.final_reason = msg.reason
             case StrategyFinished():
                 state.finished = msg
                 if not state.side and msg.side is not None and msg.qty is not None:
@@ -163,19 +170,16 @@ class Tracker(Actor[TrackerState]):
         order = _order(state, msg.client_order_id, msg.attempt)
         if any(f.trade_id == msg.trade_id for f in order.fills):
             return  # the same venue trade seen twice
-        base, _, quote = state.symbol.partition("/")
-        quote = quote.split(":")[0]
-        fee_quote = msg.fee * msg.price if msg.fee_currency == base else msg.fee
-        if msg.fee_currency not in (base, quote, ""):
-            ctx.log.warning("fee_in_third_currency_not_converted", currency=msg.fee_currency, fee=str(msg.fee))
-            fee_quote = Decimal(0)
-        order.fills.append(Fill(trade_id=msg.trade_id, qty=msg.qty, price=msg.price, fee_quote=fee_quote))
+        order.fills.append(_fill_of(msg, state.symbol))
         if state.filled > state.qty > 0:
             ctx.log.error("overfill_detected", filled=str(state.filled), qty=str(state.qty))
         if state.report is not None:
             self.late += 1
             state.late_fills += 1
-            ctx.log.warning("late_fill", trade_id=msg.trade_id, client_order_id=msg.client_order_id)
+            ctx.log.warning(
+                "late_fill", trade_id=msg.trade_id, client_order_id=msg.client_order_id,
+                fee=str(msg.fee), fee_currency=msg.fee_currency,
+            )
             await ctx.publish(
                 LateFillRecorded(
                     **routing(msg),
@@ -240,6 +244,30 @@ def _order(state: TrackerState, cid: str, attempt: int) -> TrackedOrder:
     return order
 
 
+def _fill_of(msg: OrderFilled, symbol: str) -> Fill:
+    """A fill with its fee kept: base is valued at the fill's price, quote (or unnamed) as is, and any
+    other currency is kept in that currency (never converted at a guessed rate, never dropped)."""
+    base, _, quote = symbol.partition("/")
+    quote = quote.split(":")[0]
+    if msg.fee_currency == base:
+        return Fill(trade_id=msg.trade_id, qty=msg.qty, price=msg.price, fee_quote=msg.fee * msg.price)
+    if msg.fee_currency in (quote, ""):
+        return Fill(trade_id=msg.trade_id, qty=msg.qty, price=msg.price, fee_quote=msg.fee)
+    return Fill(
+        trade_id=msg.trade_id, qty=msg.qty, price=msg.price, fee_quote=Decimal(0),
+        fee_other=msg.fee, fee_other_currency=msg.fee_currency,
+    )
+
+
+def other_fees(fills: list[Fill]) -> dict[str, Decimal]:
+    """Fees in currencies other than base and quote, summed per currency."""
+    out: dict[str, Decimal] = {}
+    for f in fills:
+        if f.fee_other_currency:
+            out[f.fee_other_currency] = out.get(f.fee_other_currency, Decimal(0)) + f.fee_other
+    return out
+
+
 def build_report(state: TrackerState, finished: StrategyFinished, intent_id: str, now_ns: int) -> ExecutionCompleted:
     """Totals from the fills alone; slippage signed so that positive is a cost."""
     fills = state.fills
@@ -274,13 +302,14 @@ def build_report(state: TrackerState, finished: StrategyFinished, intent_id: str
         notional=notional,
         fees=fees,
         fee_currency=state.symbol.partition("/")[2].split(":")[0],
+        other_fees=other_fees(fills),
         arrival_mid=mid,
         slippage_bps=slippage,
         attempts=finished.attempts,
         fallback_used=finished.fallback_used,
         fills=len(fills),
         orders=finished.client_order_ids,
-        reason=finished.reason,
+        reason="; ".join(r for r in [finished.reason] + [f"{o.client_order_id}: {o.final_reason}" for o in state.orders.values() if o.final_reason] if r),
         started_ns=state.accepted_ns,
         completed_ns=now_ns,
         duration_ms=Decimal(now_ns - state.accepted_ns) / Decimal(1_000_000) if state.accepted_ns else Decimal(0),

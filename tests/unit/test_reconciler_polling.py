@@ -35,6 +35,7 @@ async def test_quiet_polls_double_the_interval_up_to_the_cap_while_streams_are_h
     reconciler = Reconciler(None, poll_interval_s=2.0, max_poll_interval_s=30.0)
     alive = asyncio.get_running_loop().create_future()
     reconciler._streams["paper"] = [asyncio.ensure_future(alive)]
+    reconciler._stream_seen["paper"] = time.monotonic()  # events flowing
     try:
         assert [_next_poll_s(reconciler, _order("a", q)) for q in range(6)] == [2, 4, 8, 16, 30, 30]
         # the least quiet order sets the pace, and a cancel in progress is confirmed quickly whatever the rest
@@ -55,3 +56,45 @@ async def test_without_healthy_streams_every_order_is_polled_at_the_base_interva
         assert _next_poll_s(reconciler, _order("a", 5)) == 2
     finally:
         alive.cancel()
+
+
+async def test_a_stream_silent_for_the_silence_window_is_not_trusted_while_orders_are_open() -> None:
+    """A stream can die without an error; trusted, it would leave a fill unseen for up to the 30 s cap."""
+    reconciler = Reconciler(None, poll_interval_s=2.0, max_poll_interval_s=30.0, stream_silence_s=3.0)
+    alive = asyncio.get_running_loop().create_future()
+    reconciler._streams["paper"] = [asyncio.ensure_future(alive)]
+    try:
+        reconciler._stream_seen["paper"] = time.monotonic() - 1.0  # delivered a second ago: healthy
+        assert _next_poll_s(reconciler, _order("a", 5)) == 30
+        reconciler._stream_seen["paper"] = time.monotonic() - 3.5  # nothing for longer than the window
+        assert _next_poll_s(reconciler, _order("a", 5)) == 2
+        reconciler._stream_seen["paper"] = time.monotonic()  # events flow again: the back-off resumes
+        assert _next_poll_s(reconciler, _order("a", 5)) == 30
+    finally:
+        alive.cancel()
+
+
+async def test_the_silence_clock_is_the_streams_own_deliveries() -> None:
+    """`_stream` stamps every delivery; a watcher that never returns leaves the stamp to age."""
+    delivered = asyncio.Event()
+
+    class Venue:
+        has = {"watchOrders": True}
+        calls = 0
+
+        async def watch_orders(self) -> list[dict[str, object]]:
+            Venue.calls += 1
+            if Venue.calls == 1:
+                return []
+            delivered.set()
+            await asyncio.Event().wait()  # silent from now on, without an error
+            return []
+
+    reconciler = Reconciler(None, stream_silence_s=3.0)
+    before = time.monotonic()
+    task = asyncio.create_task(reconciler._stream(Venue(), "paper", "order"))
+    try:
+        await asyncio.wait_for(delivered.wait(), 5)
+        assert reconciler._stream_seen["paper"] >= before
+    finally:
+        task.cancel()

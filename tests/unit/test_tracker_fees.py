@@ -1,0 +1,100 @@
+"""The tracker keeps every fee: base valued at the fill's price, quote as is, any other currency summed in
+`ExecutionCompleted.other_fees` — on the report and on fills that come after it."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from actors.tracker import Tracker, TrackerState
+from bus.actor import IntentContext
+from bus.clock import SimClock
+from messages import (
+    ExecutionCompleted,
+    IntentAccepted,
+    LateFillRecorded,
+    OrderFilled,
+    OrderFinalized,
+    PlaceOrder,
+    StrategyFinished,
+)
+
+BASE = {"intent_id": "fee-1", "venue": "paper", "symbol": "BTC/USDT"}
+
+
+class Run:
+    def __init__(self) -> None:
+        self.tracker = Tracker()
+        self.state: TrackerState | None = None
+        self.published: list[Any] = []
+
+    async def send(self, msg: Any) -> None:
+        async def collect(m: Any, *_: Any) -> asyncio.Future[None]:
+            self.published.append(m)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+        ctx: IntentContext[TrackerState] = IntentContext(
+            "fee-1", 0, self.state, collect, SimClock(10**18), structlog.get_logger()
+        )
+        await self.tracker.handle(msg, ctx)
+        self.state = ctx.state
+
+
+def fill(trade_id: str, qty: str, price: str, fee: str, currency: str) -> OrderFilled:
+    return OrderFilled(**BASE, client_order_id="fee-1-1", order_id="9", trade_id=trade_id, attempt=1, side="buy",
+                       qty=Decimal(qty), price=Decimal(price), fee=Decimal(fee), fee_currency=currency,
+                       liquidity="taker")
+
+
+async def test_fees_in_base_quote_and_a_third_currency_are_all_reported() -> None:
+    run = Run()
+    await run.send(IntentAccepted(**BASE, side="buy", qty=Decimal("4"), strategy="market", deadline_ns=0))
+    await run.send(PlaceOrder(**BASE, client_order_id="fee-1-1", attempt=1, side="buy", order_type="market", qty=Decimal("4")))
+    await run.send(fill("t1", "1", "100", "0.001", "BTC"))   # base: 0.1 USDT at the fill's price
+    await run.send(fill("t2", "1", "100", "0.2", "USDT"))    # quote: as is
+    await run.send(fill("t3", "1", "100", "0.003", "BNB"))   # a third currency: kept as BNB
+    await run.send(fill("t4", "1", "100", "0.004", "BNB"))
+    await run.send(OrderFinalized(**BASE, client_order_id="fee-1-1", order_id="9", attempt=1, status="filled", filled_qty=Decimal("4")))
+    await run.send(StrategyFinished(**BASE, client_order_ids=("fee-1-1",), reason="", attempts=1, fallback_used=False))
+
+    (report,) = [m for m in run.published if isinstance(m, ExecutionCompleted)]
+    assert report.fees == Decimal("0.3") and report.fee_currency == "USDT"
+    assert report.other_fees == {"BNB": Decimal("0.007")}
+    assert report.filled_qty == Decimal("4") and report.fills == 4
+
+
+async def test_a_late_fill_keeps_its_third_currency_fee() -> None:
+    run = Run()
+    await run.send(IntentAccepted(**BASE, side="buy", qty=Decimal("2"), strategy="market", deadline_ns=0))
+    await run.send(PlaceOrder(**BASE, client_order_id="fee-1-1", attempt=1, side="buy", order_type="market", qty=Decimal("2")))
+    await run.send(fill("t1", "1", "100", "0.003", "BNB"))
+    await run.send(OrderFinalized(**BASE, client_order_id="fee-1-1", order_id="9", attempt=1, status="canceled", filled_qty=Decimal("1")))
+    await run.send(StrategyFinished(**BASE, client_order_ids=("fee-1-1",), reason="timeout", attempts=1, fallback_used=False))
+    (report,) = [m for m in run.published if isinstance(m, ExecutionCompleted)]
+    assert report.other_fees == {"BNB": Decimal("0.003")}
+
+    await run.send(fill("t2", "0.5", "100", "0.0015", "BNB"))
+
+    (late,) = [m for m in run.published if isinstance(m, LateFillRecorded)]
+    assert late.filled_qty_now == Decimal("1.5")
+    assert run.state is not None
+    from actors.tracker import other_fees
+
+    assert other_fees(run.state.fills) == {"BNB": Decimal("0.0045")}  # recorded, in its currency
+
+
+async def test_a_reason_the_reconciler_gives_for_an_order_reaches_the_report() -> None:
+    run = Run()
+    await run.send(IntentAccepted(**BASE, side="buy", qty=Decimal("1"), strategy="market", deadline_ns=0))
+    await run.send(PlaceOrder(**BASE, client_order_id="fee-1-1", attempt=1, side="buy", order_type="market", qty=Decimal("1")))
+    await run.send(fill("t1", "1", "100", "0.1", "USDT"))
+    await run.send(OrderFinalized(**BASE, client_order_id="fee-1-1", order_id="9", attempt=1, status="filled",
+                                  filled_qty=Decimal("1"), reason="trades missing: ..."))
+    await run.send(StrategyFinished(**BASE, client_order_ids=("fee-1-1",), reason="", attempts=1, fallback_used=False))
+    (report,) = [m for m in run.published if isinstance(m, ExecutionCompleted)]
+    assert report.reason == "fee-1-1: trades missing: ..."
