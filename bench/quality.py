@@ -88,6 +88,9 @@ __all__ = [
     "shortfall_bps",
     "touch_size",
     "default_files",
+    "balances_for",
+    "fmt_price",
+    "sample_title",
     "VARIANTS",
 ]
 
@@ -96,7 +99,6 @@ BPS = Decimal(10_000)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "market"
 """`<repo>/../shared/data/market/`: the full recording, when this checkout has it beside it."""
 FULL_FILES = ("binance_spot_btcusdt_20240808.gz", "binance_spot_btcusdt_20240809.gz")
-SYMBOL = "BTC/USDT"
 DEFAULT_N, QUICK_N = 200, 10
 DEFAULT_BUDGET_S = 13.0
 MARGIN_S = 2.0
@@ -108,8 +110,9 @@ TAIL_S = 5.0
 FALLBACK_GRACE_S = 1.0
 STOP_CHECK_S = 5.0
 """How long a Simulation may take to stop before stuck tasks are cancelled again (see `_stop`)."""
-BALANCES = {"BTC": Decimal(10_000_000), "USDT": Decimal(10) ** 13}
-"""Large enough that no intent is ever refused for funds, whatever the sizes."""
+BASE_BALANCE, QUOTE_BALANCE = Decimal(10_000_000), Decimal(10) ** 13
+"""Starting balances of the recorded market's base and quote (whatever the symbol: the recording says which):
+large enough that no intent is ever refused for funds, whatever the sizes."""
 
 
 # -- strategies ---------------------------------------------------------------------------------------------
@@ -179,17 +182,39 @@ def default_files() -> list[str]:
     return [str(p) for p in full] if all(p.is_file() for p in full) else [SAMPLE_FILE]
 
 
-def _venue_config(files: list[str], maker_bps: float, taker_bps: float) -> Any:
+def balances_for(symbol: str) -> dict[str, Decimal]:
+    """Funding of the bench account for `symbol` (`BASE/QUOTE`, as the venue names the recorded market)."""
+    base, _, quote = symbol.partition("/")
+    if not base or not quote:
+        raise ValueError(f"cannot tell base and quote of {symbol!r}")
+    return {base: BASE_BALANCE, quote: QUOTE_BALANCE}
+
+
+def _venue_config(files: list[str], maker_bps: float, taker_bps: float, symbol: str) -> Any:
     from venues.config import MarketConfig, PaperVenueConfig
 
     return PaperVenueConfig(
         markets=[MarketConfig(files=list(files))],
         maker_fee=Decimal(str(maker_bps)) / BPS,
         taker_fee=Decimal(str(taker_bps)) / BPS,
-        balances=dict(BALANCES),
+        balances=balances_for(symbol),
         speed=0.0,
         loop=False,
     )
+
+
+def price_places(tick: Decimal) -> int:
+    """Decimal places of the market's prices (0.01 -> 2, 0.0005 -> 4, 1 -> 0)."""
+    exponent = tick.normalize().as_tuple().exponent
+    return max(-exponent, 0) if isinstance(exponent, int) else 0
+
+
+def fmt_price(value: Decimal | None, tick: Decimal, extra: int = 0) -> str | None:
+    """A price at the market's precision (plus `extra` places, e.g. 1 for a mid between two ticks): an average
+    of fills is an exact quotient with up to 28 digits, which says nothing more and reads as noise."""
+    if value is None:
+        return None
+    return format(value.quantize(Decimal(1).scaleb(-(price_places(tick) + extra)), rounding=ROUND_HALF_UP), "f")
 
 
 @dataclass
@@ -413,7 +438,7 @@ def _score(variant: Variant, size_label: str, qty: Decimal, pass_no: int, index:
     in_budget = complete and (budget is None or duration <= budget + FALLBACK_GRACE_S)
     maker_share = float(maker_qty / report.filled_qty) if report.filled_qty else math.nan
     return Row(variant.label, size_label, str(qty), pass_no, index, report.intent_id, side, at_ns, report.status,
-               str(report.filled_qty), None if report.avg_price is None else str(report.avg_price), str(report.fees),
+               str(report.filled_qty), fmt_price(report.avg_price, prof.tick), str(report.fees),
                str(mid0), report.attempts, report.fallback_used, duration, maker_share, total, price, fee, opp,
                complete, in_budget, prof.mid_at(at_ns) == mid0, report.reason)
 
@@ -449,7 +474,7 @@ async def _run_pass(config: Any, variant: Variant, size_label: str, qty: Decimal
                     arrivals: list[tuple[int, str]], prof: MarketProfile, sample: list[Sample | None],
                     diag: dict[str, Any]) -> list[Row]:
     from bus.sim import Arrival, Simulation
-    from messages import ExecutionParams, OrderFilled, SubmitIntent
+    from messages import ExecutionParams, OrderFilled, OrderRejected, SubmitIntent
 
     params = ExecutionParams(**{k: (v if k == "max_retries" else Decimal(str(v))) for k, v in variant.params.items()})
     intents = []
@@ -479,6 +504,10 @@ async def _run_pass(config: Any, variant: Variant, size_label: str, qty: Decimal
     for i, (at_ns, side, intent) in enumerate(intents):
         mine = by_intent.get(intent.intent_id, [])
         fills = [m for m in mine if isinstance(m, OrderFilled)]
+        for m in mine:
+            if isinstance(m, OrderRejected):
+                rejected = diag.setdefault("order_rejections", {})
+                rejected[m.error] = rejected.get(m.error, 0) + 1
         maker = sum((m.qty for m in fills if m.liquidity == "maker"), Decimal(0))
         row = _score(variant, size_label, qty, pass_no, i, side, at_ns, outcomes[intent.intent_id], maker, prof)
         rows.append(row)
@@ -601,6 +630,12 @@ def _oracle(arrivals: list[tuple[int, int, int, str]], prof: MarketProfile, make
 # -- the sample plot ---------------------------------------------------------------------------------------------
 
 
+def sample_title(row: Row, prof: MarketProfile) -> str:
+    """The sample plot's title: the execution, on the recorded market's own symbol."""
+    return (f"aggressive_limit {row.side} {row.qty} {prof.symbol} ({row.intent_id}): shortfall {row.is_bps:+.2f} bps "
+            f"incl. fees, {row.attempts} attempts" + (", market fallback" if row.fallback_used else ""))
+
+
 def _plot_sample(sample: Sample, prof: MarketProfile, path: Path, fees: tuple[float, float]) -> dict[str, Any]:
     from bench.plot import EventMark, ExecutionPlot, FillMark, OrderSpan, plot_execution
     from messages import (AttemptTimedOut, ExecutionCompleted, ExecutionTimedOut, OrderFilled, OrderFinalized,
@@ -635,8 +670,8 @@ def _plot_sample(sample: Sample, prof: MarketProfile, path: Path, fees: tuple[fl
         avg = sum((m.qty * m.price for m in own), Decimal(0)) / qty
         who = "fallback" if own[0].attempt == 0 else f"attempt {own[0].attempt}"
         kinds = "/".join(sorted({m.liquidity for m in own}))
-        text = (f"{who}: {_num(qty)} @ {_num(avg, 2)} ({kinds})" if len(own) == 1 else
-                f"{who}: {_num(qty)} in {len(own)} fills, avg {_num(avg, 2)} ({kinds})")
+        text = (f"{who}: {_num(qty)} @ {fmt_price(avg, prof.tick)} ({kinds})" if len(own) == 1 else
+                f"{who}: {_num(qty)} in {len(own)} fills, avg {fmt_price(avg, prof.tick)} ({kinds})")
         last = max(own, key=lambda m: m.ts_event)
         fills.append(FillMark(sec(last.ts_event), float(avg), 0.0, "label", text))
     events = [EventMark(sec(m.ts_event), f"attempt {m.attempt} timed out", "timeout")
@@ -648,9 +683,9 @@ def _plot_sample(sample: Sample, prof: MarketProfile, path: Path, fees: tuple[fl
                          **{k: str(getattr(m, k)) for k in ("client_order_id", "attempt", "price", "qty", "liquidity")
                             if hasattr(m, k) and getattr(m, k) is not None}})
     data = ExecutionPlot(
-        title=f"aggressive_limit {row.side} {row.qty} BTC/USDT ({row.intent_id}): shortfall {row.is_bps:+.2f} bps "
-              f"incl. fees, {row.attempts} attempts" + (", market fallback" if row.fallback_used else ""),
-        subtitle=(f"arrival mid {Decimal(row.arrival_mid or 0):.3f}; avg fill {row.avg_price}; fees maker "
+        title=sample_title(row, prof),
+        subtitle=(f"arrival mid {fmt_price(Decimal(row.arrival_mid or 0), prof.tick, 1)}; avg fill "
+                  f"{fmt_price(None if row.avg_price is None else Decimal(row.avg_price), prof.tick)}; fees maker "
                   f"{fees[0]:g} / taker {fees[1]:g} bps; maker share {row.maker_share:.0%}; "
                   f"market time, 0 = arrival"),
         quotes=[(sec(t), float(b), float(a)) for t, b, a in quotes],
@@ -663,7 +698,8 @@ def _plot_sample(sample: Sample, prof: MarketProfile, path: Path, fees: tuple[fl
                   "AttemptTimedOut, ExecutionTimedOut) in simulated market time."),
     )
     plot_execution(data, path)
-    return {"intent_id": row.intent_id, "path": str(path), "row": asdict(row), "timeline": timeline}
+    return {"intent_id": row.intent_id, "path": str(path), "title": data.title, "row": asdict(row),
+            "timeline": timeline}
 
 
 def _num(value: Decimal, places: int | None = None) -> str:
@@ -762,7 +798,7 @@ async def run(quick: bool, args: list[str]) -> BenchResult:
     max_budget = max([v.budget_s or 0.0 for v in variants] + [budget])
     schedule = make_schedule(prof.start_ns, prof.end_ns, n, opts.seed, budget_s=max_budget)
     arrivals = [(p, i, at, side) for p, one in enumerate(schedule) for i, (at, side) in enumerate(one)]
-    config = _venue_config(files, opts.maker_bps, opts.taker_bps)
+    config = _venue_config(files, opts.maker_bps, opts.taker_bps, prof.symbol)
 
     rows: dict[tuple[str, str], list[Row]] = {}
     diags: dict[tuple[str, str], dict[str, Any]] = {}
@@ -800,6 +836,7 @@ async def run(quick: bool, args: list[str]) -> BenchResult:
                 "sub_lot_remainders": d.get("sub_lot_remainders", 0),
                 "republished_msgs": d.get("republished", 0),
                 "stuck_stops_unblocked": d.get("stuck_stops", 0),
+                "order_rejections": dict(sorted(d.get("order_rejections", {}).items())),
                 "maker_share_book_through": float(d.get("maker_qty_book_through", 0) / maker_qty) if maker_qty else None,
             }
             diag_rows.append([size_label, variant.label, _pct(s["maker_share"]),
@@ -883,7 +920,8 @@ async def run(quick: bool, args: list[str]) -> BenchResult:
         sample_info = _plot_sample(sample[0], prof, plot_path, (opts.maker_bps, opts.taker_bps))
         notes.append(f"sample execution plotted: {sample_info['intent_id']} -> {plot_path}")
     elif sample[0] is not None:
-        sample_info = {"intent_id": sample[0].row.intent_id, "path": None, "row": asdict(sample[0].row)}
+        sample_info = {"intent_id": sample[0].row.intent_id, "path": None, "title": sample_title(sample[0].row, prof),
+                       "row": asdict(sample[0].row)}
     if opts.rows:
         with open(opts.rows, "w") as fh:
             for cell in rows.values():
@@ -922,7 +960,8 @@ async def run(quick: bool, args: list[str]) -> BenchResult:
                                      "note": v.note} for v in variants},
         },
         results={
-            "recording": {"start_ns": prof.start_ns, "end_ns": prof.end_ns,
+            "recording": {"symbol": prof.symbol, "tick_size": str(prof.tick), "amount_step": str(prof.amount_step),
+                          "start_ns": prof.start_ns, "end_ns": prof.end_ns,
                           "seconds": round((prof.end_ns - prof.start_ns) / NS, 1),
                           "touch_qty_median": str(touch_raw.normalize()), "sweeps": sweeps},
             "cells": summaries,

@@ -1,13 +1,23 @@
 """`execbus` — the command line. Forms kept stable for scripts and operators:
 
     execbus demo                      embedded NATS + paper exchange + all actors; runs a few intents
-    execbus up [--nats URL | --port N] [--store DIR]
+    execbus up [--nats URL | --port N] [--store DIR] [--profile strict|binance] [--seed N] [--paper-config FILE]
     execbus actor NAME [--nats URL]
-    execbus venue paper [--nats URL]
+    execbus venue paper [--nats URL] [--profile strict|binance] [--seed N] [--speed X] [--data FILE ...]
+                        [--config FILE]
     execbus submit --symbol BTC/USDT --side buy --qty 0.01 [--venue paper] [--strategy market]
                    [--param key=value ...] [--intent-id ID] [--nats URL] [--json]
     execbus schema
     execbus bench NAME [--quick] [--out DIR] [-- bench options]
+
+The long-running commands (`up`, `actor`, `venue paper`) stop on SIGTERM or SIGINT at any moment: while
+they connect (a server that is not there yet is retried forever, but never past a stop), while they serve,
+and while they reconnect. A stop drains gracefully for up to `STOP_BUDGET_S`, abandons what is left, and
+exits 0; a second signal, or a process still alive `HARD_STOP_S` after the first, exits 1 at once.
+
+The paper venue's configuration (`venues.config.PaperVenueConfig`) comes from a JSON file (`--config`,
+`venue paper`, or `--paper-config`, `up`; default `$EXECBUS_PAPER_CONFIG`), then the flags override it:
+`execbus venue paper --nats URL --profile binance --seed 7` is the venue as its own process, reproducible.
 """
 
 from __future__ import annotations
@@ -18,9 +28,11 @@ import json
 import os
 import signal
 import sys
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -34,6 +46,13 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 
 EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_USAGE = 0, 1, 2, 3, 64
 
+STOP_BUDGET_S = 2.5
+"""After SIGTERM/SIGINT: how long a long-running command may spend shutting down gracefully (actors finish
+what they took and hand their partitions back, the venue drains) before what is left is abandoned."""
+HARD_STOP_S = 4.5
+"""After the first signal the process exits (code 1) this much later whatever it is doing: a task that ignores
+its cancellation, or a thread nobody can interrupt, must not keep a stopped process alive."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -45,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(run_loop(args.run(args)) or 0)
     except KeyboardInterrupt:
         return 130
+    finally:
+        _Stop.disarm()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=4222, help="port of the embedded server (-1: any free port)")
     p.add_argument("--store", default=None, help="JetStream store directory (default: .execbus/ here)")
     p.add_argument("--no-venue", action="store_true", help="do not serve the paper venue from this process")
+    _paper_options(p, config_flag="--paper-config")
     p.set_defaults(run=_up)
 
     p = sub.add_parser("actor", help="run one actor alone (scale by starting several)")
@@ -71,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("venue", help="serve a simulated venue on the bus")
     p.add_argument("kind", choices=["paper"])
     p.add_argument("--nats", default=None)
+    _paper_options(p, config_flag="--config")
+    p.add_argument("--speed", type=float, default=None,
+                   help="replay speed over exchange time (default 1; 0: step-driven through the control API)")
+    p.add_argument("--data", nargs="+", default=None, metavar="FILE",
+                   help="recorded market files played in order as one market (default: the shipped sample)")
     p.set_defaults(run=_venue)
 
     p = sub.add_parser("submit", help="publish an intent, follow it, print its report")
@@ -100,18 +127,143 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _paper_options(p: argparse.ArgumentParser, *, config_flag: str) -> None:
+    p.add_argument(config_flag, dest="paper_config", default=None, metavar="FILE",
+                   help="paper venue configuration as JSON (venues.config.PaperVenueConfig fields; "
+                        "default $EXECBUS_PAPER_CONFIG); the flags below override it")
+    p.add_argument("--profile", choices=["strict", "binance"], default=None,
+                   help="paper venue behaviour profile (default binance; see venues/README.md)")
+    p.add_argument("--seed", type=int, default=None, help="paper venue RNG seed (default 0)")
+
+
+def paper_config(args: argparse.Namespace) -> Any:
+    """The paper venue's `PaperVenueConfig`: the JSON file (if any), then the command-line overrides. Decoded
+    like the file itself, so unknown fields and bad values fail loudly (ValueError)."""
+    from venues.config import PaperVenueConfig
+
+    path = getattr(args, "paper_config", None) or os.environ.get("EXECBUS_PAPER_CONFIG") or None
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            raw = msgspec.json.decode(Path(path).read_bytes())
+        except (OSError, msgspec.DecodeError) as exc:
+            raise ValueError(f"paper venue config {path}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"paper venue config {path}: expected a JSON object")
+    for key in ("profile", "seed", "speed"):
+        value = getattr(args, key, None)
+        if value is not None:
+            raw[key] = value
+    data = getattr(args, "data", None)
+    if data:
+        raw["markets"] = [{"files": [str(Path(f).resolve()) for f in data]}]
+    try:
+        return msgspec.json.decode(msgspec.json.encode(raw), type=PaperVenueConfig)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"paper venue config: {exc}") from None
+
+
 def _url(args: argparse.Namespace) -> str:
     return args.nats or os.environ.get("NATS_URL") or DEFAULT_URL
 
 
-def _stop_on_signal() -> asyncio.Event:
-    """Set on SIGINT/SIGTERM. Installed before anything starts: a signal that comes while the actors are
-    still starting (their partitions already taken) must stop them gracefully, not kill the process."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
+class _Stopped(Exception):
+    """A stop signal came while the command was still starting."""
+
+
+class _Stop:
+    """SIGINT/SIGTERM for a long-running command. Installed before anything starts, so that a signal that comes
+    while it is still connecting or starting its actors stops it too (gracefully, never by a kill).
+
+    `event` is set by the first signal; the command then has `STOP_BUDGET_S` for a graceful shutdown, after
+    which `bounded` abandons what is still running. A second signal, or `HARD_STOP_S` after the first, exits
+    the process at once (code 1), running the `on_hard_exit` hooks first (e.g. stop the embedded nats-server).
+    """
+
+    _armed: threading.Timer | None = None
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.on_hard_exit: list[Callable[[], None]] = []
+        self._loop = asyncio.get_running_loop()
+        self._deadline: float | None = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._loop.add_signal_handler(sig, self._signal, sig)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.event.is_set():
+            self._hard_exit(f"second {sig.name}")
+            return
+        self._deadline = self._loop.time() + STOP_BUDGET_S
+        timer = threading.Timer(HARD_STOP_S, self._hard_exit, args=(f"still running {HARD_STOP_S:g} s after {sig.name}",))
+        timer.daemon = True
+        timer.start()
+        _Stop._armed = timer
+        self.event.set()
+
+    def _hard_exit(self, why: str) -> None:
+        for hook in self.on_hard_exit:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - exiting anyway
+                pass
+        try:
+            sys.stderr.write(f"execbus: {why}: exiting now\n")
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(EXIT_FAILED)
+
+    @classmethod
+    def disarm(cls) -> None:
+        """The event loop is gone (the command returned): nothing is left for the hard stop to cut short."""
+        if cls._armed is not None:
+            cls._armed.cancel()
+            cls._armed = None
+
+    def remaining(self, floor: float = 0.2) -> float:
+        if self._deadline is None:
+            return STOP_BUDGET_S
+        return max(self._deadline - self._loop.time(), floor)
+
+    async def unless_stopped(self, aw: Awaitable[Any], *, finish: bool | Callable[[], bool] = False) -> Any:
+        """`await aw`, unless a stop comes first: then `aw` is cancelled and `_Stopped` raised. For start-up
+        steps that may wait forever (connecting to a server that is not there: nats-py retries without end).
+        `finish` (or `finish()` true when the stop comes): a stop lets `aw` complete within the stop budget first
+        (a start that has taken resources is better finished and then undone gracefully than cut in the middle)."""
+        if self.event.is_set() and not (finish() if callable(finish) else finish):
+            if asyncio.iscoroutine(aw):
+                aw.close()
+            raise _Stopped
+        task = asyncio.ensure_future(aw)
+        waiter = asyncio.ensure_future(self.event.wait())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done() and (finish() if callable(finish) else finish):
+                await asyncio.wait({task}, timeout=self.remaining())
+        finally:
+            waiter.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+        raise _Stopped
+
+    async def bounded(self, aw: Awaitable[Any], what: str, *, floor: float = 0.2) -> bool:
+        """`await aw` for what is left of the stop budget (at least `floor` s); False if it had to be abandoned
+        (cancelled), e.g. a drain that cannot reach a server that went away. Errors are logged, not raised:
+        one failing step must not skip the rest of the shutdown."""
+        task = asyncio.ensure_future(aw)
+        done, _ = await asyncio.wait({task}, timeout=self.remaining(floor))
+        if not done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+            print(f"{what} did not finish within the stop budget; abandoned", file=sys.stderr, flush=True)
+            return False
+        if not task.cancelled() and task.exception() is not None:
+            print(f"{what} failed: {task.exception()!r}", file=sys.stderr, flush=True)
+            return False
+        return True
 
 
 # -- commands ---------------------------------------------------------------------------------------------
@@ -128,21 +280,39 @@ async def _up(args: argparse.Namespace) -> int:
     from bus.startup import StartupReconciliationError
     from bus.system import System, SystemConfig
 
-    stop = _stop_on_signal()
+    stop = _Stop()
+    try:
+        venue_config = paper_config(args) if not args.no_venue else None
+    except ValueError as exc:
+        print(f"execbus up: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     store = args.store or os.path.join(os.getcwd(), ".execbus")
-    system = System(SystemConfig(nats_url=args.nats, port=args.port, store_dir=store, paper_venue=not args.no_venue))
+    system = System(SystemConfig(nats_url=args.nats, port=args.port, store_dir=store, paper_venue=not args.no_venue,
+                                 paper_config=venue_config))
+    stop.on_hard_exit.append(lambda: _terminate_server(system))
     try:
-        await system.start()
-    except (StartupReconciliationError, ValueError) as exc:
-        print(f"execbus up: refusing to run: {exc}", file=sys.stderr)
-        await system.stop()
-        return EXIT_FAILED
-    print(f"execbus up: NATS at {system.url}  (actors: {', '.join(system.hosts)})", flush=True)
-    try:
-        await stop.wait()
+        try:
+            # Cut short while still connecting; once connected, finished and then stopped gracefully.
+            await stop.unless_stopped(system.start(), finish=lambda: system.bus is not None)
+        except (StartupReconciliationError, ValueError) as exc:
+            print(f"execbus up: refusing to run: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except _Stopped:
+            return EXIT_OK
+        print(f"execbus up: NATS at {system.url}  (actors: {', '.join(system.hosts)})", flush=True)
+        await stop.event.wait()
+        return EXIT_OK
     finally:
-        await system.stop()
-    return EXIT_OK
+        await stop.bounded(system.stop(), "execbus up: shutdown")
+        if system.server is not None:  # the shutdown was cut short: never leave our nats-server behind
+            await stop.bounded(system.server.stop(), "execbus up: stopping nats-server", floor=1.0)
+
+
+def _terminate_server(system: Any) -> None:
+    """Hard-exit hook: SIGTERM the embedded nats-server child (it flushes JetStream and exits on its own)."""
+    proc = getattr(system.server, "_proc", None) if system.server is not None else None
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
 
 
 async def _actor(args: argparse.Namespace) -> int:
@@ -151,7 +321,7 @@ async def _actor(args: argparse.Namespace) -> int:
     from bus.system import build_actor
     from venues.gateway import VenuePool
 
-    stop = _stop_on_signal()
+    stop = _Stop()
     url = _url(args)
     venues = VenuePool(nats_url=url)
     try:
@@ -159,37 +329,72 @@ async def _actor(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"execbus: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    bus = await Bus.connect(url, name=f"execbus-{args.name}")
-    host = await ActorHost(bus, actor).start()
-    if args.name == "reconciler":
-        from bus.startup import StartupReconciliationError, reconcile_with_venues
-
-        try:
-            await reconcile_with_venues(bus, venues)
-        except (StartupReconciliationError, ValueError) as exc:
-            print(f"execbus actor reconciler: refusing to run: {exc}", file=sys.stderr)
-            await host.stop()
-            await venues.close()
-            await bus.close()
-            return EXIT_FAILED
-    print(f"execbus actor {args.name}: replica {host.replica} on {url}", flush=True)
+    bus: Any = None
+    host: Any = None
     try:
-        await stop.wait()
+        # A server that is not there is retried forever, but a stop ends the wait at once.
+        bus = await stop.unless_stopped(Bus.connect(url, name=f"execbus-{args.name}"))
+        # Started actors have taken partitions: let the start finish (within the budget) and hand them back.
+        host = await stop.unless_stopped(ActorHost(bus, actor).start(), finish=True)
+        if args.name == "reconciler":
+            from bus.startup import StartupReconciliationError, reconcile_with_venues
+
+            try:
+                await stop.unless_stopped(reconcile_with_venues(bus, venues), finish=True)
+            except (StartupReconciliationError, ValueError) as exc:
+                print(f"execbus actor reconciler: refusing to run: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+        if not stop.event.is_set():
+            print(f"execbus actor {args.name}: replica {host.replica} on {url}", flush=True)
+            await stop.event.wait()
+        return EXIT_OK
+    except _Stopped:
+        return EXIT_OK
     finally:
-        await host.stop()
-        await venues.close()
-        await bus.close()
-    return EXIT_OK
+        if host is not None:
+            await stop.bounded(host.stop(), f"execbus actor {args.name}: stopping the actor")
+        await stop.bounded(venues.close(), f"execbus actor {args.name}: closing venue connections")
+        if bus is not None:
+            await stop.bounded(bus.close(), f"execbus actor {args.name}: closing the NATS connection")
+            if not bus.nc.is_closed:  # drain abandoned (e.g. the server is away): close without it
+                await stop.bounded(bus.nc.close(), f"execbus actor {args.name}: closing NATS", floor=0.5)
 
 
 async def _venue(args: argparse.Namespace) -> int:
-    from venues.config import PaperVenueConfig
-    from venues.service import run_paper_venue
+    from bus.connect import connect
+    from venues.service import PaperVenueService
+    from venues.simulator import PaperVenue
 
-    stop = _stop_on_signal()
-    print(f"execbus venue paper on {_url(args)}", flush=True)
-    await run_paper_venue(_url(args), PaperVenueConfig(), stop=stop)
-    return EXIT_OK
+    stop = _Stop()
+    url = _url(args)
+    try:
+        config = paper_config(args)
+    except ValueError as exc:
+        print(f"execbus venue paper: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"execbus venue paper on {url}", flush=True)
+    nc: Any = None
+    try:
+        # `venues.service.run_paper_venue`, with a connection a stop can interrupt while it is still connecting.
+        nc = await stop.unless_stopped(connect(url, name=f"execbus-paper-venue-{config.venue}"))
+        venue = await stop.unless_stopped(asyncio.to_thread(PaperVenue, config))
+        service = await stop.unless_stopped(PaperVenueService(nc, venue).start(), finish=True)
+        try:
+            if not stop.event.is_set():
+                markets = ", ".join(venue.engine.markets)
+                print(f"execbus venue paper: serving '{config.venue}' ({markets}; profile {config.profile}, "
+                      f"seed {config.seed}, speed {config.speed:g})", flush=True)
+                await venue.run(stop.event)
+        finally:
+            await stop.bounded(service.stop(), "execbus venue paper: stopping the service")
+        return EXIT_OK
+    except _Stopped:
+        return EXIT_OK
+    finally:
+        if nc is not None:
+            await stop.bounded(nc.drain(), "execbus venue paper: draining the NATS connection")
+            if not nc.is_closed:
+                await stop.bounded(nc.close(), "execbus venue paper: closing NATS", floor=0.5)
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, Any]:

@@ -106,3 +106,92 @@ def test_plot_without_matplotlib_says_what_to_install(monkeypatch: pytest.Monkey
     assert not plot.available()
     with pytest.raises(plot.MatplotlibMissing, match="execbus\\[bench\\]"):
         plot.plot_execution(plot.ExecutionPlot(title="t", subtitle="s", quotes=[]), "unused.png")
+
+
+# -- another symbol -------------------------------------------------------------------------------------------
+
+
+def _eth_recording(path: Path, seconds: float = 70.0) -> Path:
+    """The first `seconds` of the shipped BTC/USDT sample made into an ETH/USDT recording, in the exact same
+    format (gzip text, `<local ns> <raw Binance JSON>`): symbol and stream names renamed, prices divided by 20
+    and quantities multiplied by 20 (same notional; the tick becomes 0.0005, printed with 4 places)."""
+    import gzip
+    import json
+
+    price_f, qty_f = Decimal("0.05"), Decimal(20)
+    eight = Decimal("0.00000001")
+
+    def px(v: str) -> str:
+        return format((Decimal(v) * price_f).quantize(eight), "f")
+
+    def qt(v: str) -> str:
+        return format((Decimal(v) * qty_f).quantize(eight), "f")
+
+    def levels(rows: list[list[str]]) -> list[list[str]]:
+        return [[px(p), qt(q)] for p, q in rows]
+
+    out = []
+    first: int | None = None
+    with gzip.open(SAMPLE_FILE, "rt") as src:
+        for line in src:
+            stamp, _, raw = line.rstrip("\n").partition(" ")
+            first = int(stamp) if first is None else first
+            if int(stamp) - first > seconds * NS:
+                break
+            obj = json.loads(raw)
+            data = obj.get("data", obj)
+            if "stream" in obj:
+                obj["stream"] = obj["stream"].replace("btcusdt", "ethusdt")
+            if "s" in data:
+                data["s"] = "ETHUSDT"
+            for key in ("bids", "asks", "b", "a"):
+                if isinstance(data.get(key), list):
+                    data[key] = levels(data[key])
+            if data.get("e") == "trade":
+                data["p"], data["q"] = px(data["p"]), qt(data["q"])
+            elif "B" in data:  # bookTicker
+                data["b"], data["B"], data["a"], data["A"] = px(data["b"]), qt(data["B"]), px(data["a"]), qt(data["A"])
+            out.append(f"{stamp} {json.dumps(obj, separators=(',', ':'))}\n")
+    with gzip.open(path, "wt", compresslevel=1) as dst:
+        dst.writelines(out)
+    return path
+
+
+def test_funding_follows_the_recorded_symbol_and_prices_print_at_its_precision() -> None:
+    assert set(quality.balances_for("ETH/USDT")) == {"ETH", "USDT"}
+    assert quality.fmt_price(Decimal("3091.88175000000000000000000001"), Decimal("0.0005")) == "3091.8818"
+    assert quality.fmt_price(Decimal("61837.635"), Decimal("0.01"), 1) == "61837.635"
+    assert quality.fmt_price(None, Decimal("0.01")) is None
+
+
+@pytest.mark.slow
+async def test_quick_run_on_another_symbol_funds_it_names_it_and_prints_its_precision(tmp_path: Path) -> None:
+    data = _eth_recording(tmp_path / "binance_spot_ethusdt_sample.gz")
+    png = tmp_path / "sample.png"
+    rows = tmp_path / "rows.jsonl"
+    # 200 ETH deep: more than the venue funds a market it is not told about (100 base), so a sell of it that
+    # comes before any buy (seed 4: the first arrival sells) is refused unless the bench funds the base itself.
+    args = ["--data", str(data), "--n", "2", "--seed", "4", "--budget", "4", "--strategies", "aggressive_limit",
+            "--sizes", "0.2,auto,200", "--rows", str(rows)]
+    args += ["--plot", str(png)] if plot.available() else ["--no-plot"]
+    result = await quality.run(True, args)
+
+    cells = [size[label] for size in result.results["cells"].values() for label in ("market", "aggressive_limit")]
+    assert [cell["n"] for cell in cells] == [2] * 6
+    assert not [r for cell in cells for r in cell["incomplete_reasons"] if "nsufficient" in r]
+    assert [cell["completion"] for cell in cells] == [1.0] * 6  # the sell of 200 ETH executes too
+    assert not [cell["sim"]["order_rejections"] for cell in cells if cell["sim"]["order_rejections"]]
+    rec = result.results["recording"]
+    assert rec["symbol"] == "ETH/USDT" and Decimal(rec["tick_size"]) == Decimal("0.0001")
+    assert "ETH/USDT" in result.tables[1].title
+    lines = [__import__("json").loads(x) for x in rows.read_text().splitlines()]
+    assert {r["side"] for r in lines} == {"buy", "sell"}
+    assert min(lines, key=lambda r: r["at_ns"])["side"] == "sell"  # nothing bought yet to sell from
+    for r in lines:
+        assert r["avg_price"] is not None
+        assert Decimal(r["avg_price"]).as_tuple().exponent >= -4, r["avg_price"]  # the market's precision
+    sample = result.results["sample"]
+    assert sample is not None
+    assert "ETH/USDT" in sample["title"] and "BTC" not in sample["title"]
+    if plot.available():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
