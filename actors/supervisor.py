@@ -915,7 +915,12 @@ def _fold_one(state: SupervisorState, msg: Message) -> None:
             record = state.order(msg.client_order_id)
             if record is not None:
                 record.cancel = True
-                if state.phase == "working":
+                if state.phase == "repricing":
+                    # The next attempt's price was not the order's own: back to the order's attempt, as
+                    # `_give_up_keeping` does live; the next attempt is priced again once it is terminal.
+                    state.attempt = record.attempt
+                    state.quote = None
+                if state.phase in ("working", "repricing"):
                     state.phase = "canceling"
                 state.cancel_round = max(state.cancel_round, msg.retry)
         case OrderKept():

@@ -302,3 +302,27 @@ async def test_nothing_left_to_buy_never_becomes_a_zero_quantity_order() -> None
     assert not any(isinstance(m, PlaceOrder) for m in ctx.published)  # type: ignore[attr-defined]
     (finished,) = [m for m in ctx.published if isinstance(m, StrategyFinished)]  # type: ignore[attr-defined]
     assert finished.reason == "filled"
+
+
+def test_the_fold_of_a_repricing_that_canceled_returns_to_the_orders_attempt() -> None:
+    """Recovery run: attempt 2 priced elsewhere, so attempt 1's order was canceled, and the owner died. The
+    rebuilt owner must still give attempt 2 its own order, not count it as used and go to the fallback."""
+    intent = _aggressive()
+    cid1 = f"{intent.intent_id}-1"
+    history = _history(
+        intent,
+        lambda r: PlaceOrder(**r, client_order_id=cid1, attempt=1, side="buy", order_type="limit", qty=intent.qty,
+                             price=D(100), deadline_ns=5 * NS),
+        lambda r: OrderPlaced(**r, client_order_id=cid1, order_id="9", attempt=1, side="buy", order_type="limit",
+                              qty=intent.qty, price=D(100)),
+        lambda r: PriceRequested(**r, attempt=2, side="buy", mode="inside", qty=intent.qty, request=2),
+        lambda r: PriceQuoted(**r, attempt=2, side="buy", mode="inside", price=D("100.01"), bid=D(100),
+                              ask=D("100.02"), tick_size=D("0.01"), request=2),
+        lambda r: CancelOrder(**r, client_order_id=cid1, order_id="9"),
+        lambda r: OrderFinalized(**r, client_order_id=cid1, order_id="9", attempt=1, status="canceled",
+                                 filled_qty=D(0)),
+    )
+
+    state = _fold(history)
+
+    assert state is not None and (state.phase, state.attempt, state.quote) == ("canceling", 1, None), state
