@@ -189,6 +189,36 @@ async def test_a_rate_limited_create_is_retried_after_the_back_off_not_treated_a
     assert stepped.system.hosts["placer"].actor.stats["rate_limited"] >= 1
 
 
+async def test_a_cancel_the_venue_answers_not_found_is_retried_until_the_order_is_terminal(stepped: Running) -> None:
+    """Binance's "Unknown order sent.": the venue has not indexed the new order yet when its attempt ends.
+    Dropping that cancel left the order resting and the intent without a report."""
+    intent = new_intent(strategy="simple_limit", params=ExecutionParams(timeout_seconds=D("0.2"), price_offset_pct=D(1)))
+
+    report = await execute(stepped.bus, intent, timeout=30)
+
+    assert isinstance(report, ExecutionCompleted) and report.status == "unfilled", report
+    assert stepped.system.hosts["placer"].actor.stats["cancel_failed"] >= 1  # it did meet the lag
+    assert [o["status"] for o in await _created(stepped, intent.intent_id)] == ["canceled"]
+
+
+async def test_a_market_buy_on_a_venue_that_needs_a_price_carries_the_touch() -> None:
+    """Gate, HTX, Coinbase: a market buy without a price is refused (`createMarketBuyOrderRequiresPrice`)."""
+    from venues.config import VenueQuirks
+
+    config = stepped_config()
+    config.paper_config = PaperVenueConfig(speed=0, quirks=VenueQuirks(market_buy_requires_price=True))
+    running = await start_running(config)
+    try:
+        intent = new_intent()
+
+        report = await execute(running.bus, intent, timeout=30)
+
+        assert isinstance(report, ExecutionCompleted) and report.filled_qty > 0, report
+        assert report.filled_qty <= intent.qty and running.recorder.of(OrderRejected, intent.intent_id) == []
+    finally:
+        await stop_running(running)
+
+
 # -- no market order without a price; a late fallback does nothing -------------------------------------------
 
 
