@@ -122,12 +122,13 @@ class Placer(Actor[PlacerState]):
     async def start(self, services: Services) -> None:
         self._services = services
 
-    async def _claim(self, cid: str, *, replacing: str = "") -> str:
-        """Claim the right to create `cid` (a durable first-wins claim per client order id) and return its
-        holder. Every create is preceded by one, so a claim we get fresh proves no placer ever sent this id
-        to the venue, and one held by another means its create may have landed: look before creating."""
+    async def _claim(self, cid: str, *, replacing: str = "") -> tuple[str, bool]:
+        """Claim the right to create `cid` (a durable first-wins claim per client order id): (holder, taken
+        now). Every create is preceded by one, so a claim taken now proves no placer ever sent this id to the
+        venue; one held already — by another placer, or by us in a step that failed after its create — means
+        a create may have landed: look before creating."""
         if self._services is None or self._services.claim is None:
-            return ""  # no runtime (a handler called directly): nothing to claim against
+            return "", True  # no runtime (a handler called directly): nothing to claim against
         return await self._services.claim(f"create.{cid}", self._services.replica, replacing=replacing or None)
 
     @property
@@ -145,6 +146,12 @@ class Placer(Actor[PlacerState]):
                     await self._cancel_before_place(msg, state, ctx)
                 else:
                     await self._cancel(msg.client_order_id, msg.order_id, msg.venue, msg.symbol, state, ctx)
+            case StrategyFinished():
+                # The strategy is over: whatever of it still rests at the venue is canceled (a safety net;
+                # the supervisor finishes only once every order it knows of is terminal).
+                for cid, order_id in list(state.placed.items()):
+                    if cid not in state.final:
+                        await self._cancel(cid, order_id, msg.venue, msg.symbol, state, ctx)
             case OrderFinalized():
                 state.cancels.pop(msg.client_order_id, None)
                 pending = state.unknown.pop(msg.client_order_id, None)
@@ -187,6 +194,11 @@ class Placer(Actor[PlacerState]):
                 state = PlacerState(venue=msg.venue, symbol=msg.symbol)
             _apply_fact(state, msg)
             match msg:
+                case PlaceOrder():
+                    state.qty.setdefault(msg.client_order_id, msg.qty)  # may have reached the venue
+                case OrderRejected():
+                    if msg.client_order_id not in state.placed:
+                        state.qty.pop(msg.client_order_id, None)  # refused: no exposure (as live)
                 case OrderPlaced():
                     state.placed.setdefault(msg.client_order_id, msg.order_id)
                     state.unknown.pop(msg.client_order_id, None)
@@ -206,7 +218,7 @@ class Placer(Actor[PlacerState]):
         for cid, pending in list(state.backoff.items()):
             if pending.since_ns <= now:
                 state.backoff.pop(cid, None)
-                await self._place(pending.command, state, ctx, again=True)
+                await self._place(pending.command, state, ctx, again=True, cancel_wanted=pending.cancel_wanted)
         for cid, pending in list(state.unknown.items()):
             await self._resolve(cid, pending, state, ctx)
         for cid, tries in list(state.cancels.items()):
@@ -272,17 +284,25 @@ class Placer(Actor[PlacerState]):
     # -- create -----------------------------------------------------------------------------------------
 
     async def _place(
-        self, cmd: PlaceOrder, state: PlacerState, ctx: IntentContext[PlacerState], *, again: bool = False
+        self,
+        cmd: PlaceOrder,
+        state: PlacerState,
+        ctx: IntentContext[PlacerState],
+        *,
+        again: bool = False,
+        cancel_wanted: bool = False,
     ) -> None:
+        """`again`: the retry of a create the venue refused for its rate limit (nothing executed)."""
         cid = cmd.client_order_id
-        cancel_after = cid in state.early_cancels
-        if cancel_after:
+        cancel_after = cid in state.early_cancels or cancel_wanted
+        if cid in state.early_cancels:
             state.early_cancels.remove(cid)
-        if cid in state.final:
-            return  # terminal already (canceled before this command came back): nothing left to say
         if cid in state.placed:
+            # Known (the same command again, or sent by another owner too): say so again, never create.
             await self._published_placed(cmd, state.placed[cid], ctx, recovered=cancel_after)
             return
+        if cid in state.final:
+            return  # terminal already without ever being placed by us (rejected): nothing left to say
         if cid in state.unknown or (cid in state.backoff and not again):
             return  # being resolved already
         if ctx.delivered > 1 and not again:
@@ -304,7 +324,7 @@ class Placer(Actor[PlacerState]):
                 return
             # Not found (yet: the venue may lag). Whether it was ever sent, the create claim says (`_create`).
         # Canceled before it came back: still create it and cancel it at once.
-        await self._create(cmd, state, ctx, cancel_after=cancel_after)
+        await self._create(cmd, state, ctx, cancel_after=cancel_after, retrying=again)
 
     async def _reject(self, cmd: PlaceOrder, ctx: IntentContext[PlacerState], error: str, reason: str, *, retryable: bool = False) -> None:
         self.stats["rejected"] += 1
@@ -328,7 +348,9 @@ class Placer(Actor[PlacerState]):
         *,
         cancel_after: bool = False,
         replacing: str = "",
+        retrying: bool = False,
     ) -> None:
+        """`retrying`: a create we know did not execute (rate limited) or proved absent: our own claim is fine."""
         cid = cmd.client_order_id
         try:
             await self._unrecorded_attempts(cmd, state, ctx)
@@ -351,11 +373,12 @@ class Placer(Actor[PlacerState]):
         except ccxt.NetworkError as exc:
             await self._unknown(cmd, state, ctx, f"book read failed: {type(exc).__name__}", created=False)
             return
-        holder = await self._claim(cid, replacing=replacing)
-        if holder != self._me:
-            # Another placer (or an earlier life of one) may have created it: find out first, and take the
-            # claim over only once the order has stayed absent for longer than the venue's lag.
-            ctx.log.warning("create_claimed_elsewhere", client_order_id=cid, holder=holder)
+        holder, taken_now = await self._claim(cid, replacing=replacing)
+        if holder != self._me or not (taken_now or retrying):
+            # A create may have landed (another placer's, an earlier life's, or ours in a step that failed
+            # afterwards): find out first, and create only once the order has stayed absent for longer than
+            # the venue's lag (`_resolve` then comes back here with `replacing=holder`).
+            ctx.log.warning("create_claimed_already", client_order_id=cid, holder=holder)
             await self._unknown(cmd, state, ctx, f"create claimed by {holder}", cancel_wanted=cancel_after, holder=holder)
             return
         state.qty[cid] = cmd.qty  # counted as open from now on: the create may land even if we die
@@ -511,7 +534,9 @@ class Placer(Actor[PlacerState]):
             state.unknown.pop(cid, None)
             state.qty.pop(cid, None)
             # A cancel asked for meanwhile still applies to whatever this places.
-            await self._create(cmd, state, ctx, cancel_after=pending.cancel_wanted, replacing=pending.holder)
+            await self._create(
+                cmd, state, ctx, cancel_after=pending.cancel_wanted, replacing=pending.holder or self._me, retrying=True
+            )
 
     async def _published_placed(self, cmd: PlaceOrder, order_id: str, ctx: IntentContext[PlacerState], *, recovered: bool) -> None:
         await ctx.publish(
@@ -542,6 +567,12 @@ class Placer(Actor[PlacerState]):
         tries: int = 0,
     ) -> None:
         if cid in state.final:
+            await ctx.publish(
+                CancelRejected(
+                    intent_id=ctx.intent_id, venue=venue, symbol=symbol, client_order_id=cid,
+                    order_id=order_id or state.placed.get(cid), reason="order is terminal already", error="OrderNotFound",
+                )
+            )
             return
         order_id = order_id or state.placed.get(cid)
         if order_id is None:
@@ -600,16 +631,19 @@ class _NoPrice(Exception):
 
 def _apply_fact(state: PlacerState, msg: Message) -> None:
     """What a message tells the placer about the intent's exposure, whoever handles it (live or rebuilt)."""
+    if msg.epoch and isinstance(msg, PlaceOrder | CancelOrder | StrategyFinished):
+        # Every command of an owner tells its epoch: a create from an older one is refused after it.
+        origin = msg.origin if isinstance(msg, PlaceOrder) else "supervisor"
+        state.epochs[origin] = max(state.epochs.get(origin, 0), msg.epoch)
     match msg:
         case IntentAccepted():
             state.intent_qty = msg.qty
         case StrategyFinished():
             state.finished = True
-        case PlaceOrder():
-            if msg.epoch:
-                state.epochs[msg.origin] = max(state.epochs.get(msg.origin, 0), msg.epoch)
         case OrderFinalized():
             state.filled[msg.client_order_id] = msg.filled_qty
+            if msg.order_id is not None:
+                state.placed.setdefault(msg.client_order_id, msg.order_id)
             if msg.client_order_id not in state.final:
                 state.final.append(msg.client_order_id)
 

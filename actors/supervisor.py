@@ -44,6 +44,8 @@ __all__ = ["Supervisor", "SupervisorState", "OrderRecord"]
 
 NS = 1_000_000_000
 PRICE_RETRY_NS = 200_000_000
+PRICE_WAIT_NS = 2 * NS
+"""How long a price request is given before it is asked again."""
 MAX_PRICE_REQUESTS = 10
 """Per attempt: an attempt whose price is refused this often ends the limit attempts (no blind fallback)."""
 FALLBACK_GRACE_NS = 30 * NS
@@ -87,8 +89,12 @@ class SupervisorState(msgspec.Struct, kw_only=True):
     attempt: int = 0
     attempt_price_requests: int = 0
     """Price requests sent for the current attempt (the cap is per attempt)."""
+    price_requested_ns: int = 0
+    """When the last price request went out: a new owner waits for its answer as the old one would have."""
     quote: PriceQuoted | None = None
     """The quote for the current attempt not yet acted on (set by a rebuild from the log)."""
+    kept: int = 0
+    """Attempts that kept the working order instead of placing their own (`OrderKept`)."""
     cancel_round: int = 0
     """How often the working orders' cancels were sent (the canceling phase's deadline sends them again)."""
     fallback_act_by_ns: int = 0
@@ -190,6 +196,8 @@ class Supervisor(Actor[SupervisorState]):
     async def _apply(self, msg: Message, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
         if isinstance(msg, OrderPlaced | OrderOutcomeUnknown | OrderRejected | OrderFinalized):
             if state.order(msg.client_order_id) is None:
+                if _refused_as_stale(msg):
+                    return  # a command of an owner that had lost the intent: it says nothing about ours
                 if all(e.msg_id != msg.msg_id for e in state.early):
                     ctx.log.info("order_event_before_its_order", kind=msg.kind, client_order_id=msg.client_order_id)
                     state.early.append(msg)
@@ -203,7 +211,10 @@ class Supervisor(Actor[SupervisorState]):
                         )
                     )
             case PlaceOrder():
-                pass  # our own command coming back from the log
+                # Our own command coming back from the log; one we have no record of was sent by an owner
+                # that had lost the intent, and may still have reached the venue: it counts as an order.
+                if state.order(msg.client_order_id) is None:
+                    state.orders.append(_record_of(msg))
             case PriceQuoted():
                 await self._quoted(msg, state, ctx)
             case PriceUnavailable():
@@ -232,6 +243,10 @@ class Supervisor(Actor[SupervisorState]):
 
     async def _submit(self, intent: SubmitIntent, ctx: IntentContext[SupervisorState]) -> None:
         if ctx.state is not None:
+            if ctx.message_seq and ctx.state.claim_token and str(ctx.message_seq) != ctx.state.claim_token:
+                # Another submission of an id we have (not this one delivered again): a duplicate.
+                self.rejected += 1
+                await ctx.publish(_reject(intent, "intent_id", "duplicate: this intent id was already submitted", dup=True))
             return  # the same submission redelivered after we accepted it (or finished it: kept a day)
         now = ctx.clock.now_ns()
         await self._intake(intent, ctx, arrived_ns=now, token=str(ctx.message_seq), state=None)
@@ -286,6 +301,7 @@ class Supervisor(Actor[SupervisorState]):
             intent=intent,
             accepted_ns=arrived_ns,
             deadline_ns=budget_end,
+            claim_token=token,
             tick_size=rules.get("tick_size"),
             min_amount=rules.get("min_amount"),
             min_cost=rules.get("min_cost"),
@@ -360,7 +376,8 @@ class Supervisor(Actor[SupervisorState]):
             )
         )
         state.price_request += 1
-        ctx.wake_at(ctx.clock.now_ns() + 2 * NS)  # a pricer that never answers must not stall the intent
+        state.price_requested_ns = ctx.clock.now_ns()
+        ctx.wake_at(state.price_requested_ns + PRICE_WAIT_NS)  # a pricer that never answers must not stall it
 
     async def _price_unavailable(
         self, msg: PriceUnavailable, state: SupervisorState, ctx: IntentContext[SupervisorState]
@@ -406,6 +423,7 @@ class Supervisor(Actor[SupervisorState]):
                 await self._finish(state, ctx, f"{state.reason}; the fallback did not act in time")
             elif not state.all_final:
                 ctx.wake_at(now + CANCEL_CHECK_NS)  # its order is real: wait for it to be terminal
+        await self._apply_early(state, ctx)
         if not ctx.deleted:
             ctx.save(state)
 
@@ -431,8 +449,11 @@ class Supervisor(Actor[SupervisorState]):
             ctx.wake_at(state.attempt_deadline_ns)
         elif state.phase == "fallback":
             ctx.wake_at(state.fallback_act_by_ns + FALLBACK_MARGIN_NS)
-        else:  # intake, arrival, pricing (ask again), canceling (cancel again)
+        elif state.phase in ("arrival", "pricing", "repricing"):
+            ctx.wake_at(max(now, state.price_requested_ns + PRICE_WAIT_NS))  # its answer may still come
+        else:  # intake, canceling (cancel again)
             ctx.wake_at(now)
+        await self._apply_early(state, ctx)
         if not ctx.deleted:
             ctx.save(state)
 
@@ -505,7 +526,8 @@ class Supervisor(Actor[SupervisorState]):
             await self._nothing_left(state, ctx)
             return
         cid = f"{intent.intent_id}-{state.attempt}"
-        state.orders.append(OrderRecord(client_order_id=cid, attempt=state.attempt, origin="supervisor", qty=qty, price=price))
+        if state.order(cid) is None:  # (an owner that lost the intent may have sent this very command)
+            state.orders.append(OrderRecord(client_order_id=cid, attempt=state.attempt, origin="supervisor", qty=qty, price=price))
         state.phase = "working"
         state.attempt_deadline_ns = attempt_deadline_ns
         await ctx.publish(
@@ -617,15 +639,18 @@ class Supervisor(Actor[SupervisorState]):
         )
         state.phase = "working"
         state.attempt_deadline_ns = deadline
+        state.kept += 1
         ctx.wake_at(deadline)
 
     async def _give_up_keeping(self, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
         """Back to the working order's own attempt, and cancel it as an expired attempt always was."""
-        live = [o for o in state.orders if o.status != "final"]
-        if live:
-            state.attempt = live[0].attempt
+        state.attempt -= 1  # `_reprice` stepped one attempt forward; the order works for the one before
         state.phase = "working"
-        await self._cancel_working(state, ctx)
+        state.quote = None
+        if all(o.status == "final" for o in state.orders):
+            await self._react_to_final(state, ctx)  # it ended meanwhile: go on from there
+            return
+        await self._cancel_working(state, ctx, announced=True)
 
     async def _placed(self, msg: OrderPlaced, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
         record = state.order(msg.client_order_id)
@@ -644,6 +669,7 @@ class Supervisor(Actor[SupervisorState]):
         record.status = "final"
         record.rejected = "retryable" if msg.retryable else "final"
         state.reason = f"order {msg.client_order_id} rejected: {msg.error}: {msg.reason}"
+        _ended_while_repricing(state, record)
         await self._react_to_final(state, ctx)
 
     async def _nothing_left(self, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
@@ -674,14 +700,17 @@ class Supervisor(Actor[SupervisorState]):
 
     # -- attempts ---------------------------------------------------------------------------------------
 
-    async def _cancel_working(self, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+    async def _cancel_working(
+        self, state: SupervisorState, ctx: IntentContext[SupervisorState], *, announced: bool = False
+    ) -> None:
+        """`announced`: the attempt's `AttemptTimedOut` went out already (`_reprice`)."""
         for record in state.orders:
             if record.status != "final" and not record.cancel and record.origin == "supervisor":
-                if state.intent.strategy == "aggressive_limit":
+                if state.intent.strategy == "aggressive_limit" and not announced:
                     await ctx.publish(
                         AttemptTimedOut(
                             **routing(state.intent),
-                            attempt=record.attempt,
+                            attempt=state.attempt,  # (a kept order works for a later attempt than its own)
                             client_order_id=record.client_order_id,
                         )
                     )
@@ -732,6 +761,7 @@ class Supervisor(Actor[SupervisorState]):
         record.status = "final"
         record.filled = msg.filled_qty
         record.order_id = record.order_id or msg.order_id
+        _ended_while_repricing(state, record)
         if not state.all_final:
             return
         await self._next_step(state, ctx)
@@ -800,7 +830,7 @@ class Supervisor(Actor[SupervisorState]):
                 **routing(intent),
                 client_order_ids=tuple(o.client_order_id for o in state.orders),
                 reason=reason,
-                attempts=sum(1 for o in state.orders if o.origin == "supervisor"),
+                attempts=sum(1 for o in state.orders if o.origin == "supervisor") + state.kept,
                 fallback_used=state.fallback_used,
                 arrival_bid=state.arrival_bid,
                 arrival_ask=state.arrival_ask,
@@ -833,13 +863,20 @@ def _fold(history: list[tuple[int, Message]]) -> SupervisorState | None:
     intent: SubmitIntent | None = None
     state: SupervisorState | None = None
     newest_owner = 0
-    for _seq, msg in history:
+    submitted_seq = 0
+    for seq, msg in history:
         if _ours(msg) and msg.epoch:
             if msg.epoch < newest_owner:
-                continue  # sent by an owner that had lost the intent: fenced, as the placer fences it
+                # Sent by an owner that had lost the intent: it steers nothing. Its order may still have
+                # reached the venue (the placer had not yet seen the newer epoch), so it counts as an order.
+                if state is not None and isinstance(msg, PlaceOrder) and state.order(msg.client_order_id) is None:
+                    state.orders.append(_record_of(msg))
+                    _fold_early(state)
+                continue
             newest_owner = msg.epoch
         if isinstance(msg, SubmitIntent):
-            intent = intent or msg
+            if intent is None:
+                intent, submitted_seq = msg, seq
             continue
         if isinstance(msg, IntentRejected):
             if not msg.duplicate and state is None:
@@ -847,7 +884,9 @@ def _fold(history: list[tuple[int, Message]]) -> SupervisorState | None:
             continue
         if isinstance(msg, IntentAccepted):
             if state is None and intent is not None:
-                state = SupervisorState(intent=intent, accepted_ns=msg.ts_event, deadline_ns=msg.deadline_ns)
+                state = SupervisorState(
+                    intent=intent, accepted_ns=msg.ts_event, deadline_ns=msg.deadline_ns, claim_token=str(submitted_seq)
+                )
             continue
         if state is None:
             continue
@@ -857,7 +896,8 @@ def _fold(history: list[tuple[int, Message]]) -> SupervisorState | None:
 
 def _fold_one(state: SupervisorState, msg: Message) -> None:
     if isinstance(msg, OrderPlaced | OrderOutcomeUnknown | OrderRejected | OrderFinalized) and state.order(msg.client_order_id) is None:
-        state.early.append(msg)  # (the log has an order's command before its events; kept like live)
+        if not _refused_as_stale(msg):
+            state.early.append(msg)  # (the log has an order's command before its events; kept like live)
         return
     match msg:
         case PriceRequested():
@@ -866,6 +906,7 @@ def _fold_one(state: SupervisorState, msg: Message) -> None:
             state.attempt = msg.attempt
             state.attempt_price_requests += 1
             state.price_request = max(state.price_request, msg.request + 1)
+            state.price_requested_ns = msg.ts_event
             working = any(o.status != "final" and not o.cancel and o.origin == "supervisor" for o in state.orders)
             state.phase = "repricing" if working else "arrival" if msg.attempt == 0 else "pricing"
             state.quote = None
@@ -905,25 +946,30 @@ def _fold_one(state: SupervisorState, msg: Message) -> None:
                 record.status = "final"
                 record.rejected = "retryable" if msg.retryable else "final"
                 state.reason = f"order {msg.client_order_id} rejected: {msg.error}: {msg.reason}"
+                _ended_while_repricing(state, record)
         case OrderFinalized():
             record = state.order(msg.client_order_id)
             if record is not None and record.status != "final":
                 record.status = "final"
                 record.filled = msg.filled_qty
                 record.order_id = record.order_id or msg.order_id
+                _ended_while_repricing(state, record)
         case CancelOrder():
             record = state.order(msg.client_order_id)
             if record is not None:
                 record.cancel = True
                 if state.phase == "repricing":
-                    # The next attempt's price was not the order's own: back to the order's attempt, as
-                    # `_give_up_keeping` does live; the next attempt is priced again once it is terminal.
-                    state.attempt = record.attempt
+                    # The next attempt's price was not the order's own: back to the attempt the order works
+                    # for, as `_give_up_keeping` does live; the next one is priced again once it is terminal.
+                    state.attempt -= 1
                     state.quote = None
                 if state.phase in ("working", "repricing"):
                     state.phase = "canceling"
-                state.cancel_round = max(state.cancel_round, msg.retry)
+                    state.cancel_round = msg.retry
+                else:
+                    state.cancel_round = max(state.cancel_round, msg.retry)
         case OrderKept():
+            state.kept += 1
             state.attempt = msg.attempt
             state.phase = "working"
             state.attempt_deadline_ns = msg.deadline_ns
@@ -936,11 +982,35 @@ def _fold_one(state: SupervisorState, msg: Message) -> None:
         case StrategyFinished():
             state.phase = "finished"
             state.reason = msg.reason
-    # Events kept for an order whose command came later (not in log order; only after a redelivery).
+    _fold_early(state)
+
+
+def _fold_early(state: SupervisorState) -> None:
+    """Apply the events kept for an order whose command came later in the log."""
     ready = [e for e in state.early if state.order(e.client_order_id) is not None]
     for event in ready:
         state.early.remove(event)
         _fold_one(state, event)
+
+
+def _record_of(cmd: PlaceOrder) -> OrderRecord:
+    return OrderRecord(
+        client_order_id=cmd.client_order_id, attempt=cmd.attempt, origin=cmd.origin, qty=cmd.qty, price=cmd.price
+    )
+
+
+def _refused_as_stale(msg: Message) -> bool:
+    """The placer refused this order's command as coming from an owner that had lost the intent."""
+    return isinstance(msg, OrderRejected) and msg.error == "StaleEpoch"
+
+
+def _ended_while_repricing(state: SupervisorState, record: OrderRecord) -> None:
+    """The working order ended while the next attempt's price was being asked for (to decide whether to keep
+    it): that attempt has not begun. Back to the attempt the order worked for; the next step prices the next."""
+    if state.phase == "repricing" and record.origin == "supervisor":
+        state.attempt -= 1  # (`_reprice` stepped one forward; the order worked for the attempt before)
+        state.phase = "working"
+        state.quote = None
 
 
 def _ours(msg: Message) -> bool:

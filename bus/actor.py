@@ -106,11 +106,12 @@ class Services:
         replica: str,
         claim_once: Callable[[str, str], Awaitable[bool]],
         find_state: Callable[[str], Awaitable[Any]],
-        claim: Callable[..., Awaitable[str]] | None = None,
+        claim: Callable[..., Awaitable[tuple[str, bool]]] | None = None,
     ) -> None:
         self.claim = claim
-        """`await claim(key, token, replacing=None)`: a durable claim on `key`; returns its holder (ours if it
-        is `token`). With `replacing=holder`, a claim that holder still has is taken over, by one replica only."""
+        """`await claim(key, token, replacing=None)`: a durable claim on `key`; returns (holder, taken now). Only
+        a claim taken now proves nobody held it. With `replacing=holder`, a claim that holder still has is taken
+        over, by one replica only."""
         self.find_state = find_state
         """This actor's stored state of any intent (not only in owned partitions), or None."""
         self.clock = clock

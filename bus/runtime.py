@@ -532,9 +532,10 @@ class ActorHost:
         await self.bus.dead_letter(self.actor.name, _live_subject(raw.subject), reason, raw.data)
         await raw.term()
 
-    async def _claim(self, key: str, token: str, *, replacing: str | None = None) -> str:
-        """Claim `key` for `token`, durably (JetStream KV; the claim expires after `retired_state_ttl_s`),
-        and return whoever holds it now: `token` if the claim is ours. With `replacing`, a claim still held
+    async def _claim(self, key: str, token: str, *, replacing: str | None = None) -> tuple[str, bool]:
+        """Claim `key` for `token`, durably (JetStream KV; the claim expires after `retired_state_ttl_s`).
+        Returns (holder, taken now): `holder` is `token` if the claim is ours, and `taken now` says we took it
+        in this call — only then is it proof that nobody had it before. With `replacing`, a claim still held
         by that token is taken over (compare-and-set, so of two replicas replacing it only one wins)."""
         kv = self.bus.buckets.intents
         subject = f"$KV.{kv._name}.{key}"
@@ -546,18 +547,18 @@ class ActorHost:
         if entry is None or entry.value is None:
             try:
                 await self.bus.acks.publish(subject, token.encode(), {"Nats-Expected-Last-Subject-Sequence": "0", **ttl})
-                return token
+                return token, True
             except nats.js.errors.KeyWrongLastSequenceError:
                 entry = await kv.get(key)
         holder = (entry.value or b"").decode()
-        if holder == token or replacing is None or holder != replacing:
-            return holder
+        if replacing is None or holder != replacing:
+            return holder, False
         try:
             expected = {"Nats-Expected-Last-Subject-Sequence": str(entry.revision), **ttl}
             await self.bus.acks.publish(subject, token.encode(), expected)
-            return token
+            return token, True
         except nats.js.errors.KeyWrongLastSequenceError:
-            return (await kv.get(key)).value.decode()
+            return (await kv.get(key)).value.decode(), False
 
     async def _claim_once(self, key: str, token: str) -> bool:
         """True for the first claimant of `key` (and for that same claimant again: same `token`)."""

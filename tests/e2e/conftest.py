@@ -66,7 +66,7 @@ def stepped_config() -> SystemConfig:
         actor_options={
             "pricer": {"max_age_s": 3600.0},  # a frozen market is not a stale feed here
             "reconciler": {"poll_interval_s": 0.3, "confirm_interval_s": 0.05},
-            "placer": {"resolve_interval_s": 0.05, "absent_grace_s": 0.5},
+            "placer": {"resolve_interval_s": 0.05, "absent_grace_s": 2.0},  # > the frozen venue's 1 s visibility bound
         },
     )
 

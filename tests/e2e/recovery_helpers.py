@@ -448,7 +448,7 @@ def check_orders(
     kept = {m.attempt for m in log if isinstance(m, OrderKept)}  # an attempt that kept the working order
     whole = [a for a in range(1, (attempts[-1] if attempts else 0) + 1) if a not in kept]
     assert attempts == whole, f"attempts skipped or repeated: {cids} (kept: {sorted(kept)})"
-    assert report.attempts == len(attempts), (report.attempts, cids)
+    assert report.attempts == len(attempts) + len(kept), (report.attempts, cids, sorted(kept))
     assert report.fallback_used == (f"{intent}-F" in cids), (report.fallback_used, cids)
     assert sorted(report.orders) == sorted(cids), f"report lists {report.orders}, venue has {cids}"
     if expected is not None:

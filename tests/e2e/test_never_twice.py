@@ -151,6 +151,25 @@ async def test_a_redelivered_place_order_is_looked_up_and_never_created_again(st
     assert [(o["client_order_id"], D(o["filled"])) for o in created] == [(cid, D("0.01"))], created
 
 
+async def test_a_place_order_handed_back_after_our_own_create_is_not_created_again(stepped: Running) -> None:
+    """Review: this placer claimed the id and created the order, then the step failed (a publish or state
+    write) and the same message came back to it. Its own claim proves nothing then: the order, closed and
+    still unknown to the venue's lookups, must be waited for, not bought again."""
+    intent_id = new_intent().intent_id
+    cid = f"{intent_id}-1"
+    host = stepped.system.hosts["placer"]
+    placer = host.actor
+    await stepped.bus.buckets.intents.put(f"create.{cid}", host.replica.encode())  # our own claim
+    await stepped.exchange.create_order("BTC/USDT", "market", "buy", "0.01", None, {"clientOrderId": cid})
+    ctx = _context(intent_id, delivered=2)
+    ctx.state = placer.State(venue="paper", symbol="BTC/USDT", intent_qty=D("0.01"))
+
+    found = await _eventually(placer, lambda: placer.handle(_place(intent_id, "1", "0.01", None), ctx), ctx)
+
+    assert isinstance(found, OrderPlaced) and found.recovered, found
+    assert [o["client_order_id"] for o in await _created(stepped, intent_id)] == [cid]
+
+
 async def test_amounts_and_prices_reach_ccxt_as_strings_at_the_venues_precision(stepped: Running) -> None:
     exchange = await stepped.system.hosts["placer"].actor._venues.get("paper")
     seen: list[tuple[Any, Any]] = []
@@ -476,7 +495,7 @@ async def _eventually(actor: Any, step: Any, ctx: Any) -> Any:
     """Run the handler, then the actor's timer, until it has published an answer (a lookup may meet the
     venue's indexing lag and be retried from the timer)."""
     await step()
-    for _ in range(100):
+    for _ in range(200):
         answers = [m for m in ctx.published if isinstance(m, OrderPlaced | OrderRejected)]
         if answers:
             return answers[-1]

@@ -8,6 +8,7 @@ The whole system runs in the test process on a real nats-server, with a step-dri
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -22,6 +23,7 @@ from bus.startup import (
     reconcile_with_venues,
 )
 from messages import (
+    IntentAccepted,
     ExecutionCompleted,
     ExecutionParams,
     OrderCanceled,
@@ -69,10 +71,25 @@ async def _bid(r: Running) -> float:
     return float(book["bids"][0][0])
 
 
+async def _listed(r: Running, cid: str) -> None:
+    """Wait until the venue lists the order (the binance venue lists a new order only after its lag)."""
+
+    async def listed() -> bool:
+        return any(o.get("clientOrderId") == cid for o in await r.exchange.fetch_open_orders("BTC/USDT"))
+
+    await wait_until(listed, timeout=5, interval=0.05)
+
+
 async def _place_at_venue(r: Running, cid: str | None, qty: float = 0.01, price: float | None = None) -> dict[str, Any]:
     """An order straight at the venue, on the account execbus trades on, that execbus never commanded."""
     params = {"clientOrderId": cid} if cid else {}
-    return await r.exchange.create_order("BTC/USDT", "limit", "buy", qty, price or await _bid(r), params)
+    order = await r.exchange.create_order("BTC/USDT", "limit", "buy", qty, price or await _bid(r), params)
+
+    async def listed() -> bool:  # the binance venue lists a new order only after its indexing lag
+        return any(o["id"] == order["id"] for o in await r.exchange.fetch_open_orders("BTC/USDT"))
+
+    await wait_until(listed, timeout=5, interval=0.05)
+    return order
 
 
 async def _status(r: Running, cid: str) -> str:
@@ -132,6 +149,7 @@ async def test_orders_the_reconciler_watches_are_left_alone(running: Running) ->
     await running.bus.publish(intent)
     (placed,) = await running.recorder.wait_for(OrderPlaced, intent.intent_id)
     await wait_until(lambda: running.system.hosts["reconciler"].actor.status()["watched"] > 0)  # type: ignore[attr-defined]
+    await _listed(running, placed.client_order_id)
 
     report = await reconcile_with_venues(running.bus, running.pool, policy="cancel")  # type: ignore[attr-defined]
 
@@ -151,11 +169,16 @@ async def test_an_order_whose_command_the_reconciler_has_not_consumed_yet_is_in_
     intent_id = await _accepted_earlier(running)
     cid = f"{intent_id}-1"
     bid = Decimal(repr(await _bid(running)))
+    await running.bus.publish(  # the placer creates nothing for an intent it has not seen accepted
+        IntentAccepted(intent_id=intent_id, venue="paper", symbol="BTC/USDT", side="buy", qty=Decimal("0.01"),
+                       strategy="simple_limit", deadline_ns=time.time_ns() + 60 * 1_000_000_000)
+    )
     await running.bus.publish(
         PlaceOrder(intent_id=intent_id, venue="paper", symbol="BTC/USDT", client_order_id=cid, attempt=1,
                    side="buy", order_type="limit", qty=Decimal("0.01"), price=bid)
     )
     await running.recorder.wait_for(OrderPlaced, intent_id)  # the placer placed it; the reconciler is down
+    await _listed(running, cid)
 
     report = await reconcile_with_venues(running.bus, running.pool, policy="cancel")  # type: ignore[attr-defined]
 

@@ -326,3 +326,100 @@ def test_the_fold_of_a_repricing_that_canceled_returns_to_the_orders_attempt() -
     state = _fold(history)
 
     assert state is not None and (state.phase, state.attempt, state.quote) == ("canceling", 1, None), state
+
+
+def test_the_fold_counts_an_order_a_fenced_owner_placed() -> None:
+    """Review: the old owner's PlaceOrder reached the venue before the placer had seen the new epoch (the
+    new owner's identical command was then deduplicated away). Skipping it left its fills unaccounted."""
+    intent = _aggressive()
+    cid2 = f"{intent.intent_id}-2"
+    history = _history(
+        intent,
+        lambda r: PriceRequested(**r, attempt=2, side="buy", mode="inside", qty=intent.qty, request=2, epoch=2),
+        lambda r: PlaceOrder(**r, client_order_id=cid2, attempt=2, side="buy", order_type="limit", qty=intent.qty,
+                             price=D(100), epoch=1),
+        lambda r: OrderPlaced(**r, client_order_id=cid2, order_id="8", attempt=2, side="buy", order_type="limit",
+                              qty=intent.qty, price=D(100)),
+        lambda r: OrderFinalized(**r, client_order_id=cid2, order_id="8", attempt=2, status="filled",
+                                 filled_qty=intent.qty),
+    )
+
+    state = _fold(history)
+
+    assert state is not None and state.remaining == 0 and state.early == []
+    assert [(o.client_order_id, o.status) for o in state.orders] == [(cid2, "final")]
+
+
+async def test_a_stale_owners_refused_command_does_not_poison_our_order_of_the_same_id() -> None:
+    from messages import OrderRejected
+
+    intent = _aggressive()
+    state = SupervisorState(intent=intent, accepted_ns=0, deadline_ns=60 * NS, phase="pricing", attempt=3)
+    ctx = _ctx(intent.intent_id, state)
+    r = {"intent_id": intent.intent_id, "venue": "paper", "symbol": "BTC/USDT"}
+
+    await Supervisor(None).handle(
+        OrderRejected(**r, client_order_id=f"{intent.intent_id}-4", attempt=4, reason="old epoch", error="StaleEpoch",
+                      retryable=True),
+        ctx,
+    )
+
+    assert state.early == []
+
+
+async def test_an_order_that_ends_while_the_next_attempt_is_priced_does_not_skip_that_attempt() -> None:
+    intent = _aggressive()
+    state = _working(intent, D(100))
+    ctx = _ctx(intent.intent_id, state, now_ns=6 * NS)
+    supervisor = Supervisor(None)
+    await supervisor.on_timer(ctx)  # attempt 1 expired: attempt 2 is priced first (keep or cancel)
+    r = {"intent_id": intent.intent_id, "venue": "paper", "symbol": "BTC/USDT"}
+
+    await supervisor.handle(
+        OrderFinalized(**r, client_order_id=f"{intent.intent_id}-1", order_id="9", attempt=1, status="expired",
+                       filled_qty=D("0.004")),
+        ctx,
+    )
+
+    asked = [m.attempt for m in ctx.published if isinstance(m, PriceRequested)]  # type: ignore[attr-defined]
+    assert asked == [2, 2], asked  # attempt 2 asked again for the remainder, never 3
+
+
+async def test_a_new_owner_waits_for_the_price_request_the_old_one_sent() -> None:
+    intent = _aggressive()
+    state = SupervisorState(
+        intent=intent, accepted_ns=0, deadline_ns=60 * NS, phase="pricing", attempt=2,
+        attempt_price_requests=MAX_PRICE_REQUESTS, price_requested_ns=10 * NS,
+    )
+    ctx = _ctx(intent.intent_id, state, now_ns=10 * NS + 1)
+
+    await Supervisor(None).on_resume(ctx)
+
+    assert ctx.published == [] and ctx.wake_at_ns == 12 * NS  # type: ignore[attr-defined]
+
+
+async def test_a_failed_keep_after_a_kept_attempt_goes_back_to_the_attempt_the_order_works_for() -> None:
+    """Attempt 2 kept attempt 1's order; at attempt 2's deadline attempt 3 prices elsewhere. The cancel is
+    attempt 2's, and once the order is terminal attempt 3 comes next — not attempt 2 again."""
+    intent = _aggressive()
+    state = _working(intent, D(100))
+    state.attempt, state.kept = 2, 1  # attempt 2 working with order -1
+    ctx = _ctx(intent.intent_id, state, now_ns=6 * NS)
+    supervisor = Supervisor(None)
+    r = {"intent_id": intent.intent_id, "venue": "paper", "symbol": "BTC/USDT"}
+    await supervisor.on_timer(ctx)
+    await supervisor.handle(
+        PriceQuoted(**r, attempt=3, side="buy", mode="cross", price=D("100.01"), bid=D(100), ask=D("100.01"),
+                    tick_size=D("0.01"), request=2),
+        ctx,
+    )
+    assert state.phase == "canceling" and state.attempt == 2
+
+    await supervisor.handle(
+        OrderFinalized(**r, client_order_id=f"{intent.intent_id}-1", order_id="9", attempt=1, status="canceled",
+                       filled_qty=D(0)),
+        ctx,
+    )
+
+    asked = [m.attempt for m in ctx.published if isinstance(m, PriceRequested)]  # type: ignore[attr-defined]
+    assert asked == [3, 3], asked
