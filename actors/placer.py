@@ -181,7 +181,7 @@ class Placer(Actor[PlacerState]):
 
     @staticmethod
     def _never_seen(cid: str, state: PlacerState) -> bool:
-        return cid not in state.placed and cid not in state.unknown and cid not in state.final
+        return cid not in state.placed and cid not in state.unknown and cid not in state.final and cid not in state.backoff
 
     async def rebuild(
         self, history: list[tuple[int, Message]], stored: PlacerState | None, ctx: IntentContext[PlacerState]
@@ -303,8 +303,13 @@ class Placer(Actor[PlacerState]):
             return
         if cid in state.final:
             return  # terminal already without ever being placed by us (rejected): nothing left to say
-        if cid in state.unknown or (cid in state.backoff and not again):
-            return  # being resolved already
+        pending = state.unknown.get(cid) or (state.backoff.get(cid) if not again else None)
+        if pending is not None:
+            # Being resolved already. A newer owner's copy of the command replaces the older one, so that
+            # what is finally created is never refused as coming from an owner that lost the intent.
+            if cmd.epoch > pending.command.epoch:
+                pending.command = cmd
+            return
         if ctx.delivered > 1 and not again:
             # An earlier delivery may have created it and died before recording it. Never create twice:
             # find it first (open or closed); only an order proven absent is created.
@@ -361,6 +366,8 @@ class Placer(Actor[PlacerState]):
         if refusal is not None:
             self.stats["refused"] += 1
             error, reason = refusal
+            if cid not in state.placed and cid not in state.unknown:
+                state.qty.pop(cid, None)  # nothing of it went out (a rate-limited try executed nothing)
             ctx.log.warning("create_refused", client_order_id=cid, error=error, reason=reason)
             await self._reject(cmd, ctx, error, reason, retryable=error == "StaleEpoch")
             return
@@ -576,7 +583,7 @@ class Placer(Actor[PlacerState]):
             return
         order_id = order_id or state.placed.get(cid)
         if order_id is None:
-            pending = state.unknown.get(cid)
+            pending = state.unknown.get(cid) or state.backoff.get(cid)
             if pending is not None:
                 pending.cancel_wanted = True  # cancel as soon as we know whether and where it is
                 return

@@ -194,10 +194,10 @@ class Supervisor(Actor[SupervisorState]):
             ctx.save(state)
 
     async def _apply(self, msg: Message, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        if _refused_as_stale(msg):
+            return  # the copy an owner that had lost the intent sent: it says nothing about ours
         if isinstance(msg, OrderPlaced | OrderOutcomeUnknown | OrderRejected | OrderFinalized):
             if state.order(msg.client_order_id) is None:
-                if _refused_as_stale(msg):
-                    return  # a command of an owner that had lost the intent: it says nothing about ours
                 if all(e.msg_id != msg.msg_id for e in state.early):
                     ctx.log.info("order_event_before_its_order", kind=msg.kind, client_order_id=msg.client_order_id)
                     state.early.append(msg)
@@ -895,9 +895,10 @@ def _fold(history: list[tuple[int, Message]]) -> SupervisorState | None:
 
 
 def _fold_one(state: SupervisorState, msg: Message) -> None:
+    if _refused_as_stale(msg):
+        return  # the refused copy of a fenced owner: the same id's command of the newer owner stands
     if isinstance(msg, OrderPlaced | OrderOutcomeUnknown | OrderRejected | OrderFinalized) and state.order(msg.client_order_id) is None:
-        if not _refused_as_stale(msg):
-            state.early.append(msg)  # (the log has an order's command before its events; kept like live)
+        state.early.append(msg)  # (the log has an order's command before its events; kept like live)
         return
     match msg:
         case PriceRequested():

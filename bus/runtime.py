@@ -463,8 +463,11 @@ class ActorHost:
         return messages
 
     async def _send(self, msg: Message, epoch: int = 0) -> asyncio.Future[Any]:
-        if not msg.ts_event or (epoch and not msg.epoch):
-            msg = msgspec.structs.replace(msg, ts_event=msg.ts_event or self.clock.now_ns(), epoch=msg.epoch or epoch)
+        if epoch and not msg.epoch:
+            rederive = {"msg_id": ""} if type(msg).epoch_in_id else {}  # (replace runs __post_init__ again)
+            msg = msgspec.structs.replace(msg, ts_event=msg.ts_event or self.clock.now_ns(), epoch=epoch, **rederive)
+        elif not msg.ts_event:
+            msg = msgspec.structs.replace(msg, ts_event=self.clock.now_ns())
         return await self.bus.send(msg)
 
     # -- takeover: the log is the truth ---------------------------------------------------------------------

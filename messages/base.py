@@ -109,6 +109,9 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
     #: the part of the subject that names the kind of message, e.g. "order_filled"; set per class.
     kind: ClassVar[str] = ""
+    #: True where the sender's epoch is part of the message's identity (`msg_id`): a command that the next
+    #: owner sends again must reach its consumer beside the old owner's copy, not be deduplicated into it.
+    epoch_in_id: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

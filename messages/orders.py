@@ -65,6 +65,13 @@ class PlaceOrder(_OrderMessage, frozen=True, kw_only=True):
     ref_ts_ns: int = 0
     """When `ref_price` was read from the book."""
 
+    epoch_in_id = True
+
+    def dedup_suffix(self) -> str:
+        # One owner sending it twice is one message; a new owner's copy is another, so the placer sees both
+        # and can refuse the old owner's copy without refusing the new owner's order.
+        return f"{self.client_order_id}.e{self.epoch}" if self.epoch else self.client_order_id
+
     def validate(self) -> None:
         require_positive("qty", self.qty)
         require_positive("price", self.price)

@@ -456,7 +456,10 @@ def check_orders(
     assert not [o for o in venue_orders if o["status"] in ("NEW", "PARTIALLY_FILLED")], "left open at the venue"
 
     commands = [m for m in log if isinstance(m, PlaceOrder)]
-    assert sorted(c.client_order_id for c in commands) == sorted(cids), "a command without an order, or twice"
+    # Once per owner: an owner that took the intent over sends its own copy (its epoch is in the id).
+    by_owner = [(c.client_order_id, c.epoch) for c in commands]
+    assert len(by_owner) == len(set(by_owner)), f"a command sent twice by one owner: {by_owner}"
+    assert sorted({c.client_order_id for c in commands}) == sorted(cids), "a command without an order"
     finals = [m for m in log if isinstance(m, OrderFinalized)]
     assert sorted(f.client_order_id for f in finals) == sorted(cids), "an order not declared terminal exactly once"
 

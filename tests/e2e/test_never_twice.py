@@ -130,6 +130,30 @@ async def test_a_command_from_an_owner_that_lost_its_lease_is_refused(stepped: R
     await _cancel_all(stepped)
 
 
+async def test_a_new_owners_copy_of_a_command_the_old_owner_sent_is_created_once(stepped: Running) -> None:
+    """Chaos run: the old owner's PlaceOrder waited out a rate limit; the new owner, having rebuilt from the
+    log, sent its own copy. The old copy must not be created (it is fenced), the new one must (it is the
+    same order), and the id must reach the venue exactly once."""
+    intent_id = new_intent().intent_id
+    low = (await _bid(stepped)) - D(500)
+    await stepped.exchange.paper_control(
+        "faults_set", {"rules": [{"kind": "rate_limit", "client_order_id_prefix": intent_id, "count": 1, "name": "rl1"}]}
+    )
+    try:
+        await stepped.bus.publish(_accepted(intent_id, "0.01"))
+        await stepped.bus.publish(_place(intent_id, "1", "0.01", low, epoch=10))  # rate-limited: backs off
+        await wait_until(lambda: stepped.system.hosts["placer"].actor.stats["rate_limited"] >= 1, timeout=10)
+        await stepped.bus.publish(_place(intent_id, "1", "0.01", low, epoch=20))  # the new owner's copy
+
+        (placed,) = await stepped.recorder.wait_for(OrderPlaced, intent_id, timeout=15)
+    finally:
+        await stepped.exchange.paper_control("faults_clear", {"name": "rl1"})
+    assert placed.client_order_id == f"{intent_id}-1"
+    assert stepped.recorder.of(OrderRejected, intent_id) == []
+    assert [o["client_order_id"] for o in await _created(stepped, intent_id)] == [f"{intent_id}-1"]
+    await _cancel_all(stepped)
+
+
 async def test_a_redelivered_place_order_is_looked_up_and_never_created_again(stepped: Running) -> None:
     """The placer that took this `PlaceOrder` created the market order and died before recording it; the
     order filled and closed, and the `binance` venue would accept its client order id again. The redelivery
