@@ -75,8 +75,8 @@ class PlacerState(msgspec.Struct, kw_only=True):
     """client order id -> quantity asked for, for every order we created or may have created"""
     filled: dict[str, Decimal] = msgspec.field(default_factory=dict)
     """client order id -> final filled quantity, from `OrderFinalized`"""
-    epochs: dict[str, int] = msgspec.field(default_factory=dict)
-    """origin -> highest lease epoch seen on its commands"""
+    owners: dict[str, list[list[int]]] = msgspec.field(default_factory=dict)
+    """origin -> [[epoch, stream sequence of its first message], ...]: when each owner began to speak"""
     backoff: dict[str, Pending] = msgspec.field(default_factory=dict)
     """Creates refused by the venue's rate limit (nothing executed), due again at `since_ns`."""
     placed: dict[str, str] = msgspec.field(default_factory=dict)
@@ -137,7 +137,7 @@ class Placer(Actor[PlacerState]):
 
     async def handle(self, msg: Message, ctx: IntentContext[PlacerState]) -> None:
         state = ctx.state or PlacerState(venue=msg.venue, symbol=msg.symbol)
-        _apply_fact(state, msg)
+        _apply_fact(state, msg, ctx.message_seq)
         match msg:
             case PlaceOrder():
                 await self._place(msg, state, ctx)
@@ -189,10 +189,10 @@ class Placer(Actor[PlacerState]):
         """The record of the intent's orders as the log has it, over the snapshot: what the snapshot
         missed (a create recorded only in the log) is learned, what it has (pending lookups) is kept."""
         state = stored
-        for _seq, msg in history:
+        for seq, msg in history:
             if state is None:
                 state = PlacerState(venue=msg.venue, symbol=msg.symbol)
-            _apply_fact(state, msg)
+            _apply_fact(state, msg, seq)
             match msg:
                 case PlaceOrder():
                     state.qty.setdefault(msg.client_order_id, msg.qty)  # may have reached the venue
@@ -244,16 +244,16 @@ class Placer(Actor[PlacerState]):
 
     # -- the last check ---------------------------------------------------------------------------------
 
-    def _refusal(self, cmd: PlaceOrder, state: PlacerState) -> tuple[str, str] | None:
-        """Why this create must not go out (error class, reason), from what the placer knows; or None."""
+    def _refusal(self, cmd: PlaceOrder, state: PlacerState, seq: int) -> tuple[str, str] | None:
+        """Why this create must not go out (error class, reason), from what the placer knows; or None.
+        `seq`: the command's place in the log (0 for a retry, which keeps its first verdict on the epoch)."""
         if state.finished:
             return "IntentFinished", "the intent's strategy has finished: nothing more is placed for it"
         if state.intent_qty is None:
             return "IntentUnknown", "no accepted intent for this order: its exposure cannot be checked"
-        if cmd.epoch and cmd.epoch < state.epochs.get(cmd.origin, 0):
-            return "StaleEpoch", (
-                f"sent by an owner that has lost the intent (epoch {cmd.epoch} < {state.epochs[cmd.origin]})"
-            )
+        newer = _newer_owner(state, cmd, seq)
+        if newer:
+            return "StaleEpoch", f"sent by an owner that had lost the intent (epoch {cmd.epoch} after {newer} spoke)"
         room = state.intent_qty - _exposure(state, exclude=cmd.client_order_id)
         if cmd.qty > room:
             return "ExposureExceeded", (
@@ -362,7 +362,7 @@ class Placer(Actor[PlacerState]):
         except ccxt.NetworkError as exc:
             await self._unknown(cmd, state, ctx, f"exposure lookup failed: {type(exc).__name__}")
             return
-        refusal = self._refusal(cmd, state)
+        refusal = self._refusal(cmd, state, 0 if retrying else ctx.message_seq)
         if refusal is not None:
             self.stats["refused"] += 1
             error, reason = refusal
@@ -636,12 +636,16 @@ class _NoPrice(Exception):
     """No fresh, uncrossed price to send a market order into."""
 
 
-def _apply_fact(state: PlacerState, msg: Message) -> None:
+def _apply_fact(state: PlacerState, msg: Message, seq: int) -> None:
     """What a message tells the placer about the intent's exposure, whoever handles it (live or rebuilt)."""
     if msg.epoch and isinstance(msg, PlaceOrder | CancelOrder | StrategyFinished):
-        # Every command of an owner tells its epoch: a create from an older one is refused after it.
-        origin = msg.origin if isinstance(msg, PlaceOrder) else "supervisor"
-        state.epochs[origin] = max(state.epochs.get(origin, 0), msg.epoch)
+        # Every command of an owner tells its epoch, and where in the log that owner began to speak.
+        owners = state.owners.setdefault(msg.origin if isinstance(msg, PlaceOrder) else "supervisor", [])
+        known = next((o for o in owners if o[0] == msg.epoch), None)
+        if known is None:
+            owners.append([msg.epoch, seq])
+        elif seq and (not known[1] or seq < known[1]):
+            known[1] = seq
     match msg:
         case IntentAccepted():
             state.intent_qty = msg.qty
@@ -653,6 +657,16 @@ def _apply_fact(state: PlacerState, msg: Message) -> None:
                 state.placed.setdefault(msg.client_order_id, msg.order_id)
             if msg.client_order_id not in state.final:
                 state.final.append(msg.client_order_id)
+
+
+def _newer_owner(state: PlacerState, cmd: PlaceOrder, seq: int) -> int:
+    """The epoch of an owner of the command's origin that spoke *before* it in the log, if newer than the
+    command's own: the command is then an old owner's, sent after it had lost the intent (fenced, as the
+    supervisor's rebuild ignores it too). A command already in the log when a new owner took over is that
+    owner's to adopt, and is not fenced, however late it is retried. 0: not stale."""
+    if not cmd.epoch or not seq:
+        return 0
+    return max((e for e, first in state.owners.get(cmd.origin, []) if e > cmd.epoch and first and first < seq), default=0)
 
 
 def _exposure(state: PlacerState, *, exclude: str) -> Decimal:

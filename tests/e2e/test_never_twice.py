@@ -71,6 +71,10 @@ def _place(intent_id: str, suffix: str, qty: str, price: Decimal | None, **field
     )
 
 
+def _routing(intent_id: str) -> dict[str, str]:
+    return {"intent_id": intent_id, "venue": "paper", "symbol": "BTC/USDT"}
+
+
 async def _created(running: Running, intent_id: str) -> list[dict[str, Any]]:
     """Every create the venue accepted for the intent (its own audit, whatever our actors think)."""
     audit = await running.exchange.paper_control("audit", {"client_order_id_prefix": f"{intent_id}-"})
@@ -151,6 +155,31 @@ async def test_a_new_owners_copy_of_a_command_the_old_owner_sent_is_created_once
     assert placed.client_order_id == f"{intent_id}-1"
     assert stepped.recorder.of(OrderRejected, intent_id) == []
     assert [o["client_order_id"] for o in await _created(stepped, intent_id)] == [f"{intent_id}-1"]
+    await _cancel_all(stepped)
+
+
+async def test_a_command_in_the_log_before_the_new_owner_spoke_is_the_new_owners_to_keep(stepped: Running) -> None:
+    """Chaos run: the old owner's PlaceOrder was in the log when the new owner took the intent over (and
+    adopted it: its rebuild counts that order as its own). The create waited out a rate limit while the new
+    owner spoke (a cancel of another order, here). Fencing the retry by the newest epoch seen then refused
+    the new owner's own order and stranded the intent; only what an old owner sends *after* a newer one
+    spoke is fenced."""
+    intent_id = new_intent().intent_id
+    low = (await _bid(stepped)) - D(500)
+    await stepped.exchange.paper_control(
+        "faults_set", {"rules": [{"kind": "rate_limit", "client_order_id_prefix": intent_id, "count": 1, "name": "rl2"}]}
+    )
+    try:
+        await stepped.bus.publish(_accepted(intent_id, "0.01"))
+        await stepped.bus.publish(_place(intent_id, "1", "0.004", low, epoch=10))  # rate-limited: backs off
+        await wait_until(lambda: stepped.system.hosts["placer"].actor.stats["rate_limited"] >= 1, timeout=10)
+        await stepped.bus.publish(CancelOrder(**_routing(intent_id), client_order_id=f"{intent_id}-9", epoch=20))
+
+        (placed,) = await stepped.recorder.wait_for(OrderPlaced, intent_id, timeout=15)
+    finally:
+        await stepped.exchange.paper_control("faults_clear", {"name": "rl2"})
+    assert placed.client_order_id == f"{intent_id}-1"
+    assert not [r for r in stepped.recorder.of(OrderRejected, intent_id) if r.error == "StaleEpoch"]
     await _cancel_all(stepped)
 
 
