@@ -110,3 +110,25 @@ async def assert_invariants(report: ExecutionCompleted, recorder: Recorder, exch
     mine = [o for o in open_orders if str(o.get("clientOrderId", "")).startswith(report.intent_id + "-")]
     assert mine == [], f"orders left open: {[o['clientOrderId'] for o in mine]}"
     return list(fills.values())
+
+
+def handler_context(intent_id: str, state: Any = None, *, clock: Any = None, delivered: int = 1) -> Any:
+    """An `IntentContext` for calling an actor's handler directly, without the runtime: what the handler
+    publishes is collected in `ctx.published` (and counts as stored at once)."""
+    import structlog
+
+    from bus.actor import IntentContext
+    from bus.clock import WallClock
+
+    published: list[Any] = []
+
+    async def send(msg: Any, epoch: int = 0) -> asyncio.Future[Any]:
+        published.append(msg)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    ctx: Any = IntentContext(intent_id, 0, state, send, clock or WallClock(), structlog.get_logger())
+    ctx.delivered = delivered
+    ctx.published = published
+    return ctx

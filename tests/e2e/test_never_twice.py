@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -42,7 +43,8 @@ from messages import (
     subjects,
 )
 from tests.e2e.conftest import Running, start_running, stepped_config, stop_running, system_config
-from tests.helpers import Recorder, fast_settings, new_intent, wait_until
+from tests.e2e.test_actor_edges import stale  # noqa: F401 - the fixture (a frozen market's book is stale at once)
+from tests.helpers import Recorder, fast_settings, handler_context, new_intent, wait_until
 from venues.config import PaperVenueConfig
 from venues.gateway import VenuePool
 from venues.service import run_paper_venue
@@ -294,17 +296,6 @@ async def test_a_market_buy_on_a_venue_that_needs_a_price_carries_the_touch() ->
 # -- no market order without a price; a late fallback does nothing -------------------------------------------
 
 
-@pytest.fixture
-async def stale() -> AsyncIterator[Running]:
-    config = stepped_config()
-    config.actor_options["pricer"] = {"max_age_s": 0.001}  # the frozen market's book is stale at once
-    r = await start_running(config)
-    try:
-        yield r
-    finally:
-        await stop_running(r)
-
-
 async def test_no_price_ends_the_attempts_without_a_blind_market_fallback(stale: Running) -> None:
     await execute(stale.bus, new_intent(), timeout=30)  # opens the book stream; the next book is stale
     intent = new_intent(
@@ -365,130 +356,128 @@ async def test_a_venue_unreachable_at_intake_is_retried_and_the_intent_executes(
 # -- the log is the truth ----------------------------------------------------------------------------------
 
 
-async def test_a_new_owner_rebuilds_from_the_log_and_ignores_a_stale_snapshot(nats_server: EmbeddedNats) -> None:
-    """Issue 10's double buy: attempt 1 filled completely (in the log), but the KV snapshot the new owner
-    finds is older and says the order is still working past its deadline. Acting on it would cancel, time
-    out and send the fallback to buy it all again. Rebuilt from the log, the owner finishes: filled."""
-    bus = await Bus.connect(nats_server.url, fast_settings())
+class LoneSupervisor:
+    """A supervisor host alone on a real nats-server with the paper venue, on a log the test writes."""
+
+    def __init__(self, bus: Bus, pool: VenuePool, recorder: Recorder) -> None:
+        self.bus, self.pool, self.recorder = bus, pool, recorder
+        self.host: ActorHost | None = None
+
+    async def start(self) -> ActorHost:
+        self.host = await ActorHost(self.bus, Supervisor(self.pool)).start()
+        return self.host
+
+
+@asynccontextmanager
+async def lone_supervisor(server: EmbeddedNats) -> AsyncIterator[LoneSupervisor]:
+    bus = await Bus.connect(server.url, fast_settings())
     stop = asyncio.Event()
-    venue = asyncio.create_task(run_paper_venue(nats_server.url, PaperVenueConfig(speed=0), stop=stop))
-    pool = VenuePool(nats_url=nats_server.url)
-    recorder = await Recorder().attach(bus)
-    host: ActorHost | None = None
+    venue = asyncio.create_task(run_paper_venue(server.url, PaperVenueConfig(speed=0), stop=stop))
+    pool = VenuePool(nats_url=server.url)
+    lone = LoneSupervisor(bus, pool, await Recorder().attach(bus))
     try:
-        intent = new_intent(
-            strategy="aggressive_limit",
-            params=ExecutionParams(total_timeout_seconds=D(60), max_retries=3, fallback="market"),
-        )
-        iid, cid, qty, price = intent.intent_id, f"{intent.intent_id}-1", intent.qty, D("60000")
-        now = time.time_ns()
-        r = {"intent_id": iid, "venue": "paper", "symbol": "BTC/USDT"}
-        quote = {"side": "buy", "price": price, "bid": price, "ask": price + D("0.01"), "tick_size": D("0.01")}
-        for msg in (
-            intent,
-            IntentAccepted(**r, side="buy", qty=qty, strategy="aggressive_limit", deadline_ns=now + 60 * NS),
-            PriceRequested(**r, attempt=0, side="buy", mode="arrival", qty=qty),
-            PriceQuoted(**r, attempt=0, mode="arrival", **quote),
-            PriceRequested(**r, attempt=1, side="buy", mode="touch", qty=qty, request=1),
-            PriceQuoted(**r, attempt=1, mode="touch", request=1, **quote),
-            PlaceOrder(**r, client_order_id=cid, attempt=1, side="buy", order_type="limit", qty=qty, price=price,
-                       deadline_ns=now - NS),
-            OrderPlaced(**r, client_order_id=cid, order_id="77", attempt=1, side="buy", order_type="limit", qty=qty,
-                        price=price),
-            OrderFinalized(**r, client_order_id=cid, order_id="77", attempt=1, status="filled", filled_qty=qty,
-                           avg_price=price),
-        ):
-            await bus.publish(msg)
-        stale = SupervisorState(
-            intent=intent, accepted_ns=now, deadline_ns=now + 60 * NS, phase="working", attempt=1,
-            attempt_deadline_ns=now - NS, price_request=2,
-            orders=[OrderRecord(client_order_id=cid, attempt=1, origin="supervisor", qty=qty, price=price,
-                                order_id="77", status="open")],
-        )
-        partition = await _partition_of(bus, iid)
-        await bus.buckets.state.put(f"supervisor.{partition}.{iid}", msgspec.json.encode(stale))
-
-        host = await ActorHost(bus, Supervisor(pool)).start()
-
-        (finished,) = await recorder.wait_for(StrategyFinished, iid, timeout=15)
-        assert finished.reason == "filled", finished
-        assert recorder.of(CancelOrder, iid) == [] and recorder.of(ExecutionTimedOut, iid) == []
-        assert [p.client_order_id for p in recorder.of(PlaceOrder, iid)] == [cid]
-        assert host.stats["rebuilt"] == 1
+        yield lone
     finally:
-        if host is not None:
-            await host.stop()
+        if lone.host is not None:
+            await lone.host.stop()
         await pool.close()
         stop.set()
         await venue
         await bus.close()
+
+
+async def _log_attempt_one(bus: Bus, intent: Any, *, deadline_ns: int, price: Decimal) -> str:
+    """The log of an aggressive intent up to attempt 1's order resting at `price`; returns its client order id."""
+    iid, cid, qty = intent.intent_id, f"{intent.intent_id}-1", intent.qty
+    r = _routing(iid)
+    quote = {"side": "buy", "price": price, "bid": price, "ask": price + D("0.01"), "tick_size": D("0.01")}
+    for msg in (
+        intent,
+        IntentAccepted(**r, side="buy", qty=qty, strategy="aggressive_limit", deadline_ns=time.time_ns() + 60 * NS),
+        PriceRequested(**r, attempt=0, side="buy", mode="arrival", qty=qty),
+        PriceQuoted(**r, attempt=0, mode="arrival", **quote),
+        PriceRequested(**r, attempt=1, side="buy", mode="touch", qty=qty, request=1),
+        PriceQuoted(**r, attempt=1, mode="touch", request=1, **quote),
+        PlaceOrder(**r, client_order_id=cid, attempt=1, side="buy", order_type="limit", qty=qty, price=price,
+                   deadline_ns=deadline_ns),
+        OrderPlaced(**r, client_order_id=cid, order_id="77", attempt=1, side="buy", order_type="limit", qty=qty,
+                    price=price),
+    ):
+        await bus.publish(msg)
+    return cid
+
+
+def _aggressive_intent(fallback: str) -> Any:
+    return new_intent(
+        strategy="aggressive_limit",
+        params=ExecutionParams(total_timeout_seconds=D(60), max_retries=3, fallback=fallback),
+    )
+
+
+async def test_a_new_owner_rebuilds_from_the_log_and_ignores_a_stale_snapshot(nats_server: EmbeddedNats) -> None:
+    """Issue 10's double buy: attempt 1 filled completely (in the log), but the KV snapshot the new owner
+    finds is older and says the order is still working past its deadline. Acting on it would cancel, time
+    out and send the fallback to buy it all again. Rebuilt from the log, the owner finishes: filled."""
+    async with lone_supervisor(nats_server) as lone:
+        intent, price, now = _aggressive_intent("market"), D("60000"), time.time_ns()
+        iid = intent.intent_id
+        cid = await _log_attempt_one(lone.bus, intent, deadline_ns=now - NS, price=price)
+        await lone.bus.publish(
+            OrderFinalized(**_routing(iid), client_order_id=cid, order_id="77", attempt=1, status="filled",
+                           filled_qty=intent.qty, avg_price=price)
+        )
+        stale = SupervisorState(
+            intent=intent, accepted_ns=now, deadline_ns=now + 60 * NS, phase="working", attempt=1,
+            attempt_deadline_ns=now - NS, price_request=2,
+            orders=[OrderRecord(client_order_id=cid, attempt=1, origin="supervisor", qty=intent.qty, price=price,
+                                order_id="77", status="open")],
+        )
+        partition = await _partition_of(lone.bus, iid)
+        await lone.bus.buckets.state.put(f"supervisor.{partition}.{iid}", msgspec.json.encode(stale))
+
+        host = await lone.start()
+
+        (finished,) = await lone.recorder.wait_for(StrategyFinished, iid, timeout=15)
+        assert finished.reason == "filled", finished
+        assert lone.recorder.of(CancelOrder, iid) == [] and lone.recorder.of(ExecutionTimedOut, iid) == []
+        assert [p.client_order_id for p in lone.recorder.of(PlaceOrder, iid)] == [cid]
+        assert host.stats["rebuilt"] == 1
 
 
 async def test_a_state_written_by_an_owner_that_lost_its_lease_is_rebuilt_over(nats_server: EmbeddedNats) -> None:
     """The new owner rebuilt the intent; then the old owner, not yet aware it lost the lease, writes its own
     older state. The new owner's next write is refused (compare-and-set) and it rebuilds from the log again
     instead of carrying on from what the old owner wrote."""
-    bus = await Bus.connect(nats_server.url, fast_settings())
-    stop = asyncio.Event()
-    venue = asyncio.create_task(run_paper_venue(nats_server.url, PaperVenueConfig(speed=0), stop=stop))
-    pool = VenuePool(nats_url=nats_server.url)
-    recorder = await Recorder().attach(bus)
-    host: ActorHost | None = None
-    try:
-        intent = new_intent(
-            strategy="aggressive_limit",
-            params=ExecutionParams(total_timeout_seconds=D(60), max_retries=3, fallback="none"),
-        )
-        iid, cid, qty, price = intent.intent_id, f"{intent.intent_id}-1", intent.qty, D("60000")
-        now = time.time_ns()
-        r = {"intent_id": iid, "venue": "paper", "symbol": "BTC/USDT"}
-        quote = {"side": "buy", "price": price, "bid": price, "ask": price + D("0.01"), "tick_size": D("0.01")}
-        for msg in (
-            intent,
-            IntentAccepted(**r, side="buy", qty=qty, strategy="aggressive_limit", deadline_ns=now + 60 * NS),
-            PriceRequested(**r, attempt=0, side="buy", mode="arrival", qty=qty),
-            PriceQuoted(**r, attempt=0, mode="arrival", **quote),
-            PriceRequested(**r, attempt=1, side="buy", mode="touch", qty=qty, request=1),
-            PriceQuoted(**r, attempt=1, mode="touch", request=1, **quote),
-            PlaceOrder(**r, client_order_id=cid, attempt=1, side="buy", order_type="limit", qty=qty, price=price,
-                       deadline_ns=now + 50 * NS),
-            OrderPlaced(**r, client_order_id=cid, order_id="78", attempt=1, side="buy", order_type="limit", qty=qty,
-                        price=price),
-        ):
-            await bus.publish(msg)
+    async with lone_supervisor(nats_server) as lone:
+        intent, price, now = _aggressive_intent("none"), D("60000"), time.time_ns()
+        iid = intent.intent_id
+        cid = await _log_attempt_one(lone.bus, intent, deadline_ns=now + 50 * NS, price=price)
         older = SupervisorState(intent=intent, accepted_ns=now, deadline_ns=now + 60 * NS, phase="pricing", attempt=1)
-        key = f"supervisor.{await _partition_of(bus, iid)}.{iid}"
-        await bus.buckets.state.put(key, msgspec.json.encode(older))
-        host = await ActorHost(bus, Supervisor(pool)).start()
-        await wait_until(lambda: host is not None and host.stats["rebuilt"] == 1, timeout=10)
-        await wait_until(lambda: host is not None and not host.working(iid), timeout=10)
+        key = f"supervisor.{await _partition_of(lone.bus, iid)}.{iid}"
+        await lone.bus.buckets.state.put(key, msgspec.json.encode(older))
+        host = await lone.start()
+        await wait_until(lambda: host.stats["rebuilt"] == 1, timeout=10)
+        await wait_until(lambda: not host.working(iid), timeout=10)
 
-        await bus.buckets.state.put(key, msgspec.json.encode(older))  # the old owner, still writing
-        await bus.publish(
-            OrderFinalized(**r, client_order_id=cid, order_id="78", attempt=1, status="filled", filled_qty=qty,
-                           avg_price=price)
+        await lone.bus.buckets.state.put(key, msgspec.json.encode(older))  # the old owner, still writing
+        await lone.bus.publish(
+            OrderFinalized(**_routing(iid), client_order_id=cid, order_id="77", attempt=1, status="filled",
+                           filled_qty=intent.qty, avg_price=price)
         )
 
         # The step publishes StrategyFinished at once; its state write is refused, and the redelivered
         # OrderFinalized is handled on a state rebuilt from the log, not on what the old owner wrote.
-        await wait_until(lambda: host is not None and host.stats["rebuilt"] == 2, timeout=15)
-        await wait_until(lambda: host is not None and not host.working(iid) and not host.queued(iid), timeout=10)
-        (finished,) = recorder.of(StrategyFinished, iid)
+        await wait_until(lambda: host.stats["rebuilt"] == 2, timeout=15)
+        await wait_until(lambda: not host.working(iid) and not host.queued(iid), timeout=10)
+        (finished,) = lone.recorder.of(StrategyFinished, iid)
         assert finished.reason == "filled", finished
-        assert [p.client_order_id for p in recorder.of(PlaceOrder, iid)] == [cid]
+        assert [p.client_order_id for p in lone.recorder.of(PlaceOrder, iid)] == [cid]
 
         async def stored_phase() -> str:
-            entry = await bus.buckets.state.get(key)
+            entry = await lone.bus.buckets.state.get(key)
             return msgspec.json.decode(entry.value, type=SupervisorState).phase
 
         await wait_until(lambda: _is(stored_phase(), "finished"), timeout=10)  # written back within a flush delay
-    finally:
-        if host is not None:
-            await host.stop()
-        await pool.close()
-        stop.set()
-        await venue
-        await bus.close()
 
 
 async def test_a_finished_intent_is_not_restarted_by_its_submission_delivered_again(nats_server: EmbeddedNats) -> None:
@@ -524,24 +513,7 @@ async def test_a_finished_intent_is_not_restarted_by_its_submission_delivered_ag
 
 
 def _context(intent_id: str, *, delivered: int) -> Any:
-    """An intent context for calling an actor's handler directly: what it publishes is collected."""
-    import structlog
-
-    from bus.actor import IntentContext
-    from bus.clock import WallClock
-
-    published: list[Any] = []
-
-    async def send(msg: Any, epoch: int = 0) -> asyncio.Future[Any]:
-        published.append(msg)
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-    ctx = IntentContext(intent_id, 0, None, send, WallClock(), structlog.get_logger())
-    ctx.delivered = delivered
-    ctx.published = published  # type: ignore[attr-defined]
-    return ctx
+    return handler_context(intent_id, delivered=delivered)
 
 
 async def _eventually(actor: Any, step: Any, ctx: Any) -> Any:

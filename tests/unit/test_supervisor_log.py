@@ -28,7 +28,7 @@ from messages import (
     PriceUnavailable,
     StrategyFinished,
 )
-from tests.helpers import new_intent
+from tests.helpers import handler_context, new_intent
 
 D = Decimal
 NS = 1_000_000_000
@@ -43,17 +43,7 @@ class _Clock:
 
 
 def _ctx(intent_id: str, state: SupervisorState | None, now_ns: int = 10 * NS) -> IntentContext[Any]:
-    published: list[Any] = []
-
-    async def send(msg: Any, epoch: int = 0) -> asyncio.Future[Any]:
-        published.append(msg)
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-    ctx: IntentContext[Any] = IntentContext(intent_id, 0, state, send, _Clock(now_ns), structlog.get_logger())  # type: ignore[arg-type]
-    ctx.published = published  # type: ignore[attr-defined]
-    return ctx
+    return handler_context(intent_id, state, clock=_Clock(now_ns))
 
 
 def _aggressive(**params: Any) -> Any:
