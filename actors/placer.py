@@ -187,8 +187,12 @@ class Placer(Actor[PlacerState]):
         self, history: list[tuple[int, Message]], stored: PlacerState | None, ctx: IntentContext[PlacerState]
     ) -> PlacerState | None:
         """The record of the intent's orders as the log has it, over the snapshot: what the snapshot
-        missed (a create recorded only in the log) is learned, what it has (pending lookups) is kept."""
+        missed (a create recorded only in the log) is learned, what it has (pending lookups) is kept, and a
+        `PlaceOrder` with no outcome in the log is an unknown outcome to resolve (its placer may have sent
+        it to the venue and died, or lost the partition, before saying so)."""
         state = stored
+        commands: dict[str, PlaceOrder] = {}
+        answered: set[str] = set()
         for seq, msg in history:
             if state is None:
                 state = PlacerState(venue=msg.venue, symbol=msg.symbol)
@@ -196,7 +200,12 @@ class Placer(Actor[PlacerState]):
             match msg:
                 case PlaceOrder():
                     state.qty.setdefault(msg.client_order_id, msg.qty)  # may have reached the venue
+                    known = commands.get(msg.client_order_id)
+                    if known is None or msg.epoch > known.epoch:
+                        commands[msg.client_order_id] = msg  # the newest owner's copy
                 case OrderRejected():
+                    if msg.error != "StaleEpoch":  # (a refused old copy; the newer copy may stand)
+                        answered.add(msg.client_order_id)
                     if msg.client_order_id not in state.placed:
                         state.qty.pop(msg.client_order_id, None)  # refused: no exposure (as live)
                 case OrderPlaced():
@@ -208,6 +217,13 @@ class Placer(Actor[PlacerState]):
                     state.backoff.pop(msg.client_order_id, None)
                     if msg.order_id is not None:
                         state.placed.setdefault(msg.client_order_id, msg.order_id)
+        if state is not None:
+            now = ctx.clock.now_ns()
+            for cid, cmd in commands.items():
+                settled = cid in state.placed or cid in state.final or cid in answered
+                if not settled and cid not in state.unknown and cid not in state.backoff:
+                    state.qty[cid] = cmd.qty
+                    state.unknown[cid] = Pending(command=cmd, since_ns=now)
         return state
 
     async def on_timer(self, ctx: IntentContext[PlacerState]) -> None:

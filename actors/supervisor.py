@@ -73,6 +73,8 @@ class OrderRecord(msgspec.Struct, kw_only=True):
     filled: Decimal = Decimal(0)
     rejected: str = ""
     """"" | "retryable" | "final": how the venue or placer refused it."""
+    fenced: bool = False
+    """Sent by an owner that had lost the intent (not by us): it counts until the placer refuses or places it."""
 
 
 class SupervisorState(msgspec.Struct, kw_only=True):
@@ -194,7 +196,7 @@ class Supervisor(Actor[SupervisorState]):
             ctx.save(state)
 
     async def _apply(self, msg: Message, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
-        if _refused_as_stale(msg):
+        if _refused_as_stale(msg) and not _fenced_record(state, msg):
             return  # the copy an owner that had lost the intent sent: it says nothing about ours
         if isinstance(msg, OrderPlaced | OrderOutcomeUnknown | OrderRejected | OrderFinalized):
             if state.order(msg.client_order_id) is None:
@@ -214,7 +216,7 @@ class Supervisor(Actor[SupervisorState]):
                 # Our own command coming back from the log; one we have no record of was sent by an owner
                 # that had lost the intent, and may still have reached the venue: it counts as an order.
                 if state.order(msg.client_order_id) is None:
-                    state.orders.append(_record_of(msg))
+                    state.orders.append(_record_of(msg, fenced=True))
             case PriceQuoted():
                 await self._quoted(msg, state, ctx)
             case PriceUnavailable():
@@ -870,7 +872,7 @@ def _fold(history: list[tuple[int, Message]]) -> SupervisorState | None:
                 # Sent by an owner that had lost the intent: it steers nothing. Its order may still have
                 # reached the venue (the placer had not yet seen the newer epoch), so it counts as an order.
                 if state is not None and isinstance(msg, PlaceOrder) and state.order(msg.client_order_id) is None:
-                    state.orders.append(_record_of(msg))
+                    state.orders.append(_record_of(msg, fenced=True))
                     _fold_early(state)
                 continue
             newest_owner = msg.epoch
@@ -895,7 +897,7 @@ def _fold(history: list[tuple[int, Message]]) -> SupervisorState | None:
 
 
 def _fold_one(state: SupervisorState, msg: Message) -> None:
-    if _refused_as_stale(msg):
+    if _refused_as_stale(msg) and not _fenced_record(state, msg):
         return  # the refused copy of a fenced owner: the same id's command of the newer owner stands
     if isinstance(msg, OrderPlaced | OrderOutcomeUnknown | OrderRejected | OrderFinalized) and state.order(msg.client_order_id) is None:
         state.early.append(msg)  # (the log has an order's command before its events; kept like live)
@@ -994,10 +996,17 @@ def _fold_early(state: SupervisorState) -> None:
         _fold_one(state, event)
 
 
-def _record_of(cmd: PlaceOrder) -> OrderRecord:
+def _record_of(cmd: PlaceOrder, *, fenced: bool = False) -> OrderRecord:
     return OrderRecord(
-        client_order_id=cmd.client_order_id, attempt=cmd.attempt, origin=cmd.origin, qty=cmd.qty, price=cmd.price
+        client_order_id=cmd.client_order_id, attempt=cmd.attempt, origin=cmd.origin, qty=cmd.qty, price=cmd.price,
+        fenced=fenced,
     )
+
+
+def _fenced_record(state: SupervisorState, msg: Message) -> bool:
+    """The event is about an order only a fenced owner sent: the placer's refusal of it closes it."""
+    record = state.order(getattr(msg, "client_order_id", ""))
+    return record is not None and record.fenced
 
 
 def _refused_as_stale(msg: Message) -> bool:

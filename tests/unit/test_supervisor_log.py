@@ -413,3 +413,29 @@ async def test_a_failed_keep_after_a_kept_attempt_goes_back_to_the_attempt_the_o
 
     asked = [m.attempt for m in ctx.published if isinstance(m, PriceRequested)]  # type: ignore[attr-defined]
     assert asked == [3, 3], asked
+
+
+def test_a_fenced_owners_order_the_placer_refused_is_closed_by_that_refusal() -> None:
+    """Chaos run, seed 1: owner 794 (its lease lapsed) sent PlaceOrder -2 after owner 881 had spoken; the
+    placer refused it as stale. The rebuilt owner counts that order until the refusal, then not at all —
+    before, it waited for it for ever and canceled it every few seconds."""
+    from messages import OrderRejected
+
+    intent = _aggressive()
+    cid1, cid2 = f"{intent.intent_id}-1", f"{intent.intent_id}-2"
+    history = _history(
+        intent,
+        lambda r: PlaceOrder(**r, client_order_id=cid1, attempt=1, side="buy", order_type="limit", qty=intent.qty,
+                             price=D(100), epoch=881),
+        lambda r: OrderFinalized(**r, client_order_id=cid1, order_id="124", attempt=1, status="canceled",
+                                 filled_qty=D(0)),
+        lambda r: PlaceOrder(**r, client_order_id=cid2, attempt=2, side="buy", order_type="limit", qty=intent.qty,
+                             price=D(100), epoch=794),
+        lambda r: OrderRejected(**r, client_order_id=cid2, attempt=2, reason="stale", error="StaleEpoch",
+                                retryable=True),
+    )
+
+    state = _fold(history)
+
+    assert state is not None and state.all_final, state.orders
+    assert [(o.client_order_id, o.fenced, o.status) for o in state.orders] == [(cid1, False, "final"), (cid2, True, "final")]
