@@ -181,7 +181,7 @@ class Reconciler(Actor[ReconcilerState]):
                 await self._replay_orphans(state, watched, ctx)
             case OrderRejected():
                 watched = state.orders.get(msg.client_order_id)
-                if watched is not None:
+                if watched is not None and msg.error != "StaleEpoch":  # (a fenced copy: the real order stands)
                     watched.final = True  # nothing rests at the venue; the rejection itself is the terminal event
                     self._unroute(state.venue, watched)
             case OrderCanceled() | CancelRejected():
@@ -191,6 +191,40 @@ class Reconciler(Actor[ReconcilerState]):
                     watched.order_id = watched.order_id or msg.order_id
                     await self._poll(state, watched, ctx)
         self._commit(state, ctx)
+
+    begins_intent = (PlaceOrder,)
+
+    async def rebuild(
+        self, history: list[tuple[int, Message]], stored: ReconcilerState | None, ctx: IntentContext[ReconcilerState]
+    ) -> ReconcilerState | None:
+        """Taking over: every order of the intent in the log that is not declared terminal there is watched,
+        whatever the snapshot kept (a watch lost with a replica would leave its order for ever unconfirmed)."""
+        state = stored
+        finalized = {m.client_order_id for _, m in history if isinstance(m, OrderFinalized)}
+        for _seq, msg in history:
+            if not isinstance(msg, PlaceOrder | OrderPlaced | OrderRejected | OrderCanceled | CancelRejected):
+                continue
+            if state is None:
+                state = ReconcilerState(venue=msg.venue, symbol=msg.symbol)
+            cid = msg.client_order_id
+            match msg:
+                case PlaceOrder() | OrderPlaced():
+                    watched = state.orders.setdefault(cid, Watched(client_order_id=cid, attempt=msg.attempt, side=msg.side))
+                    if isinstance(msg, OrderPlaced):
+                        watched.order_id = watched.order_id or msg.order_id
+                case OrderRejected():
+                    if msg.error != "StaleEpoch" and cid in state.orders:
+                        state.orders[cid].final = True
+                case OrderCanceled() | CancelRejected():
+                    watched = state.orders.get(cid)
+                    if watched is not None and not watched.final:
+                        watched.canceling = True
+                        watched.order_id = watched.order_id or msg.order_id
+        if state is not None:
+            for cid in finalized:
+                if cid in state.orders:
+                    state.orders[cid].final = True  # declared terminal (after all its fills) already
+        return state
 
     async def on_timer(self, ctx: IntentContext[ReconcilerState]) -> None:
         state = ctx.state
