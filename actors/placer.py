@@ -23,6 +23,7 @@ lookup by client order id until the order is terminal.
 from __future__ import annotations
 
 import re
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -123,17 +124,18 @@ class Placer(Actor[PlacerState]):
         self._services = services
 
     async def _claim(self, cid: str, *, replacing: str = "") -> tuple[str, bool]:
-        """Claim the right to create `cid` (a durable first-wins claim per client order id): (holder, taken
-        now). Every create is preceded by one, so a claim taken now proves no placer ever sent this id to the
-        venue; one held already — by another placer, or by us in a step that failed after its create — means
-        a create may have landed: look before creating."""
+        """Claim the right to create `cid` (a durable first-wins claim per client order id): (holder's
+        token, taken now). Every create is preceded by one, so a claim taken now proves no placer ever sent
+        this id to the venue, or that the claim taken over (`replacing`: exactly the token we saw) was
+        proven idle; one held already — by another placer, or by us in a step that failed after its create
+        — means a create may have landed: look before creating. Every take writes a new token, so of two
+        placers replacing the same token only one can win, even if the holder re-takes its own claim."""
         if self._services is None or self._services.claim is None:
             return "", True  # no runtime (a handler called directly): nothing to claim against
-        return await self._services.claim(f"create.{cid}", self._services.replica, replacing=replacing or None)
+        token = f"{self._services.replica}#{uuid.uuid4().hex[:12]}"
+        holder, taken = await self._services.claim(f"create.{cid}", token, replacing=replacing or None)
+        return holder, taken and holder == token
 
-    @property
-    def _me(self) -> str:
-        return self._services.replica if self._services is not None else ""
 
     async def handle(self, msg: Message, ctx: IntentContext[PlacerState]) -> None:
         state = ctx.state or PlacerState(venue=msg.venue, symbol=msg.symbol)
@@ -234,7 +236,9 @@ class Placer(Actor[PlacerState]):
         for cid, pending in list(state.backoff.items()):
             if pending.since_ns <= now:
                 state.backoff.pop(cid, None)
-                await self._place(pending.command, state, ctx, again=True, cancel_wanted=pending.cancel_wanted)
+                await self._place(
+                    pending.command, state, ctx, again=True, cancel_wanted=pending.cancel_wanted, holder=pending.holder
+                )
         for cid, pending in list(state.unknown.items()):
             await self._resolve(cid, pending, state, ctx)
         for cid, tries in list(state.cancels.items()):
@@ -307,8 +311,10 @@ class Placer(Actor[PlacerState]):
         *,
         again: bool = False,
         cancel_wanted: bool = False,
+        holder: str = "",
     ) -> None:
-        """`again`: the retry of a create the venue refused for its rate limit (nothing executed)."""
+        """`again`: the retry of a create the venue refused for its rate limit (nothing executed), under the
+        claim `holder` we took for it."""
         cid = cmd.client_order_id
         cancel_after = cid in state.early_cancels or cancel_wanted
         if cid in state.early_cancels:
@@ -345,7 +351,7 @@ class Placer(Actor[PlacerState]):
                 return
             # Not found (yet: the venue may lag). Whether it was ever sent, the create claim says (`_create`).
         # Canceled before it came back: still create it and cancel it at once.
-        await self._create(cmd, state, ctx, cancel_after=cancel_after, retrying=again)
+        await self._create(cmd, state, ctx, cancel_after=cancel_after, replacing=holder if again else "", retrying=again)
 
     async def _reject(self, cmd: PlaceOrder, ctx: IntentContext[PlacerState], error: str, reason: str, *, retryable: bool = False) -> None:
         self.stats["rejected"] += 1
@@ -371,7 +377,8 @@ class Placer(Actor[PlacerState]):
         replacing: str = "",
         retrying: bool = False,
     ) -> None:
-        """`retrying`: a create we know did not execute (rate limited) or proved absent: our own claim is fine."""
+        """`replacing`: the claim token to take over (ours from a rate-limited try, or one proven idle);
+        `retrying`: a retry, which keeps the first handling's verdict on the command's epoch."""
         cid = cmd.client_order_id
         try:
             await self._unrecorded_attempts(cmd, state, ctx)
@@ -397,7 +404,7 @@ class Placer(Actor[PlacerState]):
             await self._unknown(cmd, state, ctx, f"book read failed: {type(exc).__name__}", created=False)
             return
         holder, taken_now = await self._claim(cid, replacing=replacing)
-        if holder != self._me or not (taken_now or retrying):
+        if not taken_now:
             # A create may have landed (another placer's, an earlier life's, or ours in a step that failed
             # afterwards): find out first, and create only once the order has stayed absent for longer than
             # the venue's lag (`_resolve` then comes back here with `replacing=holder`).
@@ -409,7 +416,7 @@ class Placer(Actor[PlacerState]):
             order = await exchange.create_order(cmd.symbol, cmd.order_type, cmd.side, amount, price, params)
         except ccxt.DuplicateOrderId:
             # Open under this id already (a crash between create and our record of it): find it.
-            await self._unknown(cmd, state, ctx, "DuplicateOrderId", cancel_wanted=cancel_after)
+            await self._unknown(cmd, state, ctx, "DuplicateOrderId", cancel_wanted=cancel_after, holder=holder)
             await self._resolve(cid, state.unknown[cid], state, ctx)
             return
         except ccxt.RateLimitExceeded as exc:
@@ -417,16 +424,18 @@ class Placer(Actor[PlacerState]):
             self.stats["rate_limited"] += 1
             wait_ns = _retry_after_ns(exc, exchange)
             ctx.log.info("create_rate_limited", client_order_id=cid, retry_in_ms=wait_ns // 1_000_000)
-            pending = Pending(command=cmd, since_ns=ctx.clock.now_ns() + wait_ns, cancel_wanted=cancel_after)
+            pending = Pending(
+                command=cmd, since_ns=ctx.clock.now_ns() + wait_ns, cancel_wanted=cancel_after, holder=holder
+            )
             state.backoff[cid] = pending
             return
         except ccxt.NetworkError as exc:
-            await self._unknown(cmd, state, ctx, type(exc).__name__, cancel_wanted=cancel_after)
+            await self._unknown(cmd, state, ctx, type(exc).__name__, cancel_wanted=cancel_after, holder=holder)
             return
         except ccxt.BaseError as exc:
             if _is_duplicate(exc):
                 # Binance's "Duplicate order sent." (ccxt: InvalidOrder): open under this id already. Find it.
-                await self._unknown(cmd, state, ctx, type(exc).__name__, cancel_wanted=cancel_after)
+                await self._unknown(cmd, state, ctx, type(exc).__name__, cancel_wanted=cancel_after, holder=holder)
                 await self._resolve(cid, state.unknown[cid], state, ctx)
                 return
             state.qty.pop(cid, None)
@@ -558,7 +567,7 @@ class Placer(Actor[PlacerState]):
             state.qty.pop(cid, None)
             # A cancel asked for meanwhile still applies to whatever this places.
             await self._create(
-                cmd, state, ctx, cancel_after=pending.cancel_wanted, replacing=pending.holder or self._me, retrying=True
+                cmd, state, ctx, cancel_after=pending.cancel_wanted, replacing=pending.holder, retrying=True
             )
 
     async def _published_placed(self, cmd: PlaceOrder, order_id: str, ctx: IntentContext[PlacerState], *, recovered: bool) -> None:

@@ -225,6 +225,21 @@ async def test_a_place_order_handed_back_after_our_own_create_is_not_created_aga
     assert [o["client_order_id"] for o in await _created(stepped, intent_id)] == [cid]
 
 
+async def test_of_two_placers_taking_over_one_create_claim_only_one_wins(stepped: Running) -> None:
+    """Chaos run, seed 8: during a lease split two placers both resolved one pending create. One re-took its
+    own claim (the same value written back), the other then saw the holder it expected and took it too:
+    the order was bought twice. Every take writes a new token, and a takeover names the token it saw."""
+    placer = stepped.system.hosts["placer"].actor
+    cid = f"{new_intent().intent_id}-1"
+
+    seen, first = await placer._claim(cid)
+    retaken, again = await placer._claim(cid, replacing=seen)  # the holder, after its absent grace
+    late, late_won = await placer._claim(cid, replacing=seen)  # the other placer, which had seen the same
+
+    assert first and again and retaken != seen
+    assert not late_won and late == retaken
+
+
 async def test_amounts_and_prices_reach_ccxt_as_strings_at_the_venues_precision(stepped: Running) -> None:
     exchange = await stepped.system.hosts["placer"].actor._venues.get("paper")
     seen: list[tuple[Any, Any]] = []
