@@ -16,7 +16,6 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from actors.supervisor import OrderRecord, Supervisor, SupervisorState
@@ -441,14 +440,14 @@ async def test_a_new_owner_rebuilds_from_the_log_and_ignores_a_stale_snapshot(na
             OrderFinalized(**_routing(iid), client_order_id=cid, order_id="77", attempt=1, status="filled",
                            filled_qty=intent.qty, avg_price=price)
         )
-        stale = SupervisorState(
+        snapshot = SupervisorState(
             intent=intent, accepted_ns=now, deadline_ns=now + 60 * NS, phase="working", attempt=1,
             attempt_deadline_ns=now - NS, price_request=2,
             orders=[OrderRecord(client_order_id=cid, attempt=1, origin="supervisor", qty=intent.qty, price=price,
                                 order_id="77", status="open")],
         )
         partition = await _partition_of(lone.bus, iid)
-        await lone.bus.buckets.state.put(f"supervisor.{partition}.{iid}", msgspec.json.encode(stale))
+        await lone.bus.buckets.state.put(f"supervisor.{partition}.{iid}", msgspec.json.encode(snapshot))
 
         host = await lone.start()
 
@@ -503,7 +502,6 @@ async def test_a_finished_intent_is_not_restarted_by_its_submission_delivered_ag
     config = system_config(settings=settings, nats_url=nats_server.url)
     system = await System(config).start()
     assert system.bus is not None
-    recorder = await Recorder().attach(system.bus)
     try:
         intent = new_intent()
         report = await execute(system.bus, intent, timeout=30)

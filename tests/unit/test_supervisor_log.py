@@ -6,11 +6,8 @@ only the supervisor's own logic.
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 from typing import Any
-
-import structlog
 
 from actors.supervisor import MAX_PRICE_REQUESTS, OrderRecord, Supervisor, SupervisorState, _fold
 from bus.actor import IntentContext
