@@ -535,24 +535,24 @@ class ActorHost:
         await self.bus.dead_letter(self.actor.name, _live_subject(raw.subject), reason, raw.data)
         await raw.term()
 
-    async def _claim(self, key: str, token: str, *, replacing: str | None = None) -> tuple[str, bool]:
-        """Claim `key` for `token`, durably (JetStream KV; the claim expires after `retired_state_ttl_s`).
-        Returns (holder, taken now): `holder` is `token` if the claim is ours, and `taken now` says we took it
-        in this call — only then is it proof that nobody had it before. With `replacing`, a claim still held
-        by that token is taken over (compare-and-set, so of two replicas replacing it only one wins)."""
+    async def _claim(
+        self, key: str, token: str, *, replacing: str | None = None, expires: bool = True
+    ) -> tuple[str, bool]:
+        """Claim `key` for `token`, durably (JetStream KV; with `expires`, the claim goes after
+        `retired_state_ttl_s`). Returns (holder, taken now): `holder` is `token` if the claim is ours, and
+        `taken now` says we took it in this call — only then is it proof that nobody had it before. With
+        `replacing`, a claim still held by that token is taken over (compare-and-set, so of two replicas
+        replacing it only one wins)."""
         kv = self.bus.buckets.intents
         subject = f"$KV.{kv._name}.{key}"
-        ttl = {"Nats-TTL": str(max(int(self._settings.retired_state_ttl_s), 1))}
+        ttl = {"Nats-TTL": str(max(int(self._settings.retired_state_ttl_s), 1))} if expires else {}
         try:
+            # KV create = a write that expects no earlier value, sent through the ack mux like every write: the
+            # common case (a first claim) costs this one round trip.
+            await self.bus.acks.publish(subject, token.encode(), {"Nats-Expected-Last-Subject-Sequence": "0", **ttl})
+            return token, True
+        except nats.js.errors.KeyWrongLastSequenceError:
             entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            entry = None
-        if entry is None or entry.value is None:
-            try:
-                await self.bus.acks.publish(subject, token.encode(), {"Nats-Expected-Last-Subject-Sequence": "0", **ttl})
-                return token, True
-            except nats.js.errors.KeyWrongLastSequenceError:
-                entry = await kv.get(key)
         holder = (entry.value or b"").decode()
         if replacing is None or holder != replacing:
             return holder, False
@@ -564,16 +564,10 @@ class ActorHost:
             return (await kv.get(key)).value.decode(), False
 
     async def _claim_once(self, key: str, token: str) -> bool:
-        """True for the first claimant of `key` (and for that same claimant again: same `token`)."""
-        kv = self.bus.buckets.intents
-        try:
-            # KV create = a write that expects no earlier value, sent through the ack mux like every write.
-            expect_none = {"Nats-Expected-Last-Subject-Sequence": "0"}
-            await self.bus.acks.publish(f"$KV.{kv._name}.{key}", token.encode(), expect_none)
-            return True
-        except nats.js.errors.KeyWrongLastSequenceError:
-            entry = await kv.get(key)
-            return entry.value == token.encode()
+        """True for the first claimant of `key` (and for that same claimant again: same `token`). Kept for
+        good: an intent id is executed once, however late it comes back."""
+        holder, _taken = await self._claim(key, token, expires=False)
+        return holder == token
 
     # -- timers -----------------------------------------------------------------------------------------
 
