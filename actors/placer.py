@@ -354,6 +354,7 @@ class Placer(Actor[PlacerState]):
         await self._create(cmd, state, ctx, cancel_after=cancel_after, replacing=holder if again else "", retrying=again)
 
     async def _reject(self, cmd: PlaceOrder, ctx: IntentContext[PlacerState], error: str, reason: str, *, retryable: bool = False) -> None:
+        ctx.ensure_owner()  # a refusal is a decision on what we know: only the partition's owner knows it all
         self.stats["rejected"] += 1
         ctx.log.info("order_rejected", client_order_id=cmd.client_order_id, error=error, reason=reason)
         await ctx.publish(
@@ -403,6 +404,10 @@ class Placer(Actor[PlacerState]):
         except ccxt.NetworkError as exc:
             await self._unknown(cmd, state, ctx, f"book read failed: {type(exc).__name__}", created=False)
             return
+        # The exposure check above is only as good as our view: after the awaits since the step began, make
+        # sure no newer owner has been taking this intent's messages (a claim taken and then abandoned would
+        # hold the next owner back for `absent_grace_s`).
+        ctx.ensure_owner()
         holder, taken_now = await self._claim(cid, replacing=replacing)
         if not taken_now:
             # A create may have landed (another placer's, an earlier life's, or ours in a step that failed

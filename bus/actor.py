@@ -19,6 +19,7 @@ import msgspec
 import structlog
 
 from bus.clock import Clock
+from bus.state import LeaseLapsed
 from messages import InvalidMessage, Message
 
 __all__ = ["Actor", "IntentContext", "Publisher", "Services"]
@@ -65,6 +66,16 @@ class IntentContext(Generic[S]):
         acted (sent a request to a venue) and died before its outcome was recorded."""
         self.epoch = 0
         """Lease epoch of the intent's partition at this replica; stamped on everything it publishes."""
+        self.owner_valid: Callable[[], bool] = _always
+        """Whether this replica still holds the intent's partition for certain (see `ensure_owner`)."""
+
+    def ensure_owner(self) -> None:
+        """Raise `LeaseLapsed` unless this replica still holds the intent's partition for certain. The runtime
+        checks before every step; call it again right before an act that cannot be taken back (money to a
+        venue, a refusal) when the step has awaited something slow since it began. The runtime hands the
+        message back; its next owner handles it."""
+        if not self.owner_valid():
+            raise LeaseLapsed(f"partition {self.partition} lease no longer certain")
 
     async def publish(self, msg: Message) -> None:
         """Put `msg` into the log. It is on its way when this returns; the runtime makes sure JetStream
@@ -175,3 +186,7 @@ class Actor(Generic[S]):
     def status(self) -> dict[str, Any]:
         """Extra fields for the `status` endpoint of this actor's micro service."""
         return {}
+
+
+def _always() -> bool:
+    return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Awaitable, Callable
 
 import nats.js.errors
@@ -21,7 +22,12 @@ from nats.js.kv import KeyValue
 
 from bus.kv import list_keys, live_value
 
-__all__ = ["PartitionLeases", "rendezvous_owner"]
+__all__ = ["LEASE_TRUST", "PartitionLeases", "rendezvous_owner"]
+
+LEASE_TRUST = 0.8
+"""A lease is trusted for this share of its TTL after the write that created or renewed it was *sent*.
+KV expires it a TTL after the server stored that write, later still, so while we trust it nobody else
+can hold it; the rest of the TTL is the margin for a step already under way when trust runs out."""
 
 log = structlog.get_logger("execbus.bus.partitions")
 
@@ -59,6 +65,8 @@ class PartitionLeases:
         self._held: dict[int, int] = {}  # partition -> revision of our lease
         self._epochs: dict[int, int] = {}
         """partition -> revision at which we created the lease: it only grows from owner to owner."""
+        self._trusted_until: dict[int, float] = {}
+        """partition -> monotonic time until which our lease cannot have passed to anyone (`valid`)."""
         self._task: asyncio.Task[None] | None = None
         self._first_round = asyncio.Event()
         self._stopping = False
@@ -72,7 +80,16 @@ class PartitionLeases:
     def epoch(self, partition: int) -> int:
         """Our lease epoch for `partition` (0 if we do not hold it): the lease key's revision when we created
         it. KV revisions are stream sequences, so every later owner's epoch is higher."""
-        return self._epochs.get(partition, 0) if partition in self._held else 0
+        held = partition in self._held or partition in self._trusted_until  # (still ours while handing over)
+        return self._epochs.get(partition, 0) if held else 0
+
+    def valid(self, partition: int) -> bool:
+        """We hold `partition` for certain right now: our last create or renewal of its lease was sent less
+        than `LEASE_TRUST` × TTL ago. A replica whose renewals stall (a busy loop, NATS away) keeps its
+        `held` list until a renewal fails, but stops being `valid` in time: before its lease can expire
+        and another replica can take the partition and its messages. The runtime runs no step, and the
+        placer sends nothing to a venue, on a partition that is not `valid`."""
+        return time.monotonic() < self._trusted_until.get(partition, 0.0)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"leases-{self._actor}-{self._replica}")
@@ -144,12 +161,14 @@ class PartitionLeases:
         return members or [self._replica]
 
     async def _try_acquire(self, partition: int) -> None:
+        sent = time.monotonic()
         try:
             revision = await self._kv.create(self._lease_key(partition), self._replica.encode())
         except nats.js.errors.KeyWrongLastSequenceError:
             return  # still held by its previous owner until it hands over or expires
         self._held[partition] = revision
         self._epochs[partition] = revision
+        self._trusted_until[partition] = sent + self._ttl * LEASE_TRUST
         log.debug("partition_acquired", actor=self._actor, replica=self._replica, partition=partition)
         try:
             await self._on_acquire(partition)
@@ -158,19 +177,25 @@ class PartitionLeases:
             await self._release(partition)
 
     async def _renew(self, partition: int) -> None:
+        sent = time.monotonic()
         try:
             self._held[partition] = await self._kv.update(
                 self._lease_key(partition), self._replica.encode(), last=self._held[partition]
             )
         except nats.js.errors.KeyWrongLastSequenceError:
-            # We were too slow and someone else owns it now: stop working it immediately.
+            # We were too slow and someone else owns it now: stop working it immediately (what is queued
+            # is handed back, not handled: `valid` is false from here on).
             log.warning("partition_lease_lost", actor=self._actor, partition=partition)
+            self._trusted_until.pop(partition, None)
             self._held.pop(partition, None)
             await self._on_release(partition)
+            return
+        self._trusted_until[partition] = sent + self._ttl * LEASE_TRUST
 
     async def _release(self, partition: int) -> None:
         revision = self._held.pop(partition, None)
         await self._on_release(partition)
+        self._trusted_until.pop(partition, None)
         if revision is not None:
             try:
                 await self._kv.delete(self._lease_key(partition), last=revision)

@@ -37,7 +37,7 @@ from bus.clock import Clock, WallClock
 from bus.consumer import PullStream, ack_info
 from bus.control import ControlService
 from bus.partitions import PartitionLeases
-from bus.state import StaleState, StateStore
+from bus.state import LeaseLapsed, StaleState, StateStore
 from messages import BY_KIND, InvalidMessage, Message, decode_as, subjects
 
 __all__ = ["ActorHost"]
@@ -107,7 +107,7 @@ class ActorHost:
         self._timer_task: asyncio.Task[None] | None = None
         self._leases: PartitionLeases | None = None
         self._control: ControlService | None = None
-        self.stats = {"handled": 0, "dead_lettered": 0, "failed": 0, "timers": 0, "rebuilt": 0}
+        self.stats = {"handled": 0, "dead_lettered": 0, "failed": 0, "timers": 0, "rebuilt": 0, "lapsed": 0}
         self._rebuilt: dict[int, set[str]] = {}
         """Per owned partition: intents already rebuilt from the log since we took the partition over."""
         self._taken_at_seq: dict[int, int] = {}
@@ -354,9 +354,15 @@ class ActorHost:
         ctx.message_seq = seq
         ctx.delivered = delivered
         ctx.epoch = self._leases.epoch(partition) if self._leases is not None else 0
+        if self._leases is not None:
+            leases = self._leases
+            ctx.owner_valid = lambda: leases.valid(partition)
         if kind != "msg":
             batch.unrepeatable = True
         try:
+            # A replica whose lease renewals stalled may already have lost the partition to a replica that
+            # takes its messages: acting now would be a second owner acting on half the messages.
+            ctx.ensure_owner()
             if self._must_rebuild(intent_id, partition, kind, payload, seq, delivered, state):
                 state = await self._rebuild(intent_id, partition, state, ctx)
                 if kind == "resume":
@@ -424,7 +430,9 @@ class ActorHost:
             self._rebuilt[partition].discard(intent_id)
         returning = [*batch.messages, *([failed] if failed is not None else [])]
         delivered = max((ack_info(m.reply).delivered for m in returning), default=1)
-        delay = 0.1 if stale else min(0.05 * 2**delivered, 2.0)
+        # A lapsed lease is renewed or lost within a renewal interval: the message comes back after that.
+        lapsed = isinstance(exc, LeaseLapsed)
+        delay = self._settings.lease_ttl_s / 3 if lapsed else 0.1 if stale else min(0.05 * 2**delivered, 2.0)
         failed_times = ack_info(failed.reply).delivered if failed is not None else 0
         dead = failed is not None and not stale and failed_times >= self._settings.max_deliveries
         if dead:
@@ -433,7 +441,10 @@ class ActorHost:
         if returning:
             self._held_back[intent_id] = time.monotonic() + delay
         self.stats["failed"] += 1
-        if failed is not None and not stale:
+        if lapsed:
+            self.stats["lapsed"] += 1
+            self.log.warning("step_skipped_lease_lapsed", intent_id=intent_id, partition=partition, returned=len(returning))
+        elif failed is not None and not stale:
             self.log.error("handler_failed", subject=failed.subject, delivered=failed_times, error=repr(exc), exc_info=exc)
         else:
             self.log.error("actor_step_failed", intent_id=intent_id, error=repr(exc), exc_info=exc)

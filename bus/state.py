@@ -23,13 +23,19 @@ from nats.js.kv import KeyValue
 from bus.acks import AckMux
 from bus.kv import list_keys, live_value
 
-__all__ = ["StateStore", "StaleState"]
+__all__ = ["LeaseLapsed", "StateStore", "StaleState"]
 
 _PURGE = {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
 
 
 class StaleState(RuntimeError):
     """Someone else changed this intent's state since we read it."""
+
+
+class LeaseLapsed(StaleState):
+    """This replica can no longer be sure it owns the intent's partition (its lease renewals stalled or
+    failed): whatever it would do now could race the next owner, so it does nothing and hands the
+    message back."""
 
 
 class _Entry:

@@ -153,3 +153,35 @@ async def test_the_actor_publishes_with_deterministic_ids_so_a_replayed_handler_
     again = await bus.publish(accepted)
 
     assert not first.duplicate and again.duplicate and again.seq == first.seq
+
+
+async def test_a_replica_whose_lease_renewals_stall_hands_messages_back_instead_of_acting(nats_server: EmbeddedNats) -> None:
+    """The failover that bought twice: an owner too busy to renew its lease still pulls from its partition
+    while the next owner takes it over. Once it can no longer be sure of its lease it must not act."""
+    settings = fast_settings(partitions=1, lease_ttl_s=1.0)
+    first_bus = await Bus.connect(nats_server.url, settings)
+    second_bus = await Bus.connect(nats_server.url, settings)
+    first, second = Recording(), Recording()
+    stalled = ActorHost(first_bus, first, replica="stalled")
+    try:
+        await stalled.start()
+        before = new_intent()
+        await first_bus.publish(before)
+        await wait_until(lambda: first.handled)  # while its lease is renewed it works as usual
+
+        leases = stalled._leases
+        assert leases is not None and leases._task is not None
+        leases._task.cancel()  # its renewals stop; its pull subscription goes on
+        await wait_until(lambda: not leases.valid(0), timeout=3.0)
+        assert leases.held == [0]  # it has not noticed anything yet
+
+        during = new_intent()
+        await first_bus.publish(during)
+        await wait_until(lambda: stalled.stats["lapsed"] >= 1, timeout=3.0)
+        async with ActorHost(second_bus, second, replica="next"):
+            await wait_until(lambda: any(i == during.intent_id for i, _ in second.handled), timeout=10.0)
+        assert [i for i, _ in first.handled] == [before.intent_id]
+    finally:
+        await stalled.stop()
+        await first_bus.close()
+        await second_bus.close()
