@@ -20,6 +20,7 @@ from nats.js.api import PubAck
 
 from bus.acks import AckMux
 from bus.connect import connect
+from bus.controls import ControlStore
 from bus.settings import BusSettings
 from bus.streams import Buckets, ensure_layout
 from messages import DeadLetter, InvalidMessage, Message, decode, encode, headers_for, subjects
@@ -46,6 +47,7 @@ class Bus:
         """Every JetStream write of this process (messages and actor state) goes through here."""
         self.activity: Any = None
         """Set by a simulation (bus/sim.py) to count messages in flight; None otherwise."""
+        self._controls: ControlStore | None = None
 
     @classmethod
     async def connect(cls, url: str, settings: BusSettings | None = None, *, name: str = "execbus") -> Bus:
@@ -58,6 +60,13 @@ class Bus:
             await self.acks.start()
             self._buckets = await ensure_layout(self.js, self.settings)
         return self._buckets
+
+    async def controls(self) -> ControlStore:
+        """The controls bucket's store (trading states, risk limits, ...), watching from the first call on."""
+        if self._controls is None:
+            self._controls = ControlStore(self.buckets.controls, self.acks)
+            await self._controls.start()
+        return self._controls
 
     @property
     def buckets(self) -> Buckets:
@@ -122,6 +131,8 @@ class Bus:
         return msgspec.json.decode(reply.data, type=reply_type)
 
     async def close(self) -> None:
+        if self._controls is not None:
+            await self._controls.stop()
         await self.acks.stop()
         if not self.nc.is_closed:
             await self.nc.drain()

@@ -30,6 +30,8 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """A message whose handler fails this many times goes to the dead-letter subject."""
     state_bucket: str = "execbus_state"
     lease_bucket: str = "execbus_leases"
+    control_bucket: str = "execbus_controls"
+    """Trading states, risk limits, balance reservations and the order-rate budget (`bus.controls`)."""
     intent_bucket: str = "execbus_intents"
     """Every intent id ever accepted: the duplicate guard that outlives the stream's duplicate window."""
     fetch_batch: int = 256

@@ -27,10 +27,11 @@ log = structlog.get_logger("execbus.bus")
 class Buckets:
     """The KV buckets one process uses."""
 
-    def __init__(self, state: KeyValue, leases: KeyValue, intents: KeyValue) -> None:
+    def __init__(self, state: KeyValue, leases: KeyValue, intents: KeyValue, controls: KeyValue) -> None:
         self.state = state
         self.leases = leases
         self.intents = intents
+        self.controls = controls
 
 
 def stream_config(settings: BusSettings) -> StreamConfig:
@@ -72,7 +73,10 @@ async def ensure_layout(js: JetStreamContext, settings: BusSettings) -> Buckets:
     intents = await _bucket(
         js, KeyValueConfig(bucket=settings.intent_bucket, history=1, storage=StorageType.FILE)
     )
-    return Buckets(state, leases, intents)
+    controls = await _bucket(
+        js, KeyValueConfig(bucket=settings.control_bucket, history=1, storage=StorageType.FILE)
+    )
+    return Buckets(state, leases, intents, controls)
 
 
 async def _bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:

@@ -12,6 +12,17 @@ from messages.codec import (
     headers_for,
     json_schema,
 )
+from messages.controls import (
+    CancelIntent,
+    CancelIntentAccepted,
+    CancelIntentRejected,
+    Reservation,
+    Reservations,
+    RiskLimits,
+    ScopeState,
+    TradingStateChanged,
+    TradingStates,
+)
 from messages.intents import (
     AttemptTimedOut,
     OrderKept,
@@ -44,5 +55,7 @@ __all__ = [
     "ExecutionTimedOut", "IntentAccepted", "IntentRejected", "StrategyFinished", "SubmitIntent",
     "DeadLetter", "IntentStatus", "OrderStatus", "StatusQuery", "CancelOrder", "CancelRejected",
     "OrderCanceled", "OrderFilled", "LateFillRecorded", "OrderFinalized", "OrderOutcomeUnknown", "OrderPlaced", "OrderRejected",
-    "PlaceOrder", "PriceQuoted", "PriceRequested", "PriceUnavailable",
+    "PlaceOrder", "PriceQuoted", "PriceRequested", "PriceUnavailable", "CancelIntent", "CancelIntentAccepted",
+    "CancelIntentRejected", "Reservation", "Reservations", "RiskLimits", "ScopeState", "TradingStateChanged",
+    "TradingStates",
 ]

@@ -18,6 +18,7 @@ from messages.intents import (
     StrategyFinished,
     SubmitIntent,
 )
+from messages.controls import CancelIntent, CancelIntentAccepted, CancelIntentRejected, TradingStateChanged
 from messages.ops import DeadLetter, IntentStatus, StatusQuery
 from messages.orders import (
     CancelOrder,
@@ -68,6 +69,10 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     ExecutionTimedOut,
     StrategyFinished,
     ExecutionCompleted,
+    CancelIntent,
+    CancelIntentAccepted,
+    CancelIntentRejected,
+    TradingStateChanged,
 )
 BY_KIND: dict[str, type[Message]] = {t.kind: t for t in MESSAGE_TYPES}
 

@@ -33,7 +33,9 @@ __all__ = [
 
 Strategy = Literal["market", "simple_limit", "aggressive_limit"]
 Fallback = Literal["market", "none"]
-ExecutionStatus = Literal["filled", "partially_filled", "unfilled", "failed"]
+ExecutionStatus = Literal["filled", "partially_filled", "unfilled", "failed", "canceled"]
+"""`canceled`: stopped by a `CancelIntent` (or a halt with `--cancel-working`) before it was filled; the
+report's `filled_qty` says what did fill."""
 
 Attempts = Annotated[int, msgspec.Meta(ge=1, le=100)]
 
@@ -163,6 +165,8 @@ class StrategyFinished(Message, frozen=True, kw_only=True):
     qty: Decimal | None = None
     strategy: str = ""
     """The intent itself, so the report never depends on having seen `IntentAccepted` first."""
+    canceled: bool = False
+    """Stopped by a `CancelIntent` (or a halt that cancels working intents)."""
 
 
 class ExecutionCompleted(Message, frozen=True, kw_only=True):
