@@ -30,8 +30,10 @@ from typing import Any
 import ccxt
 import msgspec
 
+from actors import risk
 from bus.actor import Actor, IntentContext, Services
 from messages import (
+    CancelIntent,
     IntentAccepted,
     StrategyFinished,
     CancelOrder,
@@ -44,6 +46,7 @@ from messages import (
     PlaceOrder,
 )
 from messages.base import Message, routing
+from messages.controls import DENY_ORDER_RATE
 from venues.gateway import fetch_order_by_client_id
 
 __all__ = ["Placer", "PlacerState"]
@@ -72,6 +75,8 @@ class PlacerState(msgspec.Struct, kw_only=True):
     """From `IntentAccepted`: the most the intent's orders may ever fill together."""
     finished: bool = False
     """`StrategyFinished` seen: nothing more may be created for the intent."""
+    canceled: bool = False
+    """`CancelIntent` seen: nothing more may be created for the intent (cancels still go through)."""
     qty: dict[str, Decimal] = msgspec.field(default_factory=dict)
     """client order id -> quantity asked for, for every order we created or may have created"""
     filled: dict[str, Decimal] = msgspec.field(default_factory=dict)
@@ -95,7 +100,7 @@ class PlacerState(msgspec.Struct, kw_only=True):
 
 class Placer(Actor[PlacerState]):
     name = "placer"
-    consumes = (IntentAccepted, PlaceOrder, CancelOrder, OrderFinalized, StrategyFinished)
+    consumes = (IntentAccepted, PlaceOrder, CancelOrder, OrderFinalized, StrategyFinished, CancelIntent)
     begins_intent = (IntentAccepted,)
     State = PlacerState
 
@@ -114,7 +119,7 @@ class Placer(Actor[PlacerState]):
         self._cancel_retry_ns = int(cancel_retry_s * NS)
         self.stats = {
             "created": 0, "rejected": 0, "unknown": 0, "recovered": 0, "canceled": 0, "cancel_failed": 0,
-            "refused": 0, "rate_limited": 0,
+            "refused": 0, "rate_limited": 0, "risk_denied": 0, "budget_waits": 0,
         }
 
     def status(self) -> dict[str, Any]:
@@ -210,6 +215,8 @@ class Placer(Actor[PlacerState]):
                         answered.add(msg.client_order_id)
                     if msg.client_order_id not in state.placed:
                         state.qty.pop(msg.client_order_id, None)  # refused: no exposure (as live)
+                        if msg.error != "StaleEpoch" and msg.client_order_id not in state.final:
+                            state.final.append(msg.client_order_id)  # terminal: never created later
                 case OrderPlaced():
                     state.placed.setdefault(msg.client_order_id, msg.order_id)
                     state.unknown.pop(msg.client_order_id, None)
@@ -269,6 +276,8 @@ class Placer(Actor[PlacerState]):
         `seq`: the command's place in the log (0 for a retry, which keeps its first verdict on the epoch)."""
         if state.finished:
             return "IntentFinished", "the intent's strategy has finished: nothing more is placed for it"
+        if state.canceled:
+            return "IntentCanceled", "the intent is being canceled: nothing more is placed for it"
         if state.intent_qty is None:
             return "IntentUnknown", "no accepted intent for this order: its exposure cannot be checked"
         newer = _newer_owner(state, cmd, seq)
@@ -353,8 +362,23 @@ class Placer(Actor[PlacerState]):
         # Canceled before it came back: still create it and cancel it at once.
         await self._create(cmd, state, ctx, cancel_after=cancel_after, replacing=holder if again else "", retrying=again)
 
-    async def _reject(self, cmd: PlaceOrder, ctx: IntentContext[PlacerState], error: str, reason: str, *, retryable: bool = False) -> None:
+    async def _reject(
+        self,
+        cmd: PlaceOrder,
+        ctx: IntentContext[PlacerState],
+        error: str,
+        reason: str,
+        *,
+        retryable: bool = False,
+        state: PlacerState | None = None,
+    ) -> None:
+        """Refuse the create for good (with `state`, the id is recorded terminal: the same command coming
+        back is never created later). A StaleEpoch refusal is not terminal: the newer owner's copy stands."""
         ctx.ensure_owner()  # a refusal is a decision on what we know: only the partition's owner knows it all
+        if state is not None and error != "StaleEpoch" and cmd.client_order_id not in state.placed:
+            state.qty.pop(cmd.client_order_id, None)
+            if cmd.client_order_id not in state.final:
+                state.final.append(cmd.client_order_id)
         self.stats["rejected"] += 1
         ctx.log.info("order_rejected", client_order_id=cmd.client_order_id, error=error, reason=reason)
         await ctx.publish(
@@ -393,16 +417,32 @@ class Placer(Actor[PlacerState]):
             if cid not in state.placed and cid not in state.unknown:
                 state.qty.pop(cid, None)  # nothing of it went out (a rate-limited try executed nothing)
             ctx.log.warning("create_refused", client_order_id=cid, error=error, reason=reason)
-            await self._reject(cmd, ctx, error, reason, retryable=error == "StaleEpoch")
+            await self._reject(cmd, ctx, error, reason, retryable=error == "StaleEpoch", state=state)
+            return
+        halted = await self._halted(cmd)
+        if halted is not None:  # (before any venue call: a halted venue may be the one that is down)
+            self.stats["risk_denied"] += 1
+            ctx.log.warning("create_denied", client_order_id=cid, error=halted.code, reason=halted.reason)
+            await self._reject(cmd, ctx, halted.code, halted.reason, state=state)
             return
         exchange = await self._venues.get(cmd.venue)
         try:
-            amount, price, params = await self._order_args(exchange, cmd, ctx)
+            amount, price, params, check_price = await self._order_args(exchange, cmd, ctx)
         except _NoPrice as exc:
-            await self._reject(cmd, ctx, "NoFreshPrice", str(exc))
+            await self._reject(cmd, ctx, "NoFreshPrice", str(exc), state=state)
             return
         except ccxt.NetworkError as exc:
             await self._unknown(cmd, state, ctx, f"book read failed: {type(exc).__name__}", created=False)
+            return
+        try:
+            denial = await self._risk_denial(exchange, cmd, check_price)
+        except ccxt.NetworkError as exc:
+            await self._unknown(cmd, state, ctx, f"balance read failed: {type(exc).__name__}", created=False)
+            return
+        if denial is not None:
+            self.stats["risk_denied"] += 1
+            ctx.log.warning("create_denied", client_order_id=cid, error=denial.code, reason=denial.reason)
+            await self._reject(cmd, ctx, denial.code, denial.reason, state=state)
             return
         # The exposure check above is only as good as our view: after the awaits since the step began, make
         # sure no newer owner has been taking this intent's messages (a claim taken and then abandoned would
@@ -417,6 +457,26 @@ class Placer(Actor[PlacerState]):
             await self._unknown(cmd, state, ctx, f"create claimed by {holder}", cancel_wanted=cancel_after, holder=holder)
             return
         state.qty[cid] = cmd.qty  # counted as open from now on: the create may land even if we die
+        wait_s = await self._order_slot(cmd)
+        if wait_s > 0:
+            # The venue's order budget for this second is spent (by any placer): wait for the next second,
+            # holding the claim as after a venue's rate limit, unless that is past the order's deadline.
+            now = ctx.clock.now_ns()
+            if cmd.deadline_ns and now + int(wait_s * NS) > cmd.deadline_ns:
+                limit = (await self._services.controls.limits()).max_orders_per_second  # type: ignore[union-attr]
+                await self._reject(
+                    cmd, ctx, DENY_ORDER_RATE,
+                    f"{cmd.venue}'s budget of {limit} new orders per second is spent; the next slot comes "
+                    f"{wait_s * 1000:.0f} ms from now, after the order's deadline",
+                    state=state,
+                )
+                return
+            self.stats["budget_waits"] += 1
+            ctx.log.info("create_waits_for_order_budget", client_order_id=cid, wait_ms=round(wait_s * 1000))
+            state.backoff[cid] = Pending(
+                command=cmd, since_ns=now + int(wait_s * NS), cancel_wanted=cancel_after, holder=holder
+            )
+            return
         try:
             order = await exchange.create_order(cmd.symbol, cmd.order_type, cmd.side, amount, price, params)
         except ccxt.DuplicateOrderId:
@@ -445,7 +505,8 @@ class Placer(Actor[PlacerState]):
                 return
             state.qty.pop(cid, None)
             await self._reject(
-                cmd, ctx, type(exc).__name__, str(exc), retryable=isinstance(exc, ccxt.OrderImmediatelyFillable)
+                cmd, ctx, type(exc).__name__, str(exc), retryable=isinstance(exc, ccxt.OrderImmediatelyFillable),
+                state=state,
             )
             return
         self.stats["created"] += 1
@@ -455,12 +516,52 @@ class Placer(Actor[PlacerState]):
         if cancel_after:
             await self._cancel(cid, state.placed[cid], cmd.venue, cmd.symbol, state, ctx)
 
+    async def _halted(self, cmd: PlaceOrder) -> risk.Denial | None:
+        """The trading state as stored now: a halt holds even if the supervisor that sent this is behind."""
+        controls = self._services.controls if self._services is not None else None
+        if controls is None:
+            return None
+        states = await controls.trading()
+        scope = states.effective(cmd.venue, cmd.symbol)
+        if scope is None or scope.state != "HALTED":
+            return None
+        return risk.trading_denial(states, cmd.venue, cmd.symbol, cmd.side, cmd.qty, None)
+
+    async def _risk_denial(self, exchange: Any, cmd: PlaceOrder, price: Decimal | None) -> risk.Denial | None:
+        """The risk gate on this order: the trading state (read just before, in `_halted`), the notional
+        bound and the intent's reservation."""
+        controls = self._services.controls if self._services is not None else None
+        if controls is None:
+            return None
+        states = controls.trading_cached
+        limits = await controls.limits()
+        scope = states.effective(cmd.venue, cmd.symbol)
+        position = None
+        if scope is not None and scope.state == "REDUCING" and cmd.side == "sell":
+            base, _quote = risk.base_and_quote(cmd.symbol)
+            total = ((await exchange.fetch_balance()).get("total") or {}).get(base)
+            position = None if total is None else Decimal(str(total))
+        reservation = (await controls.reservations(cmd.venue)).of(cmd.intent_id) if limits.balance_check else None
+        return risk.order_denial(
+            limits, states, venue=cmd.venue, symbol=cmd.symbol, side=cmd.side, qty=cmd.qty, price=price,
+            reservation=reservation, position=position,
+        )
+
+    async def _order_slot(self, cmd: PlaceOrder) -> float:
+        """0 when the venue's shared order budget has room now, else the seconds until it has."""
+        controls = self._services.controls if self._services is not None else None
+        if controls is None:
+            return 0.0
+        limits = await controls.limits()
+        return float(await controls.take_order_slot(cmd.venue, limits.max_orders_per_second))
+
     async def _order_args(
         self, exchange: Any, cmd: PlaceOrder, ctx: IntentContext[PlacerState]
-    ) -> tuple[Any, Any, dict[str, Any]]:
+    ) -> tuple[Any, Any, dict[str, Any], Decimal | None]:
         """Amount and price as strings at the venue's precision (never a float that is one ulp off the
-        venue's step), and the venue-specific parameters. A market order gets a fresh, uncrossed price
-        first; venues whose market buys need one get it."""
+        venue's step), the venue-specific parameters, and the price the order is checked at (its limit, or
+        the touch a market order takes from). A market order gets a fresh, uncrossed price first; venues
+        whose market buys need one get it."""
         params: dict[str, Any] = {"clientOrderId": cmd.client_order_id}
         if cmd.post_only:
             params["postOnly"] = True
@@ -470,12 +571,14 @@ class Placer(Actor[PlacerState]):
         price: str | None = None
         if cmd.price is not None:
             price = exchange.price_to_precision(cmd.symbol, str(cmd.price))
+        check_price = cmd.price
         if cmd.order_type == "market":
             touch = await self._fresh_touch(exchange, cmd, ctx)
+            check_price = touch
             if cmd.side == "buy" and (exchange.options or {}).get("createMarketBuyOrderRequiresPrice"):
                 # The venue spends amount x price of quote: at the touch it buys at most `amount`.
                 price = exchange.price_to_precision(cmd.symbol, str(touch))
-        return amount, price, params
+        return amount, price, params, check_price
 
     async def _fresh_touch(self, exchange: Any, cmd: PlaceOrder, ctx: IntentContext[PlacerState]) -> Decimal:
         """The price a market order would take from: the command's if it is fresh, else the venue's book.
@@ -681,6 +784,8 @@ def _apply_fact(state: PlacerState, msg: Message, seq: int) -> None:
             state.intent_qty = msg.qty
         case StrategyFinished():
             state.finished = True
+        case CancelIntent():
+            state.canceled = True
         case OrderFinalized():
             state.filled[msg.client_order_id] = msg.filled_qty
             if msg.order_id is not None:

@@ -67,7 +67,10 @@ def trading_denial(
     if qty > position:
         return Denial(
             code=DENY_REDUCING,
-            reason=f"{scope.label} only reduces positions{because}: selling {qty} exceeds the {position} held",
+            reason=(
+                f"{scope.label} only reduces positions{because}: selling {_plain(qty)} exceeds the "
+                f"{_plain(position)} held"
+            ),
         )
     return None
 

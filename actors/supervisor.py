@@ -11,14 +11,20 @@ everything filled so far.
 
 from __future__ import annotations
 
+import hashlib
+import time
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 import msgspec
 
+from actors import risk
 from bus.actor import Actor, IntentContext, Publisher, Services
 from messages import (
     AttemptTimedOut,
+    CancelIntent,
+    CancelIntentAccepted,
+    CancelIntentRejected,
     CancelOrder,
     CancelRejected,
     ExecutionTimedOut,
@@ -39,6 +45,7 @@ from messages import (
     subjects,
 )
 from messages.base import Message, routing
+from messages.controls import RiskLimits, ScopeState, TradingStates
 
 __all__ = ["Supervisor", "SupervisorState", "OrderRecord"]
 
@@ -58,6 +65,9 @@ CANCEL_CHECK_NS = 2 * NS
 INTAKE_RETRY_NS = 500_000_000
 """A venue that cannot be reached at intake is asked again this often, within the intent's budget."""
 ESCALATION = ("touch", "inside", "cross")
+RESERVATION_SLACK_NS = 60 * NS
+"""A reservation outlives its intent's whole budget by this much before it stops counting on its own (its
+intent normally gives it back when it finishes)."""
 
 
 class OrderRecord(msgspec.Struct, kw_only=True):
@@ -104,6 +114,11 @@ class SupervisorState(msgspec.Struct, kw_only=True):
     """Why the venue could not be asked at intake (phase intake), retried within the budget."""
     claim_token: str = ""
     """The submission's stream sequence, the intent-id claim's token (a retry from a timer has no message)."""
+    cancel_requested: str = ""
+    """Why the intent is being canceled (`CancelIntent`): no new attempt, no fallback; it finishes
+    `canceled` once every order is terminal."""
+    reserved: bool = False
+    """It holds a reservation of the venue's balance and open notional (given back when it finishes)."""
     attempt_deadline_ns: int = 0
     price_request: int = 0
     arrival_bid: Decimal | None = None
@@ -149,6 +164,7 @@ class Supervisor(Actor[SupervisorState]):
         CancelRejected,
         OrderFinalized,
         PlaceOrder,
+        CancelIntent,
     )
     begins_intent = (SubmitIntent,)
     State = SupervisorState
@@ -161,23 +177,108 @@ class Supervisor(Actor[SupervisorState]):
 
     async def start(self, services: Services) -> None:
         self._services = services
+        if services.controls is not None:
+            services.controls.on_trading_change(self._trading_changed)
+
+    def _trading_changed(self, states: TradingStates) -> None:
+        """A halt that cancels working intents: tell each of ours in its scope, through the log (a
+        `CancelIntent` each, so the cancel is a fact a rebuilt owner knows of too)."""
+        halts = [s for s in states.scopes if s.state == "HALTED" and s.cancel_working]
+        if not halts or self._services is None or self._services.each_intent is None:
+            return
+
+        async def cancel_if_halted(ctx: IntentContext[SupervisorState]) -> None:
+            await self._cancel_for_halt(ctx, halts)
+
+        self._services.each_intent(cancel_if_halted)
+
+    async def _cancel_for_halt(self, ctx: IntentContext[SupervisorState], halts: list[ScopeState]) -> None:
+        state = ctx.state
+        if state is None or state.phase == "finished" or state.cancel_requested:
+            return
+        intent = state.intent
+        for scope in halts:
+            if scope.covers(intent.venue, intent.symbol) and state.accepted_ns < scope.changed_ns:
+                await ctx.publish(
+                    CancelIntent(
+                        **routing(intent),
+                        request=f"halt-{scope.changed_ns}",
+                        reason=f"trading halted for {scope.label} with --cancel-working" + (f": {scope.reason}" if scope.reason else ""),
+                        requested_by=scope.by or "halt",
+                    )
+                )
+                return
 
     def status(self) -> dict[str, Any]:
         return {"accepted": self.accepted, "rejected": self.rejected}
 
+    # -- cancel -----------------------------------------------------------------------------------------
+
+    async def _cancel_intent(self, msg: CancelIntent, ctx: IntentContext[SupervisorState]) -> None:
+        """Stop the strategy: no new attempt, no fallback, every working order canceled; the report follows
+        once every order is terminal. Cancelling twice is harmless; an unknown or finished intent is told so."""
+        state = ctx.state
+        answer = {**routing(msg), "request": msg.request}
+        if state is None:
+            await ctx.publish(
+                CancelIntentRejected(**answer, status="unknown", reason=f"intent {msg.intent_id!r} is unknown here")
+            )
+            return
+        if state.phase == "finished":
+            await ctx.publish(
+                CancelIntentRejected(
+                    **answer, status="finished", reason=f"intent {msg.intent_id!r} finished already ({state.reason})"
+                )
+            )
+            return
+        already = bool(state.cancel_requested)
+        await ctx.publish(CancelIntentAccepted(**answer, phase=state.phase, already=already))
+        if already:
+            return
+        ctx.log.info("intent_cancel_requested", phase=state.phase, reason=msg.reason, by=msg.requested_by)
+        state.cancel_requested = msg.reason or f"canceled by {msg.requested_by or 'request'}"
+        if state.phase == "intake":
+            # Never accepted (the venue was unreachable): nothing was placed, and nothing will be.
+            self.rejected += 1
+            await ctx.publish(_reject(state.intent, "canceled", f"canceled before it was accepted: {state.cancel_requested}"))
+            state.phase = "finished"
+            ctx.retire(state)
+            return
+        await self._stop_for_cancel(state, ctx)
+        if not ctx.deleted:
+            ctx.save(state)
+
+    async def _stop_for_cancel(self, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+        """Cancel whatever works; finish at once when nothing does. A fallback order not yet in the log is
+        refused by the placer, which sees this intent's cancel before it."""
+        state.quote = None
+        if state.all_final:
+            await self._finish(state, ctx, f"canceled: {state.cancel_requested}")
+            return
+        for record in state.orders:
+            if record.status != "final" and not record.cancel:
+                record.cancel = True
+                await self._send_cancel(state, record, ctx, f"intent canceled: {state.cancel_requested}")
+        state.phase = "canceling"
+        ctx.wake_at(ctx.clock.now_ns() + CANCEL_CHECK_NS)
+
     # -- intake -----------------------------------------------------------------------------------------
 
     async def on_invalid(self, subject: str, raw: bytes, error: InvalidMessage, publish: Publisher) -> None:
-        """A submission that does not decode still gets an answer on its intent's subjects."""
+        """A submission or cancel that does not decode still gets an answer on its intent's subjects."""
         parts = subjects.parse(subject)
-        if parts is None or parts.kind != SubmitIntent.kind:
+        if parts is None or parts.kind not in (SubmitIntent.kind, CancelIntent.kind):
             return
         try:
-            rejection = IntentRejected(
-                **routing(parts),
-                field=error.field,
-                reason=error.reason,
-            )
+            rejection: Message
+            if parts.kind == CancelIntent.kind:
+                # (the request id is in the bytes that did not decode: the answer can only name the intent)
+                rejection = CancelIntentRejected(
+                    **routing(parts), request=f"invalid-{hashlib.blake2b(raw, digest_size=8).hexdigest()}", status="invalid",
+                    reason=f"{error.field}: {error.reason}" if error.field else error.reason,
+                )
+            else:
+                rejection = IntentRejected(**routing(parts), field=error.field, reason=error.reason)
         except (ValueError, msgspec.ValidationError):
             return  # the subject itself is unusable: the dead letter is all we can do
         await publish(rejection)
@@ -185,6 +286,9 @@ class Supervisor(Actor[SupervisorState]):
     async def handle(self, msg: Message, ctx: IntentContext[SupervisorState]) -> None:
         if isinstance(msg, SubmitIntent):
             await self._submit(msg, ctx)
+            return
+        if isinstance(msg, CancelIntent):
+            await self._cancel_intent(msg, ctx)
             return
         state = ctx.state
         if state is None or state.phase == "finished":
@@ -265,8 +369,12 @@ class Supervisor(Actor[SupervisorState]):
         """Validate, claim the intent id, accept. A venue that cannot be reached is not the intent's fault:
         it is asked again within the intent's budget (phase `intake`), and only a wrong intent is rejected."""
         budget_end = arrived_ns + _budget_ns(intent)
+        gate: _Gate | None = None
         try:
             problem = await self._validate(intent)
+            if problem is None:
+                gate = await self._gate(intent, ctx)
+                problem = gate.denied
         except _VenueUnavailable as exc:
             now = ctx.clock.now_ns()
             if now + INTAKE_RETRY_NS < budget_end:
@@ -298,6 +406,17 @@ class Supervisor(Actor[SupervisorState]):
             if state is not None:
                 ctx.forget()
             return
+        if gate is not None and gate.reservation is not None:
+            # Taken under compare-and-set: of two intents on two replicas reading the same balance, one wins.
+            problem = await self._reserve(intent, gate)
+            if problem is not None:
+                field, reason = problem
+                self.rejected += 1
+                await ctx.publish(_reject(intent, field, reason))
+                if state is not None:
+                    state.phase = "finished"
+                    ctx.retire(state)
+                return
         rules = {} if unavailable else await self._rules(intent)
         state = SupervisorState(
             intent=intent,
@@ -308,6 +427,7 @@ class Supervisor(Actor[SupervisorState]):
             min_amount=rules.get("min_amount"),
             min_cost=rules.get("min_cost"),
             amount_step=rules.get("amount_step"),
+            reserved=gate is not None and gate.reservation is not None,
         )
         self.accepted += 1
         await ctx.publish(
@@ -346,6 +466,71 @@ class Supervisor(Actor[SupervisorState]):
         if intent.params.trigger_fill_price is not None and intent.strategy == "market":
             return "params.trigger_fill_price", "only limit strategies honour a break-even price"
         return None
+
+    async def _gate(self, intent: SubmitIntent, ctx: IntentContext[SupervisorState]) -> _Gate:
+        """The trading state and the risk limits, read-only: a denial here costs the intent id nothing (the
+        same id may come again once trading resumes). The reservation is taken after the id is claimed."""
+        controls = self._services.controls if self._services is not None else None
+        if controls is None:
+            return _Gate()
+        states = await controls.trading()
+        scope = states.effective(intent.venue, intent.symbol)
+        if scope is not None and scope.state == "HALTED":
+            denial = risk.trading_denial(states, intent.venue, intent.symbol, intent.side, intent.qty, None)
+            assert denial is not None
+            return _Gate(denied=(denial.code, denial.reason))  # no venue call: a halted venue may be down
+        limits = await controls.limits()
+        base, quote = risk.base_and_quote(intent.symbol)
+        try:
+            exchange = await self._venues.get(intent.venue)
+            balance = await exchange.fetch_balance() if limits.balance_check or scope is not None else {}
+            book = await exchange.fetch_order_book(intent.symbol, 5)
+        except Exception as exc:  # (ccxt's network errors and a venue that is not there)
+            raise _VenueUnavailable(f"venue {intent.venue!r} unavailable: {type(exc).__name__}: {exc}") from exc
+        position = _decimal((balance.get("total") or {}).get(base)) if balance else None
+        denial = risk.trading_denial(states, intent.venue, intent.symbol, intent.side, intent.qty, position)
+        if denial is not None:
+            return _Gate(denied=(denial.code, denial.reason))
+        levels = (book.get("asks") if intent.side == "buy" else book.get("bids")) or []
+        if not levels:
+            return _Gate(denied=("risk.max_notional", f"no reference price: the {intent.symbol} book has no {'asks' if intent.side == 'buy' else 'bids'}"))
+        ref_price = Decimal(str(levels[0][0]))
+        currency = quote if intent.side == "buy" else base
+        gate = _Gate(
+            limits=limits,
+            ref_price=ref_price,
+            free=_decimal((balance.get("free") or {}).get(currency)) if balance else None,
+            reservation=risk.reservation_for(
+                limits, intent_id=intent.intent_id, symbol=intent.symbol, side=intent.side, qty=intent.qty,
+                ref_price=ref_price,
+                # Wall time, not the intent's clock: the reservation lives in KV with every other process's.
+                expires_ns=time.time_ns() + _budget_ns(intent) + FALLBACK_GRACE_NS + FALLBACK_MARGIN_NS + RESERVATION_SLACK_NS,
+            ),
+        )
+        current = await controls.reservations(intent.venue)
+        denial = gate.decide(current, intent, time.time_ns())
+        if denial is not None:
+            gate.denied = (denial.code, denial.reason)
+        return gate
+
+    async def _reserve(self, intent: SubmitIntent, gate: _Gate) -> tuple[str, str] | None:
+        assert self._services is not None and gate.reservation is not None
+        found: list[risk.Denial] = []
+
+        def decide(current: Any) -> str | None:
+            found.clear()
+            denial = gate.decide(current, intent, time.time_ns())
+            if denial is not None:
+                found.append(denial)
+            return None if denial is None else denial.reason
+
+        await self._services.controls.reserve(intent.venue, gate.reservation, decide)
+        return (found[0].code, found[0].reason) if found else None
+
+    async def _release(self, intent: SubmitIntent) -> None:
+        controls = self._services.controls if self._services is not None else None
+        if controls is not None:
+            await controls.release(intent.venue, intent.intent_id)
 
     async def _rules(self, intent: SubmitIntent) -> dict[str, Decimal | None]:
         from venues.gateway import market_rules  # venue knowledge, not another actor
@@ -439,7 +624,14 @@ class Supervisor(Actor[SupervisorState]):
             ctx.retire(state)
             return
         now = ctx.clock.now_ns()
-        if state.phase in ("arrival", "pricing", "repricing") and state.quote is not None:
+        controls = self._services.controls if self._services is not None else None
+        if not state.cancel_requested and controls is not None:
+            # A halt that cancels working intents may have come while no replica of ours was running.
+            halts = [s for s in controls.trading_cached.scopes if s.state == "HALTED" and s.cancel_working]
+            await self._cancel_for_halt(ctx, halts)
+        if state.cancel_requested:
+            await self._stop_for_cancel(state, ctx)
+        elif state.phase in ("arrival", "pricing", "repricing") and state.quote is not None:
             quote, state.quote = state.quote, None
             await self._quoted(quote, state, ctx)
         elif state.orders and state.all_final and (
@@ -527,6 +719,8 @@ class Supervisor(Actor[SupervisorState]):
         if qty <= 0:
             await self._nothing_left(state, ctx)
             return
+        if state.cancel_requested:
+            return  # (never reached: a canceled intent asks for no price)
         cid = f"{intent.intent_id}-{state.attempt}"
         if state.order(cid) is None:  # (an owner that lost the intent may have sent this very command)
             state.orders.append(OrderRecord(client_order_id=cid, attempt=state.attempt, origin="supervisor", qty=qty, price=price))
@@ -692,6 +886,9 @@ class Supervisor(Actor[SupervisorState]):
         """Every order is terminal: a refused order (not retryable) ends the strategy; otherwise go on."""
         if not state.all_final:
             return
+        if state.cancel_requested:
+            await self._next_step(state, ctx)  # (finishes: filled, or canceled)
+            return
         if any(o.rejected == "final" for o in state.orders) and state.remaining > 0:
             if state.phase == "fallback":
                 await self._finish(state, ctx, state.reason)
@@ -777,6 +974,9 @@ class Supervisor(Actor[SupervisorState]):
         if remaining <= 0:
             await self._finish(state, ctx, "filled")
             return
+        if state.cancel_requested:
+            await self._finish(state, ctx, f"canceled: {state.cancel_requested}")
+            return
         if state.phase == "fallback":
             await self._finish(state, ctx, state.reason or "fallback finished with quantity left")
             return
@@ -805,6 +1005,8 @@ class Supervisor(Actor[SupervisorState]):
         dust = _dust(state, remaining) if remaining > 0 else ""
         if dust:
             reason = f"{reason}; {dust}"
+        if state.cancel_requested:
+            allow_fallback = False
         if allow_fallback and wants_fallback and remaining > 0 and state.all_final and not dust:
             state.phase = "fallback"
             state.fallback_used = True
@@ -827,6 +1029,8 @@ class Supervisor(Actor[SupervisorState]):
 
     async def _finish(self, state: SupervisorState, ctx: IntentContext[SupervisorState], reason: str) -> None:
         intent = state.intent
+        if state.cancel_requested and not reason.startswith("canceled") and state.remaining > 0:
+            reason = f"canceled: {state.cancel_requested} ({reason})"
         await ctx.publish(
             StrategyFinished(
                 **routing(intent),
@@ -839,15 +1043,40 @@ class Supervisor(Actor[SupervisorState]):
                 side=intent.side,
                 qty=intent.qty,
                 strategy=intent.strategy,
+                canceled=bool(state.cancel_requested),
             )
         )
         state.phase = "finished"
+        if state.reserved:
+            await self._release(intent)
+            state.reserved = False
         # Kept (a day), not forgotten: the durable "finished" marker a redelivered submission meets.
         ctx.retire(state)
 
 
 class _VenueUnavailable(Exception):
     """The venue could not be asked (not reachable, markets not loaded): nothing is wrong with the intent."""
+
+
+class _Gate(msgspec.Struct, kw_only=True):
+    """What the intake's risk check found: a denial, or the reservation to take."""
+
+    denied: tuple[str, str] | None = None
+    limits: RiskLimits | None = None
+    ref_price: Decimal | None = None
+    free: Decimal | None = None
+    reservation: Any = None
+
+    def decide(self, current: Any, intent: SubmitIntent, now_ns: int) -> risk.Denial | None:
+        assert self.limits is not None and self.ref_price is not None and self.reservation is not None
+        return risk.intake_denial(
+            self.limits, symbol=intent.symbol, qty=intent.qty, ref_price=self.ref_price, reservations=current,
+            intent_id=intent.intent_id, now_ns=now_ns,
+        ) or risk.reservation_denial(self.limits, self.reservation, self.free, current, now_ns)
+
+
+def _decimal(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
 
 
 def _budget_ns(intent: SubmitIntent) -> int:
@@ -887,7 +1116,8 @@ def _fold(history: list[tuple[int, Message]]) -> SupervisorState | None:
         if isinstance(msg, IntentAccepted):
             if state is None and intent is not None:
                 state = SupervisorState(
-                    intent=intent, accepted_ns=msg.ts_event, deadline_ns=msg.deadline_ns, claim_token=str(submitted_seq)
+                    intent=intent, accepted_ns=msg.ts_event, deadline_ns=msg.deadline_ns, claim_token=str(submitted_seq),
+                    reserved=True,  # (whether it did is in KV, not the log: giving back nothing costs a read)
                 )
             continue
         if state is None:
@@ -982,6 +1212,9 @@ def _fold_one(state: SupervisorState, msg: Message) -> None:
             state.fallback_used = True
             state.fallback_act_by_ns = msg.act_by_ns or state.deadline_ns + FALLBACK_GRACE_NS
             state.reason = msg.reason or state.reason
+        case CancelIntent():
+            if state.phase != "finished" and not state.cancel_requested:
+                state.cancel_requested = msg.reason or f"canceled by {msg.requested_by or 'request'}"
         case StrategyFinished():
             state.phase = "finished"
             state.reason = msg.reason
@@ -1030,7 +1263,7 @@ def _ours(msg: Message) -> bool:
     return isinstance(
         msg,
         IntentAccepted | IntentRejected | PriceRequested | AttemptTimedOut | OrderKept | CancelOrder
-        | ExecutionTimedOut | StrategyFinished,
+        | ExecutionTimedOut | StrategyFinished | CancelIntentAccepted | CancelIntentRejected,
     )
 
 

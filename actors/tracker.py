@@ -282,7 +282,9 @@ def build_report(state: TrackerState, finished: StrategyFinished, intent_id: str
         slippage = (signed / mid * BPS).quantize(Decimal("0.0001"))
     all_rejected = bool(state.orders) and all(o.state == "rejected" for o in state.orders.values())
     if filled >= state.qty:
-        status = "filled"
+        status = "filled"  # (a cancel that lost the race to the fills)
+    elif finished.canceled:
+        status = "canceled"
     elif filled > 0:
         status = "partially_filled"
     elif all_rejected or not finished.client_order_ids:

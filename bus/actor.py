@@ -118,7 +118,16 @@ class Services:
         claim_once: Callable[[str, str], Awaitable[bool]],
         find_state: Callable[[str], Awaitable[Any]],
         claim: Callable[..., Awaitable[tuple[str, bool]]] | None = None,
+        *,
+        controls: Any = None,
+        each_intent: Callable[[Callable[[IntentContext[Any]], Awaitable[None]]], int] | None = None,
     ) -> None:
+        self.controls = controls
+        """The operator's controls (`bus.controls.ControlStore`): trading states, risk limits, reservations,
+        the order-rate budget. None outside the runtime."""
+        self.each_intent = each_intent
+        """`each_intent(fn)`: run `fn` in the context of every intent this replica owns and has state for
+        (behind what is queued for each); returns how many were queued."""
         self.claim = claim
         """`await claim(key, token, replacing=None)`: a durable claim on `key`; returns (holder, taken now). Only
         a claim taken now proves nobody held it. With `replacing=holder`, a claim that holder still has is taken

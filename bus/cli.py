@@ -7,8 +7,26 @@
                         [--config FILE]
     execbus submit --symbol BTC/USDT --side buy --qty 0.01 [--venue paper] [--strategy market]
                    [--param key=value ...] [--intent-id ID] [--nats URL] [--json]
+    execbus halt [--venue V [--symbol S]] [--cancel-working] [--reason TEXT] [--nats URL]
+    execbus reduce [--venue V [--symbol S]] [--reason TEXT] [--nats URL]
+    execbus resume [--venue V [--symbol S]] [--reason TEXT] [--nats URL]
+    execbus state [--nats URL] [--json]
+    execbus risk set KEY VALUE [--nats URL]
+    execbus risk show [--nats URL] [--json]
+    execbus cancel ID [--reason TEXT] [--wait] [--timeout S] [--report-timeout S] [--nats URL] [--json]
+    execbus replay show|fills|export|import|redrive ...
     execbus schema
     execbus bench NAME [--quick] [--out DIR] [-- bench options]
+
+Exit codes: 0 done; 1 failed (an execution that failed, a server that cannot be reached); 2 rejected (an
+intent, a cancel, an unknown intent id); 3 timed out waiting for an answer; 64 usage (bad flags or values).
+
+Operator control (`halt`, `reduce`, `resume`, `state`, `risk`, `cancel`) writes the controls bucket or the log
+and returns; the actors act on it. A scope is every venue (no `--venue`), one venue, or one venue's symbol:
+`halt` accepts nothing new there (with `--cancel-working` the supervisors also cancel the intents accepted
+before it), `reduce` accepts only intents that reduce the position, `resume` makes it ACTIVE again. The
+strictest scope covering a market wins: resuming one venue does not lift a halt of every venue (the command
+says so). `cancel` finds the intent in the log, publishes `CancelIntent` and waits for the supervisor's answer.
 
 The long-running commands (`up`, `actor`, `venue paper`) stop on SIGTERM or SIGINT at any moment: while
 they connect (a server that is not there yet is retried forever, but never past a stop), while they serve,
@@ -29,6 +47,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
@@ -68,8 +87,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _Stop.disarm()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits `EXIT_USAGE` (argparse's own 2 is `EXIT_REJECTED` here)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="execbus", description="Order execution as a choreography of actors on NATS")
+    parser = _Parser(prog="execbus", description="Order execution as a choreography of actors on NATS")
     parser.add_argument("--log-level", default=None, help="debug, info, warning (default: $EXECBUS_LOG_LEVEL or info)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -121,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_bench)
 
     _replay_parser(sub)
+    _control_parser(sub)
 
     p = sub.add_parser("schema", help="JSON Schema of every message")
     p.set_defaults(run=_schema)
@@ -623,6 +651,362 @@ def parse_time(text: str | None) -> int | None:
     if stamp.tzinfo is None:
         raise ValueError(f"give a time zone in {text!r} (e.g. a trailing Z)")
     return int(stamp.timestamp() * 1e9)
+
+
+# -- operator control -------------------------------------------------------------------------------------
+
+CONNECT_TIMEOUT_S = 10.0
+"""An operator command gives up on a server it cannot reach after this long (and says nothing changed): a
+halt that hangs silently is worse than one that fails loudly."""
+
+CANCEL_ANSWER_TIMEOUT_S = 10.0
+CANCEL_REPORT_TIMEOUT_S = 300.0
+
+_SCOPE_COMMANDS = {
+    "halt": ("HALTED", "accept nothing new in a scope (all venues, a venue, or a venue's symbol)"),
+    "reduce": ("REDUCING", "accept only intents that reduce the position in a scope"),
+    "resume": ("ACTIVE", "trade normally again in a scope"),
+}
+
+
+class _Unreachable(Exception):
+    """No NATS server at the URL within `CONNECT_TIMEOUT_S`."""
+
+
+def _control_parser(sub: Any) -> None:
+    for name, (state, text) in _SCOPE_COMMANDS.items():
+        p = sub.add_parser(name, help=text, description=f"{text}. Prints what changed.")
+        p.add_argument("--venue", default=None, help="one venue: 'paper' or a ccxt exchange id (default: every venue)")
+        p.add_argument("--symbol", default=None, help="one symbol of --venue, BASE/QUOTE such as BTC/USDT")
+        if name == "halt":
+            p.add_argument("--cancel-working", action="store_true",
+                           help="the supervisors also cancel the intents accepted before the halt")
+        p.add_argument("--reason", default="", help="why (kept with the state and in the log)")
+        p.add_argument("--nats", default=None)
+        p.set_defaults(run=_set_state, target_state=state, cancel_working=False)
+
+    p = sub.add_parser("state", help="every scope that is not ACTIVE")
+    p.add_argument("--nats", default=None)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(run=_state)
+
+    risk = sub.add_parser("risk", help="the risk gate's limits: set, show")
+    rsub = risk.add_subparsers(dest="risk_command", required=True)
+    p = rsub.add_parser("set", help="change one limit (validated: a bad value changes nothing)")
+    p.add_argument("key", help="a limit name (see `execbus risk show`)")
+    p.add_argument("value")
+    p.add_argument("--nats", default=None)
+    p.set_defaults(run=_risk_set)
+    p = rsub.add_parser("show", help="every limit, marking those at their default")
+    p.add_argument("--nats", default=None)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(run=_risk_show)
+
+    p = sub.add_parser("cancel", help="cancel one intent: stop its strategy and cancel its working orders")
+    p.add_argument("intent_id", metavar="ID")
+    p.add_argument("--reason", default="", help="why (carried in the CancelIntent)")
+    p.add_argument("--wait", action="store_true", help="once accepted, wait for the final report and print it")
+    p.add_argument("--timeout", type=float, default=CANCEL_ANSWER_TIMEOUT_S,
+                   help=f"seconds to wait for the supervisor's answer (default {CANCEL_ANSWER_TIMEOUT_S:g})")
+    p.add_argument("--report-timeout", type=float, default=CANCEL_REPORT_TIMEOUT_S,
+                   help=f"with --wait: seconds to wait for the report (default {CANCEL_REPORT_TIMEOUT_S:g})")
+    p.add_argument("--nats", default=None)
+    p.add_argument("--json", action="store_true", help="print the answer (and the report) as JSON lines")
+    p.set_defaults(run=_cancel)
+
+
+def operator_id() -> str:
+    """`user@host`: who changed a state or asked for a cancel."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        user = os.environ.get("USER") or "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def known_venue(venue: str) -> bool:
+    """'paper' or a ccxt exchange id (checked without opening anything)."""
+    if venue == "paper":
+        return True
+    import ccxt
+
+    return venue in ccxt.exchanges
+
+
+def parse_scope(venue: str | None, symbol: str | None) -> tuple[str, str]:
+    """(venue, symbol) of a scope from `--venue`/`--symbol` ("" = every); `ValueError` with a clear message
+    for a symbol without its venue, an unknown venue or a symbol that is not BASE/QUOTE."""
+    from messages.base import Symbol
+
+    if symbol is not None and venue is None:
+        raise ValueError("--symbol needs --venue (a symbol's scope is on one venue)")
+    if venue is not None and not known_venue(venue):
+        raise ValueError(f"unknown scope: no venue {venue!r} (use 'paper' or a ccxt exchange id such as binance)")
+    if symbol is not None:
+        try:
+            msgspec.convert(symbol, Symbol)
+        except msgspec.ValidationError:
+            raise ValueError(f"unknown scope: {symbol!r} is not a symbol (BASE/QUOTE, such as BTC/USDT)") from None
+    return venue or "", symbol or ""
+
+
+async def _connect(args: argparse.Namespace, name: str) -> Any:
+    from bus.bus import Bus
+    from bus.settings import BusSettings
+
+    url = _url(args)
+    try:
+        return await asyncio.wait_for(Bus.connect(url, BusSettings.from_env(), name=name), CONNECT_TIMEOUT_S)
+    except TimeoutError:
+        raise _Unreachable(url) from None
+
+
+async def _with_bus(args: argparse.Namespace, command: str, body: Callable[[Any], Awaitable[int]]) -> int:
+    """Connect, run `body(bus)`, close. A server that cannot be reached is EXIT_FAILED, nothing done."""
+    try:
+        bus = await _connect(args, f"execbus-{command}")
+    except _Unreachable as exc:
+        print(f"execbus {command}: cannot reach NATS at {exc} within {CONNECT_TIMEOUT_S:g} s; nothing changed",
+              file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        return await body(bus)
+    finally:
+        await bus.close()
+
+
+def _iso(ns: int) -> str:
+    from datetime import datetime, timezone
+
+    if not ns:
+        return "-"
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _scope_label(venue: str, symbol: str) -> str:
+    from messages.controls import ScopeState
+
+    return ScopeState(venue=venue, symbol=symbol, state="ACTIVE").label
+
+
+async def _set_state(args: argparse.Namespace) -> int:
+    command = args.command
+    try:
+        venue, symbol = parse_scope(args.venue, args.symbol)
+    except ValueError as exc:
+        print(f"execbus {command}: {exc}; nothing changed", file=sys.stderr)
+        return EXIT_USAGE
+    label = _scope_label(venue, symbol)
+    state = args.target_state
+
+    async def body(bus: Any) -> int:
+        controls = await bus.controls()
+        event = await controls.set_trading(
+            bus.publish, venue=venue, symbol=symbol, state=state, reason=args.reason, by=operator_id(),
+            cancel_working=args.cancel_working,
+        )
+        if event is None:
+            print(f"{label}: already {state}", flush=True)
+        else:
+            detail = f" ({args.reason})" if args.reason else ""
+            if event.cancel_working:
+                detail += "; the supervisors cancel the intents accepted before it"
+            print(f"{label}: {event.previous} -> {event.state}{detail}", flush=True)
+        effective = (await controls.trading()).effective(venue, symbol)
+        if effective is not None and (effective.venue, effective.symbol) != (venue, symbol):
+            from messages.controls import RESTRICTIVENESS
+
+            if RESTRICTIVENESS[effective.state] > RESTRICTIVENESS[state]:
+                why = f" ({effective.reason})" if effective.reason else ""
+                print(f"note: {label} is still {effective.state}: the {effective.label} scope is{why}; "
+                      f"`execbus resume{_scope_flags(effective.venue, effective.symbol)}` lifts that", flush=True)
+        return EXIT_OK
+
+    return await _with_bus(args, command, body)
+
+
+def _scope_flags(venue: str, symbol: str) -> str:
+    return (f" --venue {venue}" if venue else "") + (f" --symbol {symbol}" if symbol else "")
+
+
+async def _state(args: argparse.Namespace) -> int:
+    async def body(bus: Any) -> int:
+        states = await (await bus.controls()).trading()
+        scopes = sorted(states.scopes, key=lambda s: (s.venue, s.symbol))
+        if args.json:
+            print(json.dumps({"scopes": [
+                {"scope": s.label, "venue": s.venue, "symbol": s.symbol, "state": s.state, "reason": s.reason,
+                 "changed": _iso(s.changed_ns), "changed_ns": s.changed_ns, "by": s.by,
+                 "cancel_working": s.cancel_working}
+                for s in scopes
+            ]}), flush=True)
+        elif not scopes:
+            print("all ACTIVE", flush=True)
+        else:
+            for s in scopes:
+                extra = "  cancel working" if s.cancel_working else ""
+                reason = f"  reason: {s.reason}" if s.reason else ""
+                print(f"{s.label}: {s.state}  since {_iso(s.changed_ns)}  by {s.by or '-'}{extra}{reason}", flush=True)
+        return EXIT_OK
+
+    return await _with_bus(args, "state", body)
+
+
+def _limit_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+async def _risk_set(args: argparse.Namespace) -> int:
+    from bus.controls import parse_limit
+    from messages.controls import RiskLimits
+
+    try:
+        parse_limit(RiskLimits(), args.key, args.value)  # every limit is checked on its own: fail before connecting
+    except ValueError as exc:
+        print(f"execbus risk set: {exc}; nothing changed", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def body(bus: Any) -> int:
+        controls = await bus.controls()
+        before = getattr(await controls.limits(fresh=True), args.key)
+        try:
+            after = getattr(await controls.set_limit(args.key, args.value), args.key)
+        except ValueError as exc:
+            print(f"execbus risk set: {exc}; nothing changed", file=sys.stderr)
+            return EXIT_USAGE
+        if after == before:
+            print(f"{args.key}: {_limit_text(after)} (unchanged)", flush=True)
+        else:
+            print(f"{args.key}: {_limit_text(before)} -> {_limit_text(after)}", flush=True)
+        return EXIT_OK
+
+    return await _with_bus(args, "risk", body)
+
+
+async def _risk_show(args: argparse.Namespace) -> int:
+    from messages.controls import RiskLimits
+
+    defaults = RiskLimits()
+
+    async def body(bus: Any) -> int:
+        limits = await (await bus.controls()).limits(fresh=True)
+        names = [f.name for f in msgspec.structs.fields(RiskLimits)]
+        rows = {name: (getattr(limits, name), getattr(limits, name) == getattr(defaults, name)) for name in names}
+        if args.json:
+            print(json.dumps({
+                name: {"value": value if isinstance(value, bool | int) else str(value), "default": is_default}
+                for name, (value, is_default) in rows.items()
+            }), flush=True)
+        else:
+            width = max(map(len, names))
+            for name, (value, is_default) in rows.items():
+                print(f"{name:<{width}}  {_limit_text(value):<10}{'  (default)' if is_default else ''}".rstrip(),
+                      flush=True)
+        return EXIT_OK
+
+    return await _with_bus(args, "risk", body)
+
+
+async def find_intent(bus: Any, intent_id: str) -> tuple[str, str] | None:
+    """(venue, symbol) of the intent's `SubmitIntent` in the log, or None if the log has none."""
+    from contextlib import aclosing
+
+    from bus.replay import read_stream
+    from messages import InvalidMessage, SubmitIntent, subjects
+
+    async with aclosing(read_stream(bus, f"{subjects.PREFIX}.{SubmitIntent.kind}.*.*.{intent_id}")) as records:
+        async for record in records:
+            try:
+                message = record.message()
+            except InvalidMessage:
+                message = None
+            if isinstance(message, SubmitIntent):
+                return message.venue, message.symbol
+            parts = subjects.parse(record.subject)
+            if parts is not None:
+                return parts.venue, parts.symbol
+    return None
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    from messages import CancelIntent, CancelIntentAccepted, CancelIntentRejected, ExecutionCompleted, encode, subjects
+    from messages.base import IntentId
+
+    if not args.timeout > 0 or not args.report_timeout > 0:
+        print("execbus cancel: --timeout and --report-timeout take a number of seconds above 0", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        intent_id = msgspec.convert(args.intent_id, IntentId)
+    except msgspec.ValidationError:
+        print(f"execbus cancel: unknown intent ID {args.intent_id!r}: not an intent id "
+              "(1-64 of A-Z a-z 0-9 _ -); nothing sent", file=sys.stderr)
+        return EXIT_REJECTED
+
+    async def body(bus: Any) -> int:
+        found = await find_intent(bus, intent_id)
+        if found is None:
+            print(f"execbus cancel: unknown intent ID {intent_id}: no SubmitIntent for it in the log; nothing sent",
+                  file=sys.stderr)
+            return EXIT_REJECTED
+        venue, symbol = found
+        request = uuid.uuid4().hex[:16]
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        report: asyncio.Future[Any] = loop.create_future()
+
+        async def on_message(msg: Any) -> None:
+            if isinstance(msg, CancelIntentAccepted | CancelIntentRejected):
+                if msg.request == request and not answer.done():
+                    answer.set_result(msg)
+            elif isinstance(msg, ExecutionCompleted) and not report.done():
+                report.set_result(msg)
+
+        # Subscribed (and the subscription known to the server) before the cancel goes out: no answer is missed.
+        sub = await bus.subscribe(f"{subjects.PREFIX}.*.{venue}.{subjects.symbol_token(symbol)}.{intent_id}", on_message)
+        try:
+            await bus.nc.flush()
+            await bus.publish(CancelIntent(
+                intent_id=intent_id, venue=venue, symbol=symbol, request=request, reason=args.reason,
+                requested_by=operator_id(), ts_event=time.time_ns(),
+            ))
+            try:
+                reply = await asyncio.wait_for(asyncio.shield(answer), args.timeout)
+            except TimeoutError:
+                print(f"execbus cancel: no answer for {intent_id} within {args.timeout:g} s (request {request}). "
+                      "The cancel is in the log and will be acted on when a supervisor runs; "
+                      f"follow it with `execbus replay show {intent_id}`", file=sys.stderr)
+                return EXIT_TIMEOUT
+            if isinstance(reply, CancelIntentRejected):
+                if args.json:
+                    print(encode(reply).decode(), flush=True)
+                else:
+                    print(f"execbus cancel: rejected for {intent_id} ({reply.status}): {reply.reason}", file=sys.stderr)
+                return EXIT_REJECTED
+            if args.json:
+                print(encode(reply).decode(), flush=True)
+            else:
+                already = "; it was being canceled already" if reply.already else ""
+                print(f"cancel of {intent_id} accepted (request {request}): phase {reply.phase}{already}", flush=True)
+            if not args.wait:
+                return EXIT_OK
+            try:
+                final = await asyncio.wait_for(asyncio.shield(report), args.report_timeout)
+            except TimeoutError:
+                print(f"execbus cancel: accepted, but no report for {intent_id} within {args.report_timeout:g} s; "
+                      f"follow it with `execbus replay show {intent_id}`", file=sys.stderr)
+                return EXIT_TIMEOUT
+            print(encode(final).decode() if args.json else format_report(final), flush=True)
+            return EXIT_FAILED if final.status == "failed" else EXIT_OK
+        finally:
+            await sub.unsubscribe()
+
+    return await _with_bus(args, "cancel", body)
+
 
 
 async def _bench(args: argparse.Namespace) -> int:

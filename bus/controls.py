@@ -28,6 +28,7 @@ from nats.js.kv import KeyValue
 
 from bus.acks import AckMux
 from messages import Message
+from messages.base import Symbol, VenueId
 from messages.controls import (
     ANY_SYMBOL,
     ANY_VENUE,
@@ -189,7 +190,9 @@ class ControlStore:
         cancel_working: bool = False,
     ) -> TradingStateChanged | None:
         """Set one scope's state (ACTIVE removes it) and announce the change in the log. None: the scope
-        was in that state already (nothing written, nothing announced)."""
+        was in that state already (nothing written, nothing announced). A scope that is no venue id or no
+        symbol raises `ValueError` and changes nothing."""
+        _check_scope(venue, symbol)
         scope = ScopeState(
             venue=venue, symbol=symbol, state=state, reason=reason, changed_ns=time.time_ns(), by=by,
             cancel_working=cancel_working,
@@ -279,8 +282,8 @@ class ControlStore:
             try:
                 entry = await self._kv.get(key)
                 count, revision = int(entry.value or b"0"), entry.revision
-            except nats.js.errors.KeyNotFoundError:
-                count, revision = 0, 0
+            except nats.js.errors.KeyNotFoundError as exc:
+                count, revision = 0, _marker_revision(exc)
             if count >= per_second:
                 return max(second + 1 - now, 0.001)
             headers = {"Nats-Expected-Last-Subject-Sequence": str(revision), "Nats-TTL": str(RATE_KEY_TTL_S)}
@@ -296,8 +299,8 @@ class ControlStore:
     async def _read(self, key: str, kind: type[T]) -> tuple[T, int]:
         try:
             entry = await self._kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return kind(), 0
+        except nats.js.errors.KeyNotFoundError as exc:
+            return kind(), _marker_revision(exc)
         return _decode(entry.value, kind), entry.revision
 
     async def _update(self, key: str, kind: type[T], change: Callable[[T], T | None]) -> int | None:
@@ -320,6 +323,37 @@ class ControlStore:
 
 def _reserve_key(venue: str) -> str:
     return f"reserve.{venue}"
+
+
+def _marker_revision(exc: nats.js.errors.KeyNotFoundError) -> int:
+    """The revision to compare-and-set against for a key that has no value: 0 if it never had one, else the
+    revision of its delete or purge marker (`nats kv del execbus_controls risk` to go back to the defaults):
+    the key's last message is that marker, so expecting 0 would fail every write forever."""
+    entry = getattr(exc, "entry", None)
+    return int(entry.revision) if entry is not None and entry.revision else 0
+
+
+def _check_scope(venue: str, symbol: str) -> None:
+    """A scope the log can route, or a `ValueError` saying why not, before anything is written: a state
+    stored for a scope whose announcement cannot be sent (or read back) would hold unannounced."""
+    if symbol and not venue:
+        raise ValueError("a symbol scope needs its venue")
+    if venue:
+        if venue == ANY_VENUE:
+            raise ValueError(f"unknown scope: venue {venue!r} is reserved (leave the venue empty for every venue)")
+        try:
+            msgspec.convert(venue, VenueId)
+        except msgspec.ValidationError:
+            raise ValueError(
+                f"unknown scope: {venue!r} is not a venue id (1-32 of a-z 0-9 _, e.g. 'binance')"
+            ) from None
+    if symbol:
+        if symbol == ANY_SYMBOL:
+            raise ValueError(f"unknown scope: symbol {symbol!r} is reserved (leave the symbol empty for every symbol)")
+        try:
+            msgspec.convert(symbol, Symbol)
+        except msgspec.ValidationError:
+            raise ValueError(f"unknown scope: {symbol!r} is not a symbol (BASE/QUOTE, e.g. 'BTC/USDT')") from None
 
 
 def _decode(value: bytes | None, kind: type[T]) -> T:

@@ -15,7 +15,7 @@ __all__ = ["run_demo", "DEMO_INTENTS"]
 DEMO_INTENTS = (
     SubmitIntent(intent_id="demo-buy-1", venue="paper", symbol="BTC/USDT", side="buy", qty=Decimal("0.01")),
     SubmitIntent(intent_id="demo-sell-1", venue="paper", symbol="BTC/USDT", side="sell", qty=Decimal("0.25")),
-    SubmitIntent(intent_id="demo-buy-2", venue="paper", symbol="BTC/USDT", side="buy", qty=Decimal("2")),
+    SubmitIntent(intent_id="demo-buy-2", venue="paper", symbol="BTC/USDT", side="buy", qty=Decimal("1.5")),
     SubmitIntent(
         intent_id="demo-aggr-1",
         venue="paper",

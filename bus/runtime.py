@@ -122,7 +122,7 @@ class ActorHost:
     async def start(self) -> ActorHost:
         services = Services(
             self.clock, self.run_for_intent, self._publish, self.replica, self._claim_once, self._store.find,
-            self._claim,
+            self._claim, controls=await self.bus.controls(), each_intent=self.for_each_intent,
         )
         await self.actor.start(services)
         self._timer_task = asyncio.create_task(self._run_timers(), name=f"timers-{self.actor.name}")
@@ -253,6 +253,18 @@ class ActorHost:
     ) -> None:
         """Run `fn` in the intent's context, after the messages already queued for it."""
         self._enqueue(intent_id, partition, ("call", fn))
+
+    def for_each_intent(self, fn: Callable[[IntentContext[Any]], Awaitable[None]]) -> int:
+        """Run `fn` for every intent with state in the partitions we hold (an operator's halt reaching the
+        intents already running). Returns how many were queued."""
+        queued = 0
+        for partition in self.partitions:
+            if partition in self._releasing or partition not in self._streams:
+                continue
+            for intent_id in self._store.known_intents(partition):
+                self._enqueue(intent_id, partition, ("call", fn))
+                queued += 1
+        return queued
 
     def _enqueue(self, intent_id: str, partition: int, work: _Work) -> None:
         if self._activity is not None:
@@ -424,9 +436,10 @@ class ActorHost:
         self._store.drop(partition, intent_id)
         _retrieve_all(batch.sent)  # never cancel: a message already sent may still be stored and delivered
         stale = isinstance(exc, StaleState)
-        if stale and partition in self._rebuilt:
-            # Someone else wrote this intent's state since we read it (an owner that has not noticed it lost
-            # the lease): whatever it wrote is no basis. The next step rebuilds from the log again.
+        if partition in self._rebuilt:
+            # What the lost steps published is in the log but not in any state: the stored snapshot is older
+            # than the log (and with StaleState, someone else wrote it since we read it). The next step
+            # rebuilds from the log again, so a command that comes back meets what was said of it.
             self._rebuilt[partition].discard(intent_id)
         returning = [*batch.messages, *([failed] if failed is not None else [])]
         delivered = max((ack_info(m.reply).delivered for m in returning), default=1)

@@ -21,11 +21,23 @@ from typing import Any
 from bus.clock import SimClock
 from bus.settings import BusSettings
 from bus.system import System, SystemConfig
-from messages import ExecutionCompleted, IntentRejected, Message, SubmitIntent
+from decimal import Decimal
+
+from messages import ExecutionCompleted, IntentRejected, Message, RiskLimits, SubmitIntent
 
 __all__ = ["Activity", "Simulation", "Arrival"]
 
 NS = 1_000_000_000
+
+UNGATED = RiskLimits(
+    max_intent_notional=Decimal("1000000000000"),
+    max_open_notional=Decimal("1000000000000"),
+    max_orders_per_second=1_000_000,
+    balance_check=False,
+)
+"""A simulation replays what was decided once (and runs on virtual time, while the order-rate budget counts
+wall-clock seconds): by default it re-runs intents without the risk gate. Pass real limits to see which
+of a log's intents today's limits would deny."""
 
 
 class Activity:
@@ -101,6 +113,7 @@ class Simulation:
         settings: BusSettings | None = None,
         actor_options: dict[str, dict[str, Any]] | None = None,
         max_steps: int = 1_000_000,
+        risk_limits: RiskLimits = UNGATED,
     ) -> None:
         from venues.config import PaperVenueConfig
         from venues.simulator import PaperVenue
@@ -120,6 +133,7 @@ class Simulation:
             options.setdefault(name, {}).update(extra)
         self.system = System(
             SystemConfig(
+                risk_limits=risk_limits,
                 paper_venue=False,
                 venue_options={"paper": {"engine": self.venue}},
                 actor_options=options,

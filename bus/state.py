@@ -166,6 +166,12 @@ class StateStore:
         self._stored[partition] = set(intents)
         return intents
 
+    def known_intents(self, partition: int) -> list[str]:
+        """The intents of `partition` that have (or may have) a state: cached, or stored when we took it over."""
+        prefix = f"{self._actor}.{partition}."
+        cached = [k[len(prefix):] for k in self._cache if k.startswith(prefix)]
+        return sorted({*cached, *self._stored.get(partition, ())})
+
     async def find(self, intent_id: str) -> Any:
         """An intent's state from any partition (for status queries served by any replica). The owner's
         cache first: what is stored may be up to one flush delay older."""

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from bus.bus import Bus
+from messages import encode
 from bus.clock import Clock, WallClock
 from bus.runtime import ActorHost
 from bus.server import EmbeddedNats
@@ -53,6 +54,9 @@ class SystemConfig:
     actor_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Constructor keyword arguments per actor, e.g. {"reconciler": {"poll_interval_s": 0.2}}."""
     settings: BusSettings | None = None
+    risk_limits: Any = None
+    """A `messages.controls.RiskLimits` to store at start (replacing what the controls bucket holds); None
+    keeps the stored limits, or the safe defaults."""
     reconcile_at_start: bool = True
     """List our open orders at the venues and adopt or cancel those nobody watches (bus/startup.py)."""
 
@@ -94,6 +98,9 @@ class System:
         settings = config.settings or BusSettings.from_env()
         self.bus = await Bus.connect(self.url, settings, name="execbus-system")
         self.bus.activity = self.activity
+        if config.risk_limits is not None:
+            await self.bus.buckets.controls.put("risk", encode(config.risk_limits))
+            (await self.bus.controls()).limits_cached = config.risk_limits
         if config.paper_venue:
             await self._start_paper_venue()
         from venues.gateway import VenuePool

@@ -86,11 +86,13 @@ class CancelIntentAccepted(Message, frozen=True, kw_only=True):
 
 
 class CancelIntentRejected(Message, frozen=True, kw_only=True):
-    """The cancel could not apply: the intent is unknown to execbus or finished already."""
+    """The cancel could not apply: the intent is unknown to execbus, finished already, or the cancel is
+    malformed."""
 
     request: str = ""
     reason: str
-    status: Literal["unknown", "finished"]
+    status: Literal["unknown", "finished", "invalid"]
+    """`invalid`: the cancel itself did not decode (it is dead-lettered; the reason says what is wrong)."""
 
     def dedup_suffix(self) -> str:
         return self.request or "0"

@@ -140,14 +140,18 @@ class AuditLog:
 
     def __init__(self, limit: int) -> None:
         self.orders: deque[SimOrder] = deque()
+        self.received_ns: dict[int, int] = {}
+        """id(order) -> wall-clock time the venue accepted it: its own clock may be virtual (a stepped
+        market), while an order-rate budget is counted in real seconds."""
         self.limit = limit
         self.dropped = 0
         self.refused: dict[str, int] = {}
 
     def accepted(self, o: SimOrder) -> None:
         self.orders.append(o)
+        self.received_ns[id(o)] = time.time_ns()
         if len(self.orders) > self.limit:
-            self.orders.popleft()
+            self.received_ns.pop(id(self.orders.popleft()), None)
             self.dropped += 1
 
     def refused_by(self, exc: BaseException) -> None:
@@ -155,7 +159,8 @@ class AuditLog:
         self.refused[name] = self.refused.get(name, 0) + 1
 
     def report(self, prefix: str | None = None, account: str | None = None) -> dict[str, Any]:
-        rows = [_audit_row(o) for o in self.orders
+        rows = [{**_audit_row(o), "received_wall_ms": self.received_ns.get(id(o), 0) // _NS_PER_MS}
+                for o in self.orders
                 if (prefix is None or o.client_order_id.startswith(prefix))
                 and (account is None or o.account == account)]
         return {"accepted": rows, "refused": dict(self.refused), "dropped": self.dropped}

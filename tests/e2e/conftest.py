@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from bus.sim import UNGATED
 from bus.system import System, SystemConfig
 from tests.helpers import Recorder, fast_settings
 from venues.config import PaperVenueConfig
@@ -40,9 +41,16 @@ async def stop_running(running: Running) -> None:
     await running.system.stop()
 
 
+OPEN_LIMITS = UNGATED
+"""The risk gate wide open: these tests are about strategies and venues (the gate has its own tests, which
+set their own limits). The safe defaults would refuse, say, the 1,000 BTC sell that tests the venue's own
+InsufficientFunds."""
+
+
 def system_config(**overrides: Any) -> SystemConfig:
     values: dict[str, Any] = {
         "settings": fast_settings(),
+        "risk_limits": OPEN_LIMITS,
         "paper_config": PaperVenueConfig(speed=20.0),
         "actor_options": {"reconciler": {"poll_interval_s": 0.5, "confirm_interval_s": 0.05}},
     }

@@ -16,6 +16,10 @@ import msgspec
 
 from messages import (
     MESSAGE_TYPES,
+    CancelIntent,
+    CancelIntentAccepted,
+    CancelIntentRejected,
+    TradingStateChanged,
     AttemptTimedOut,
     OrderKept,
     CancelOrder,
@@ -372,3 +376,34 @@ def _intent_status() -> Fields:
             ),
         ),
     }
+
+
+# -- operator control ------------------------------------------------------------------------------------
+
+
+@_factory(CancelIntent)
+def _cancel_intent() -> Fields:
+    return {**_routing(), "request": "3f9c2a7d5e1b4c08", "reason": "signal went stale", "requested_by": "ops@desk-1"}
+
+
+@_factory(CancelIntentAccepted)
+def _cancel_intent_accepted() -> Fields:
+    return {**_routing(), "request": "3f9c2a7d5e1b4c08", "phase": "working"}
+
+
+@_factory(CancelIntentRejected)
+def _cancel_intent_rejected() -> Fields:
+    return {
+        **_routing(), "request": "3f9c2a7d5e1b4c08", "status": "finished",
+        "reason": "intent 'intent-7f3a' finished already (filled)",
+    }
+
+
+@_factory(TradingStateChanged)
+def _trading_state_changed() -> Fields:
+    return {
+        "intent_id": "trading_state", "venue": VENUE, "symbol": "ANY/ANY", "ts_event": TS, "ts_init": TS + 1_000,
+        "scope_venue": VENUE, "scope_symbol": "", "state": "HALTED", "previous": "ACTIVE",
+        "reason": "venue incident", "by": "ops@desk-1", "revision": 42,
+    }
+

@@ -1,0 +1,449 @@
+"""Operator control (issue 11): cancel an intent in every phase, halt and resume trading, and the risk gate
+at intake and at the placer — on a real nats-server, the real actors and the paper venue (binance profile).
+
+Phases are held still the way they happen in production: an actor that is not running (stopped, so its
+messages wait in the log) keeps the intent where it is until the cancel arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from bus.client import execute
+from bus.runtime import ActorHost
+from bus.system import build_actor
+from messages import (
+    CancelIntent,
+    CancelIntentAccepted,
+    CancelIntentRejected,
+    CancelOrder,
+    ExecutionCompleted,
+    ExecutionParams,
+    ExecutionTimedOut,
+    IntentAccepted,
+    IntentRejected,
+    OrderPlaced,
+    OrderRejected,
+    PlaceOrder,
+    PriceRequested,
+    RiskLimits,
+    SubmitIntent,
+    TradingStateChanged,
+)
+from messages.base import routing
+from tests.e2e.conftest import Running, start_running, stepped_config, stop_running
+from tests.helpers import assert_invariants, new_intent, wait_until
+from venues.config import PaperVenueConfig
+
+D = Decimal
+
+
+def aggressive(**params: Any) -> SubmitIntent:
+    qty = params.pop("qty", D("0.01"))
+    side = params.pop("side", "buy")
+    return new_intent(strategy="aggressive_limit", qty=qty, side=side, params=ExecutionParams(**params))
+
+
+def resting(**params: Any) -> SubmitIntent:
+    """An aggressive-limit buy whose first attempt rests at the touch of a frozen market for a long time."""
+    values: dict[str, Any] = {"attempt_timeout_seconds": D("60"), "total_timeout_seconds": D("120"), "max_retries": 2}
+    values.update(params)
+    return aggressive(**values)
+
+
+@asynccontextmanager
+async def stopped(running: Running, name: str) -> AsyncIterator[None]:
+    """The actor is not running inside the block (its messages wait in the log), and runs again after it."""
+    system = running.system
+    await system.hosts[name].stop()
+    try:
+        yield
+    finally:
+        actor = build_actor(name, system.venue_pool, system.config.actor_options.get(name))
+        system.hosts[name] = await ActorHost(system.bus, actor, clock=system.clock).start()
+
+
+async def cancel(running: Running, intent: SubmitIntent, request: str, reason: str = "signal went stale") -> Any:
+    """Publish a cancel and return the supervisor's answer to it."""
+    await running.bus.publish(
+        CancelIntent(**routing(intent), request=request, reason=reason, requested_by="test")
+    )
+
+    def answer() -> Any:
+        found = [
+            m for m in (*running.recorder.of(CancelIntentAccepted, intent.intent_id),
+                        *running.recorder.of(CancelIntentRejected, intent.intent_id))
+            if m.request == request
+        ]
+        return found[0] if found else None
+
+    return await wait_until(answer, timeout=10)
+
+
+async def report_of(running: Running, intent: SubmitIntent) -> ExecutionCompleted:
+    (report,) = await running.recorder.wait_for(ExecutionCompleted, intent.intent_id, timeout=20)
+    return report
+
+
+async def no_open_orders(running: Running, intent: SubmitIntent) -> None:
+    open_orders = await running.exchange.fetch_open_orders(intent.symbol)
+    assert [o for o in open_orders if str(o.get("clientOrderId", "")).startswith(intent.intent_id)] == []
+
+
+# -- cancel an intent ----------------------------------------------------------------------------------------
+
+
+async def test_a_cancel_while_pricing_ends_canceled_with_no_order(stepped: Running) -> None:
+    intent = resting()
+    async with stopped(stepped, "pricer"):
+        await stepped.bus.publish(intent)
+        await stepped.recorder.wait_for(PriceRequested, intent.intent_id)
+        answer = await cancel(stepped, intent, "r1")
+        report = await report_of(stepped, intent)
+
+    assert isinstance(answer, CancelIntentAccepted) and answer.phase == "arrival"
+    assert report.status == "canceled" and report.filled_qty == 0 and report.orders == ()
+    assert "signal went stale" in report.reason
+    assert stepped.recorder.of(PlaceOrder, intent.intent_id) == []
+
+
+async def test_a_cancel_while_working_cancels_the_order_and_reports_canceled(stepped: Running) -> None:
+    intent = resting()
+    await stepped.bus.publish(intent)
+    await stepped.recorder.wait_for(OrderPlaced, intent.intent_id)
+
+    answer = await cancel(stepped, intent, "r1")
+    report = await report_of(stepped, intent)
+
+    assert isinstance(answer, CancelIntentAccepted) and answer.phase == "working" and not answer.already
+    assert report.status == "canceled" and report.filled_qty == 0
+    assert [c.client_order_id for c in stepped.recorder.of(CancelOrder, intent.intent_id)] == [f"{intent.intent_id}-1"]
+    await assert_invariants(report, stepped.recorder, stepped.exchange)
+    await no_open_orders(stepped, intent)
+
+
+async def test_a_partly_filled_intent_canceled_reports_canceled_with_what_filled(stepped: Running) -> None:
+    intent = resting(qty=D("10"))  # far more than the touch holds: it fills in part
+    await stepped.bus.publish(intent)
+    await stepped.recorder.wait_for(OrderPlaced, intent.intent_id)
+    partial = await stepped.exchange.paper_control(
+        "advance_until", {"clientOrderId": f"{intent.intent_id}-1", "until": "fill", "max_seconds": 300}
+    )
+
+    await cancel(stepped, intent, "r1")
+    report = await report_of(stepped, intent)
+
+    assert report.status == "canceled"
+    assert 0 < report.filled_qty < intent.qty
+    assert report.filled_qty >= D(partial["order"]["executedQty"])
+    await assert_invariants(report, stepped.recorder, stepped.exchange)
+    await no_open_orders(stepped, intent)
+
+
+async def test_a_cancel_while_canceling_waits_for_the_order_then_reports_canceled(stepped: Running) -> None:
+    intent = resting(attempt_timeout_seconds=D("0.3"))
+    await stepped.bus.publish(intent)
+    await stepped.recorder.wait_for(OrderPlaced, intent.intent_id)
+    async with stopped(stepped, "placer"):
+        # The attempt expires; its cancel waits in the log for a placer: the intent is canceling.
+        await stepped.recorder.wait_for(CancelOrder, intent.intent_id)
+        answer = await cancel(stepped, intent, "r1")
+        assert isinstance(answer, CancelIntentAccepted) and answer.phase == "canceling"
+        placed_before = len(stepped.recorder.of(PlaceOrder, intent.intent_id))
+    report = await report_of(stepped, intent)
+
+    assert report.status == "canceled" and report.filled_qty == 0
+    assert len(stepped.recorder.of(PlaceOrder, intent.intent_id)) == placed_before  # no attempt after it
+    await assert_invariants(report, stepped.recorder, stepped.exchange)
+    await no_open_orders(stepped, intent)
+
+
+async def test_a_cancel_in_the_fallback_stops_it_and_the_placer_refuses_its_order(stepped: Running) -> None:
+    intent = aggressive(max_retries=1, attempt_timeout_seconds=D("0.2"), total_timeout_seconds=D("0.2"))
+    async with stopped(stepped, "market_fallback"):
+        await stepped.bus.publish(intent)
+        await stepped.recorder.wait_for(ExecutionTimedOut, intent.intent_id)
+        answer = await cancel(stepped, intent, "r1")
+        report = await report_of(stepped, intent)
+    # The fallback runs again and acts on the budget's end it had not seen: the placer refuses it.
+    (refused,) = await stepped.recorder.wait_for(OrderRejected, intent.intent_id, timeout=10)
+
+    assert isinstance(answer, CancelIntentAccepted) and answer.phase == "fallback"
+    assert report.status == "canceled" and report.filled_qty == 0 and report.fallback_used
+    assert refused.client_order_id == f"{intent.intent_id}-F" and refused.error in ("IntentCanceled", "IntentFinished")
+    audit = await stepped.exchange.paper_control("audit", {"client_order_id_prefix": f"{intent.intent_id}-F"})
+    assert audit["accepted"] == []
+    await no_open_orders(stepped, intent)
+
+
+async def test_a_cancel_racing_a_full_fill_ends_filled(stepped: Running) -> None:
+    intent = resting(qty=D("0.001"))
+    await stepped.bus.publish(intent)
+    await stepped.recorder.wait_for(OrderPlaced, intent.intent_id)
+    async with stopped(stepped, "placer"):
+        answer = await cancel(stepped, intent, "r1")  # its CancelOrder waits for a placer...
+        await stepped.recorder.wait_for(CancelOrder, intent.intent_id)
+        result = await stepped.exchange.paper_control(  # ...while the order fills whole
+            "advance_until", {"clientOrderId": f"{intent.intent_id}-1", "until": "done", "max_seconds": 300}
+        )
+        report = await report_of(stepped, intent)
+
+    assert isinstance(answer, CancelIntentAccepted) and result["reached"]
+    assert report.status == "filled" and report.filled_qty == intent.qty
+    await assert_invariants(report, stepped.recorder, stepped.exchange)
+
+
+async def test_cancelling_twice_is_harmless_and_a_finished_or_unknown_intent_is_told_so(stepped: Running) -> None:
+    intent = resting()
+    await stepped.bus.publish(intent)
+    await stepped.recorder.wait_for(OrderPlaced, intent.intent_id)
+
+    async with stopped(stepped, "placer"):  # the first cancel is still under way when the second comes
+        first = await cancel(stepped, intent, "r1")
+        second = await cancel(stepped, intent, "r2")
+    report = await report_of(stepped, intent)
+    after = await cancel(stepped, intent, "r3")
+    unknown = new_intent()
+    never = await cancel(stepped, unknown, "r4")
+
+    assert isinstance(first, CancelIntentAccepted) and not first.already
+    assert isinstance(second, CancelIntentAccepted) and second.already
+    assert report.status == "canceled"
+    assert len(stepped.recorder.of(ExecutionCompleted, intent.intent_id)) == 1
+    assert isinstance(after, CancelIntentRejected) and after.status == "finished" and "finished already" in after.reason
+    assert isinstance(never, CancelIntentRejected) and never.status == "unknown" and "unknown" in never.reason
+    assert stepped.recorder.of(IntentAccepted, unknown.intent_id) == []
+
+
+async def test_a_cancel_that_does_not_decode_is_dead_lettered_and_changes_nothing(stepped: Running) -> None:
+    intent = resting()
+    await stepped.bus.publish(intent)
+    await stepped.recorder.wait_for(OrderPlaced, intent.intent_id)
+    subject = f"exec.cancel_intent.paper.BTC-USDT.{intent.intent_id}"
+    await stepped.bus.nc.publish(subject, b'{"type":"CancelIntent","intent_id":"x"}')
+    good = await cancel(stepped, intent, "r1")  # handled after the bad one: the supervisor is still there
+
+    (invalid,) = await stepped.recorder.wait_for(CancelIntentRejected, intent.intent_id)
+    assert invalid.status == "invalid" and "venue" in invalid.reason
+    assert isinstance(good, CancelIntentAccepted) and good.phase == "working"
+    report = await report_of(stepped, intent)
+    assert report.status == "canceled"
+
+
+# -- trading state -----------------------------------------------------------------------------------------
+
+
+async def test_a_halt_rejects_new_intents_and_the_placer_refuses_a_raw_place_order(stepped: Running) -> None:
+    controls = await stepped.bus.controls()
+    changed = await controls.set_trading(stepped.bus.publish, state="HALTED", reason="venue incident", by="test")
+    assert changed is not None
+
+    intent = new_intent(qty=D("0.001"))
+    outcome = await execute(stepped.bus, intent, timeout=1.0)  # the answer within one second, or TimeoutError
+    assert isinstance(outcome, IntentRejected) and outcome.field == "trading_state.halted"
+    assert "halted for all venues: venue incident" in outcome.reason
+
+    # A PlaceOrder straight to the bus, for an intent the placer knows as accepted: only the halt stops it.
+    raw = new_intent(qty=D("0.001"))
+    await stepped.bus.publish(
+        IntentAccepted(**routing(raw), side="buy", qty=raw.qty, strategy="market", deadline_ns=time.time_ns() + 10**11)
+    )
+    await stepped.bus.publish(
+        PlaceOrder(**routing(raw), client_order_id=f"{raw.intent_id}-1", attempt=1, side="buy", order_type="market",
+                   qty=raw.qty)
+    )
+    (refused,) = await stepped.recorder.wait_for(OrderRejected, raw.intent_id)
+    assert refused.error == "trading_state.halted"
+    audit = await stepped.exchange.paper_control("audit", {"client_order_id_prefix": raw.intent_id})
+    assert audit["accepted"] == []
+
+    await controls.set_trading(stepped.bus.publish, state="ACTIVE", by="test")
+    after = await execute(stepped.bus, new_intent(qty=D("0.001")), timeout=15)
+    assert isinstance(after, ExecutionCompleted) and after.status == "filled"
+    states = [(m.state, m.previous) for m in stepped.recorder.of(TradingStateChanged)]
+    assert states == [("HALTED", "ACTIVE"), ("ACTIVE", "HALTED")]
+
+
+async def test_a_halt_of_one_symbol_leaves_the_others_trading(stepped: Running) -> None:
+    controls = await stepped.bus.controls()
+    await controls.set_trading(stepped.bus.publish, venue="paper", symbol="ETH/USDT", state="HALTED", by="test")
+
+    outcome = await execute(stepped.bus, new_intent(qty=D("0.001")), timeout=15)
+
+    assert isinstance(outcome, ExecutionCompleted) and outcome.status == "filled"
+
+
+async def test_a_halt_lets_working_intents_finish_and_with_cancel_working_cancels_them(stepped: Running) -> None:
+    finishing = resting(qty=D("0.001"))
+    canceled = resting()
+    await stepped.bus.publish(canceled)
+    await stepped.recorder.wait_for(OrderPlaced, canceled.intent_id)
+    controls = await stepped.bus.controls()
+
+    await controls.set_trading(stepped.bus.publish, state="HALTED", reason="risk review", by="test", cancel_working=True)
+    report = await report_of(stepped, canceled)
+
+    assert report.status == "canceled" and "cancel-working" in report.reason
+    await no_open_orders(stepped, canceled)
+    (halt_cancel,) = stepped.recorder.of(CancelIntent, canceled.intent_id)
+    assert halt_cancel.requested_by == "test"
+    # Without --cancel-working a halt lets a working intent go on (to its fill, here).
+    await controls.set_trading(stepped.bus.publish, state="ACTIVE", by="test")
+    await stepped.bus.publish(finishing)
+    await stepped.recorder.wait_for(OrderPlaced, finishing.intent_id)
+    await controls.set_trading(stepped.bus.publish, state="HALTED", by="test")
+    await stepped.exchange.paper_control(
+        "advance_until", {"clientOrderId": f"{finishing.intent_id}-1", "until": "done", "max_seconds": 300}
+    )
+    assert (await report_of(stepped, finishing)).status == "filled"
+
+
+async def test_reducing_accepts_only_sells_within_the_position(stepped: Running) -> None:
+    controls = await stepped.bus.controls()
+    await controls.set_trading(stepped.bus.publish, venue="paper", state="REDUCING", by="test")
+
+    buy = await execute(stepped.bus, new_intent(qty=D("0.001")), timeout=5)
+    too_big = await execute(stepped.bus, new_intent(side="sell", qty=D("1000")), timeout=5)  # 100 BTC held
+    sell = await execute(stepped.bus, new_intent(side="sell", qty=D("0.001")), timeout=15)
+
+    assert isinstance(buy, IntentRejected) and buy.field == "trading_state.reducing" and "a buy adds" in buy.reason
+    assert isinstance(too_big, IntentRejected) and too_big.field == "trading_state.reducing"
+    assert isinstance(sell, ExecutionCompleted) and sell.status == "filled"
+
+
+# -- the risk gate -----------------------------------------------------------------------------------------
+
+
+async def _ask(running: Running) -> Decimal:
+    book = await running.exchange.fetch_order_book("BTC/USDT")
+    return D(repr(book["asks"][0][0]))
+
+
+async def _limits(running: Running, **values: Any) -> None:
+    controls = await running.bus.controls()
+    for key, value in values.items():
+        await controls.set_limit(key, str(value))
+    await wait_until(lambda: all(str(getattr(controls.limits_cached, k)) == str(v) for k, v in values.items()))
+
+
+async def test_max_intent_notional_at_intake_at_and_over_the_limit(stepped: Running) -> None:
+    qty = D("0.01")
+    notional = qty * await _ask(stepped)
+
+    await _limits(stepped, max_intent_notional=notional)
+    at = await execute(stepped.bus, new_intent(qty=qty), timeout=15)
+    await _limits(stepped, max_intent_notional=notional - D("0.01"))
+    over = await execute(stepped.bus, new_intent(qty=qty), timeout=5)
+
+    assert isinstance(at, ExecutionCompleted) and at.status == "filled"
+    assert isinstance(over, IntentRejected) and over.field == "risk.max_notional"
+    assert "exceeds max_intent_notional" in over.reason and "E" not in over.reason.split("exceeds")[1]
+
+
+async def test_the_placer_holds_every_order_to_the_notional_limit(stepped: Running) -> None:
+    """A supervisor that is behind (or a client writing to the bus) cannot get past the gate."""
+    await _limits(stepped, max_intent_notional=D("100"))
+    raw = new_intent(qty=D("0.01"))
+    await stepped.bus.publish(
+        IntentAccepted(**routing(raw), side="buy", qty=raw.qty, strategy="market", deadline_ns=time.time_ns() + 10**11)
+    )
+    await stepped.bus.publish(
+        PlaceOrder(**routing(raw), client_order_id=f"{raw.intent_id}-1", attempt=1, side="buy", order_type="limit",
+                   qty=raw.qty, price=D("20000"))
+    )
+    (refused,) = await stepped.recorder.wait_for(OrderRejected, raw.intent_id)
+    assert refused.error == "risk.max_notional" and "order notional 200" in refused.reason
+
+
+async def test_open_notional_counts_the_intents_in_flight(stepped: Running) -> None:
+    qty = D("0.01")
+    notional = qty * await _ask(stepped)
+    await _limits(stepped, max_open_notional=notional * 2)
+    first, second = resting(qty=qty), resting(qty=qty)
+    for intent in (first, second):
+        await stepped.bus.publish(intent)
+        await stepped.recorder.wait_for(OrderPlaced, intent.intent_id)
+
+    third = await execute(stepped.bus, resting(qty=qty), timeout=5)
+    await cancel(stepped, first, "r1")
+    await report_of(stepped, first)  # its reservation is given back when it finishes
+    fourth = resting(qty=qty)
+    await stepped.bus.publish(fourth)
+    await stepped.recorder.wait_for(OrderPlaced, fourth.intent_id)
+
+    assert isinstance(third, IntentRejected) and third.field == "risk.open_notional"
+    for intent in (second, fourth):
+        await cancel(stepped, intent, "cleanup")
+
+
+@pytest.fixture
+async def poor() -> AsyncIterator[Running]:
+    """An account with 1,000 USDT."""
+    config = stepped_config()
+    config.paper_config = PaperVenueConfig(speed=0, balances={"USDT": D("1000"), "BTC": D("1")})
+    config.risk_limits = RiskLimits(max_orders_per_second=1000)  # the safe defaults, balance check on
+    r = await start_running(config)
+    try:
+        yield r
+    finally:
+        await stop_running(r)
+
+
+async def test_two_intents_that_together_exceed_the_balance_one_runs_one_is_denied(poor: Running) -> None:
+    ask = await _ask(poor)
+    qty = (D("600") / ask).quantize(D("0.00001"))  # each needs about 612 USDT with the 2% buffer: one fits
+    intents = [resting(qty=qty), resting(qty=qty)]
+
+    outcomes = await asyncio.gather(*(execute(poor.bus, i, timeout=3) for i in intents), return_exceptions=True)
+
+    rejected = [o for o in outcomes if isinstance(o, IntentRejected)]
+    assert len(rejected) == 1 and rejected[0].field == "risk.balance"
+    assert "reserved by intents in flight" in rejected[0].reason
+    runner = next(i for i in intents if i.intent_id != rejected[0].intent_id)
+    assert poor.recorder.of(IntentAccepted, runner.intent_id)
+    await cancel(poor, runner, "cleanup")
+    assert (await report_of(poor, runner)).status == "canceled"
+
+
+async def test_the_balance_check_at_and_over_the_free_balance(poor: Running) -> None:
+    # A sell reserves its quantity of base, and 1 BTC is free.
+    over = await execute(poor.bus, new_intent(side="sell", qty=D("1.00001")), timeout=3)
+    at = await execute(poor.bus, new_intent(side="sell", qty=D("1")), timeout=15)
+
+    assert isinstance(over, IntentRejected) and over.field == "risk.balance"
+    assert "needs 1.00001 BTC; free 1 less 0 reserved" in over.reason
+    assert isinstance(at, ExecutionCompleted) and at.status == "filled"
+
+
+# -- the shared order-rate budget ------------------------------------------------------------------------------
+
+
+async def test_the_order_rate_budget_holds_across_two_placer_replicas(stepped: Running) -> None:
+    system = stepped.system
+    second = await ActorHost(
+        system.bus, build_actor("placer", system.venue_pool, system.config.actor_options.get("placer")),
+        clock=system.clock, replica="placer-two",
+    ).start()
+    try:
+        await _limits(stepped, max_orders_per_second=3)
+        await wait_until(lambda: len(second.partitions) > 0, timeout=10)  # both replicas own partitions
+        intents = [new_intent(qty=D("0.001"), intent_id=f"rate-{i}-{time.time_ns() % 10**9}") for i in range(12)]
+        reports = await asyncio.gather(*(execute(stepped.bus, i, timeout=30) for i in intents))
+        audit = await stepped.exchange.paper_control("audit", {"client_order_id_prefix": "rate-"})
+    finally:
+        await second.stop()
+
+    assert all(isinstance(r, ExecutionCompleted) and r.status == "filled" for r in reports)
+    per_second = Counter(row["received_wall_ms"] // 1000 for row in audit["accepted"])
+    assert sum(per_second.values()) == 12
+    assert max(per_second.values()) <= 3, per_second
+    created = [system.hosts["placer"].actor.stats["created"], second.actor.stats["created"]]
+    assert all(n > 0 for n in created), created  # both replicas created orders under the one budget
