@@ -66,6 +66,9 @@ class Pending(msgspec.Struct, kw_only=True):
     cancel_wanted: bool = False
     holder: str = ""
     """The placer replica holding the right to create this id, when it is not us: its create may have landed."""
+    reason: str = ""
+    """Why a create waits in `backoff`: the venue's rate limit (`RateLimitExceeded`) or our own order-rate
+    budget (`risk.order_rate`). Either way nothing of it reached the venue."""
 
 
 class PlacerState(msgspec.Struct, kw_only=True):
@@ -460,21 +463,13 @@ class Placer(Actor[PlacerState]):
         wait_s = await self._order_slot(cmd)
         if wait_s > 0:
             # The venue's order budget for this second is spent (by any placer): wait for the next second,
-            # holding the claim as after a venue's rate limit, unless that is past the order's deadline.
-            now = ctx.clock.now_ns()
-            if cmd.deadline_ns and now + int(wait_s * NS) > cmd.deadline_ns:
-                limit = (await self._services.controls.limits()).max_orders_per_second  # type: ignore[union-attr]
-                await self._reject(
-                    cmd, ctx, DENY_ORDER_RATE,
-                    f"{cmd.venue}'s budget of {limit} new orders per second is spent; the next slot comes "
-                    f"{wait_s * 1000:.0f} ms from now, after the order's deadline",
-                    state=state,
-                )
-                return
+            # holding the claim as after a venue's rate limit. A cancel meanwhile (the attempt's deadline)
+            # ends it unsent (`_cancel`).
             self.stats["budget_waits"] += 1
             ctx.log.info("create_waits_for_order_budget", client_order_id=cid, wait_ms=round(wait_s * 1000))
             state.backoff[cid] = Pending(
-                command=cmd, since_ns=now + int(wait_s * NS), cancel_wanted=cancel_after, holder=holder
+                command=cmd, since_ns=ctx.clock.now_ns() + int(wait_s * NS), cancel_wanted=cancel_after,
+                holder=holder, reason=DENY_ORDER_RATE,
             )
             return
         try:
@@ -490,7 +485,8 @@ class Placer(Actor[PlacerState]):
             wait_ns = _retry_after_ns(exc, exchange)
             ctx.log.info("create_rate_limited", client_order_id=cid, retry_in_ms=wait_ns // 1_000_000)
             pending = Pending(
-                command=cmd, since_ns=ctx.clock.now_ns() + wait_ns, cancel_wanted=cancel_after, holder=holder
+                command=cmd, since_ns=ctx.clock.now_ns() + wait_ns, cancel_wanted=cancel_after, holder=holder,
+                reason="RateLimitExceeded",
             )
             state.backoff[cid] = pending
             return
@@ -715,6 +711,15 @@ class Placer(Actor[PlacerState]):
             )
             return
         order_id = order_id or state.placed.get(cid)
+        if order_id is None and cid in state.backoff and cid not in state.unknown:
+            # Waiting for a rate limit, so never sent: it ends here, unsent. Retryable: nothing of it traded,
+            # so the strategy goes on as after any attempt that ended unfilled.
+            waiting = state.backoff.pop(cid)
+            await self._reject(
+                waiting.command, ctx, waiting.reason or "RateLimitExceeded",
+                f"canceled while it waited for {venue}'s order rate limit: never sent", retryable=True, state=state,
+            )
+            return
         if order_id is None:
             pending = state.unknown.get(cid) or state.backoff.get(cid)
             if pending is not None:

@@ -862,6 +862,7 @@ class Supervisor(Actor[SupervisorState]):
         record = state.order(msg.client_order_id)
         if record is None or record.status == "final":
             return
+        _learn_cancel(state, msg)
         record.status = "final"
         record.rejected = "retryable" if msg.retryable else "final"
         state.reason = f"order {msg.client_order_id} rejected: {msg.error}: {msg.reason}"
@@ -1176,6 +1177,7 @@ def _fold_one(state: SupervisorState, msg: Message) -> None:
         case OrderRejected():
             record = state.order(msg.client_order_id)
             if record is not None and record.status != "final":
+                _learn_cancel(state, msg)
                 record.status = "final"
                 record.rejected = "retryable" if msg.retryable else "final"
                 state.reason = f"order {msg.client_order_id} rejected: {msg.error}: {msg.reason}"
@@ -1240,6 +1242,13 @@ def _fenced_record(state: SupervisorState, msg: Message) -> bool:
     """The event is about an order only a fenced owner sent: the placer's refusal of it closes it."""
     record = state.order(getattr(msg, "client_order_id", ""))
     return record is not None and record.fenced
+
+
+def _learn_cancel(state: SupervisorState, msg: OrderRejected) -> None:
+    """The placer refused an order because the intent is being canceled: so it is, whether or not its
+    `CancelIntent` reached us first (after a failover, redeliveries need not come in log order)."""
+    if msg.error == "IntentCanceled" and not state.cancel_requested:
+        state.cancel_requested = "canceled (the placer had the intent's cancel first)"
 
 
 def _refused_as_stale(msg: Message) -> bool:

@@ -7,6 +7,11 @@ the EXEC log are checked against the invariants that must survive any crash:
     no client order id was created twice at the venue
     nothing of ours is left open at the venue
     per intent, what the venue traded equals the report's filled_qty and never exceeds the intent's qty
+    an intent whose cancel was accepted ends `canceled` (or `filled`, when the fills won the race), and no
+    order of it commanded after the cancel in the log reached the venue
+
+Some intents (`ChaosConfig.cancel_share`) are canceled by upstream a seeded moment after their submission,
+while the kills go on: the cancel must survive them like everything else.
 
 `run_chaos(seed, workdir)` does one run and returns a `ChaosResult` (summary + violations with evidence).
 `tests/e2e/test_chaos.py` runs one seed in the suite; `tests/e2e/run_chaos_seeds.py` runs many.
@@ -45,7 +50,18 @@ import msgspec
 
 from bus.bus import Bus
 from bus.server import EmbeddedNats
-from messages import ExecutionCompleted, ExecutionParams, IntentRejected, Message, SubmitIntent, decode
+from messages import (
+    CancelIntent,
+    CancelIntentAccepted,
+    ExecutionCompleted,
+    ExecutionParams,
+    IntentRejected,
+    Message,
+    PlaceOrder,
+    SubmitIntent,
+    decode,
+)
+from messages.base import routing
 from tests.e2e.recovery_helpers import ACTOR_ENV, REPO, ActorProcess, read_log
 from tests.helpers import fast_settings, wait_until
 from venues.paper import PaperExchange
@@ -83,6 +99,9 @@ class ChaosConfig:
     load rather than a whole actor being down (that is `test_recovery`'s matter). market_fallback, with one
     replica, is killed outright. False: anything live may be killed."""
     min_kills: int = 10
+    cancel_share: float = 0.12
+    """Share of intents canceled `cancel_after_s` after their submission."""
+    cancel_after_s: tuple[float, float] = (0.05, 3.0)
     report_deadline_s: float = 60.0
     """After the last submission, how long every intent has to get its report."""
 
@@ -215,6 +234,8 @@ class Intent:
     at_s: float
     published_at_s: float | None = None
     publish_error: str = ""
+    cancel_after_s: float | None = None
+    """Upstream cancels it this long after publishing it (None: never)."""
 
 
 class ChaosRun:
@@ -258,6 +279,12 @@ class ChaosRun:
         self.event(f"nats-server up at {self.server.url} (store {self.server.store_dir})")
         self.venue = VenueProcess(self.server.url, self.workdir, self.seed).start()
         self.bus = await Bus.connect(self.server.url, fast_settings(ack_wait_s=4.0), name="chaos-test")
+        # The notional limits off (a 3 BTC capped market is bigger than the default), the balance check and
+        # the venue's own order rate (Binance: 100 per 10 s) on: as `execbus risk set` would.
+        controls = await self.bus.controls()
+        await controls.set_limit("max_intent_notional", "1000000000")
+        await controls.set_limit("max_open_notional", "1000000000")
+        await controls.set_limit("max_orders_per_second", "10")
         self.exchange = PaperExchange({"options": {"natsUrl": self.server.url}, "timeout": 3000})
 
         async def venue_answers() -> bool:
@@ -335,7 +362,8 @@ class ChaosRun:
             intent_id = f"x{self.seed % 100000}-{i:03d}-{TAGS[variant]}"
             submit = SubmitIntent(intent_id=intent_id, venue="paper", symbol=SYMBOL, side=side, qty=qty,
                                   strategy=strategy, params=ExecutionParams(**params))  # type: ignore[arg-type]
-            self.intents.append(Intent(submit, variant, at))
+            cancel_after = rng.uniform(*self.config.cancel_after_s) if rng.random() < self.config.cancel_share else None
+            self.intents.append(Intent(submit, variant, at, cancel_after_s=cancel_after))
 
     async def submit_all(self) -> None:
         start = self.now()
@@ -358,11 +386,31 @@ class ChaosRun:
             try:
                 await asyncio.wait_for(self.bus.publish(intent.submit), 2.0)
                 intent.published_at_s = self.now()
-                return
+                break
             except Exception as exc:
                 if self.now() > deadline:
                     intent.publish_error = repr(exc)
                     self.result.errors.append(f"{intent.submit.intent_id} could not be published: {exc!r}")
+                    return
+                await asyncio.sleep(0.1)  # retry interval of the resend loop, not a synchronisation
+        if intent.cancel_after_s is not None:
+            await asyncio.sleep(intent.cancel_after_s)  # scenario pacing: upstream changes its mind then
+            await self._cancel(intent)
+
+    async def _cancel(self, intent: Intent) -> None:
+        """Upstream's cancel, resent like a submission until JetStream stores it."""
+        assert self.bus is not None
+        cancel = CancelIntent(**routing(intent.submit), request="chaos", reason="chaos: upstream changed its mind",
+                              requested_by="chaos")
+        deadline = self.now() + 30
+        while True:
+            await self.nats_up.wait()
+            try:
+                await asyncio.wait_for(self.bus.publish(cancel), 2.0)
+                return
+            except Exception as exc:
+                if self.now() > deadline:
+                    self.result.errors.append(f"{intent.submit.intent_id}: its cancel could not be published: {exc!r}")
                     return
                 await asyncio.sleep(0.1)  # retry interval of the resend loop, not a synchronisation
 
@@ -645,11 +693,13 @@ class ChaosRun:
                 if reports[0].status == "failed":
                     res.findings.append(f"{iid} ({intent.variant}) reported failed: {reports[0].reason!r}, "
                                         f"filled {reports[0].filled_qty} of {intent.submit.qty}")
+            canceled_at_intake = bool(rejections) and not reports and all(r.field == "canceled" for r in rejections)
             if rejections:
                 res.rejected += 1
+            if rejections and not canceled_at_intake:  # (a cancel of an intent never accepted: its answer)
                 res.violations.append(Violation("IntentRejected", iid, f"{len(rejections)} IntentRejected: "
                                                 f"{[(r.field, r.reason, r.duplicate) for r in rejections]}", evidence()))
-            if len(reports) != 1:
+            if len(reports) != 1 and not canceled_at_intake:
                 res.violations.append(Violation("exactly one ExecutionCompleted", iid,
                                                 f"{len(reports)} ExecutionCompleted in the log", evidence()))
             dups = sorted({o.get("clientOrderId") for o in venue_orders} & dup_cids)
@@ -670,6 +720,19 @@ class ChaosRun:
             if traded_by_trades != traded:
                 res.violations.append(Violation("venue orders' executedQty != venue trades", iid,
                                                 f"orders say {traded}, trades say {traded_by_trades}", evidence()))
+            accepted = [m for m in msgs if isinstance(m, CancelIntentAccepted)]
+            if accepted and reports and reports[0].status not in ("canceled", "filled"):
+                res.violations.append(Violation("an accepted cancel ends canceled or filled", iid,
+                                                f"cancel accepted in phase {accepted[0].phase}, report {reports[0].status}",
+                                                evidence()))
+            if accepted:
+                res.outcomes["cancel_accepted"] += 1
+                cancel_seq = min(seq for seq, m in by_intent[iid] if isinstance(m, CancelIntent))
+                commanded = {m.client_order_id: seq for seq, m in reversed(by_intent[iid]) if isinstance(m, PlaceOrder)}
+                late = [o for o in venue_orders if commanded.get(o.get("clientOrderId") or "", 0) > cancel_seq]
+                if late:
+                    res.violations.append(Violation("no order commanded after the cancel reaches the venue", iid,
+                                                    f"{[_order_line(o) for o in late]}", evidence()))
             if len(reports) >= 1 and any(r.filled_qty != traded for r in reports):
                 res.qty_mismatches += 1
                 res.violations.append(Violation("report filled_qty != venue traded qty", iid,

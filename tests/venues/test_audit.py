@@ -77,7 +77,9 @@ async def test_the_audit_lists_every_accepted_create_in_order_over_a_chunked_rep
     assert [int(r["id"]) for r in rows] == sorted(int(r["id"]) for r in rows)
     assert rows[4] == {"client_order_id": "c-4", "id": "5", "symbol": SYMBOL, "side": "buy", "type": "limit",
                        "amount": "0.001", "price": "40004", "filled": "0", "status": "open",
-                       "timestamp": rows[4]["timestamp"], "account": "acct1"}
+                       "timestamp": rows[4]["timestamp"], "account": "acct1",
+                       "received_wall_ms": rows[4]["received_wall_ms"]}
+    assert all(r["received_wall_ms"] >= rows[0]["received_wall_ms"] > 0 for r in rows)  # in the order they came
     assert all(r["status"] == "closed" and Decimal(r["filled"]) == Decimal("0.01") for r in rows[-2:])
     assert audit["refused"] == {"InvalidOrder": 1, "InsufficientFunds": 1}
     assert [r["client_order_id"] for r in only_m["accepted"]] == ["m-1", "m-1"]
