@@ -778,6 +778,14 @@ async def _with_bus(args: argparse.Namespace, command: str, body: Callable[[Any]
         await bus.close()
 
 
+def _controls(bus: Any) -> Any:
+    """The controls store without its watch (`bus.controls()` starts one): a one-shot command reads every
+    value fresh, and has no watch to set up only to tear it down again a moment later."""
+    from bus.controls import ControlStore
+
+    return ControlStore(bus.buckets.controls, bus.acks)
+
+
 def _iso(ns: int) -> str:
     from datetime import datetime, timezone
 
@@ -803,13 +811,17 @@ async def _set_state(args: argparse.Namespace) -> int:
     state = args.target_state
 
     async def body(bus: Any) -> int:
-        controls = await bus.controls()
+        controls = _controls(bus)
+        current = (await controls.trading()).find(venue, symbol)
+        # A second `halt` without --cancel-working keeps the first one's cancel: it is never taken back.
+        cancel_working = args.cancel_working or (
+            state == "HALTED" and current is not None and current.state == "HALTED" and current.cancel_working)
         event = await controls.set_trading(
             bus.publish, venue=venue, symbol=symbol, state=state, reason=args.reason, by=operator_id(),
-            cancel_working=args.cancel_working,
+            cancel_working=cancel_working,
         )
         if event is None:
-            print(f"{label}: already {state}", flush=True)
+            print(f"{label}: already {state}{' (canceling working intents)' if cancel_working else ''}", flush=True)
         else:
             detail = f" ({args.reason})" if args.reason else ""
             if event.cancel_working:
@@ -821,7 +833,7 @@ async def _set_state(args: argparse.Namespace) -> int:
 
             if RESTRICTIVENESS[effective.state] > RESTRICTIVENESS[state]:
                 why = f" ({effective.reason})" if effective.reason else ""
-                print(f"note: {label} is still {effective.state}: the {effective.label} scope is{why}; "
+                print(f"note: {label} is still {effective.state} by the {effective.label} scope{why}; "
                       f"`execbus resume{_scope_flags(effective.venue, effective.symbol)}` lifts that", flush=True)
         return EXIT_OK
 
@@ -834,7 +846,7 @@ def _scope_flags(venue: str, symbol: str) -> str:
 
 async def _state(args: argparse.Namespace) -> int:
     async def body(bus: Any) -> int:
-        states = await (await bus.controls()).trading()
+        states = await _controls(bus).trading()
         scopes = sorted(states.scopes, key=lambda s: (s.venue, s.symbol))
         if args.json:
             print(json.dumps({"scopes": [
@@ -872,7 +884,7 @@ async def _risk_set(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     async def body(bus: Any) -> int:
-        controls = await bus.controls()
+        controls = _controls(bus)
         before = getattr(await controls.limits(fresh=True), args.key)
         try:
             after = getattr(await controls.set_limit(args.key, args.value), args.key)
@@ -894,7 +906,7 @@ async def _risk_show(args: argparse.Namespace) -> int:
     defaults = RiskLimits()
 
     async def body(bus: Any) -> int:
-        limits = await (await bus.controls()).limits(fresh=True)
+        limits = await _controls(bus).limits(fresh=True)
         names = [f.name for f in msgspec.structs.fields(RiskLimits)]
         rows = {name: (getattr(limits, name), getattr(limits, name) == getattr(defaults, name)) for name in names}
         if args.json:

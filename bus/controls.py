@@ -16,6 +16,7 @@ watch, a change reaching every actor within milliseconds.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -49,7 +50,12 @@ log = structlog.get_logger("execbus.bus.controls")
 TRADING_KEY = "trading"
 RISK_KEY = "risk"
 RATE_KEY_TTL_S = 60
+SLOT_GUARD_S = 0.1
+"""An order slot is only taken in the first 900 ms of a second: the order's way to the venue must not
+carry it into the venue's count of the next second."""
 _MAX_CAS_TRIES = 50
+_CAS_BACKOFF_S = 0.001
+_CAS_BACKOFF_MAX_S = 0.05
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -136,7 +142,11 @@ class ControlStore:
 
     async def stop(self) -> None:
         if self._watch_task is not None:
-            self._watch_task.cancel()
+            # Cancel until it ends: under Python 3.11 `asyncio.wait_for` (nats-py's requests, e.g. while the
+            # watch is being set up) drops a cancel that lands as its reply arrives, and the watch goes on.
+            while not self._watch_task.done():
+                self._watch_task.cancel()
+                await asyncio.wait([self._watch_task], timeout=0.1)
             await asyncio.gather(self._watch_task, return_exceptions=True)
             self._watch_task = None
 
@@ -278,6 +288,8 @@ class ControlStore:
         for _ in range(_MAX_CAS_TRIES):
             now = time.time()
             second = int(now)
+            if second + 1 - now < SLOT_GUARD_S:
+                return second + 1 - now  # too late in this second: the venue could count it in the next
             key = f"rate.{venue}.{second}"
             try:
                 entry = await self._kv.get(key)
@@ -289,6 +301,8 @@ class ControlStore:
             headers = {"Nats-Expected-Last-Subject-Sequence": str(revision), "Nats-TTL": str(RATE_KEY_TTL_S)}
             try:
                 await self._acks.publish(self._subject + key, str(count + 1).encode(), headers)
+                if time.time() - second > 1 - SLOT_GUARD_S:
+                    continue  # the write took us past the guard: that slot is lost, take one of the next second
                 return 0.0
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue  # another placer took a slot meanwhile: count again
@@ -306,7 +320,7 @@ class ControlStore:
     async def _update(self, key: str, kind: type[T], change: Callable[[T], T | None]) -> int | None:
         """Read, change, write back if nobody wrote in between (else again). Returns the new revision, or
         None when `change` wanted no write."""
-        for _ in range(_MAX_CAS_TRIES):
+        for attempt in range(_MAX_CAS_TRIES):
             current, revision = await self._read(key, kind)
             updated = change(current)
             if updated is None:
@@ -315,7 +329,9 @@ class ControlStore:
             try:
                 ack = await self._acks.publish(self._subject + key, _encoder.encode(updated), headers)
             except nats.js.errors.KeyWrongLastSequenceError:
-                await asyncio.sleep(0)
+                # A burst of writers (a hundred intents reaching the supervisors at once) would otherwise
+                # retry in lockstep, one winner a round, and the last ones run out of tries: spread them.
+                await asyncio.sleep(random.uniform(0, min(_CAS_BACKOFF_MAX_S, _CAS_BACKOFF_S * 2**attempt)))
                 continue
             return int(ack.seq)
         raise RuntimeError(f"controls key {key!r}: {_MAX_CAS_TRIES} writers in a row changed it first")

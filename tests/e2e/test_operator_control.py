@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from bus import cli
 from bus.client import execute
 from bus.runtime import ActorHost
 from bus.system import build_actor
@@ -447,3 +448,43 @@ async def test_the_order_rate_budget_holds_across_two_placer_replicas(stepped: R
     assert max(per_second.values()) <= 3, per_second
     created = [system.hosts["placer"].actor.stats["created"], second.actor.stats["created"]]
     assert all(n > 0 for n in created), created  # both replicas created orders under the one budget
+
+
+# -- the commands, against a running system -------------------------------------------------------------------
+
+
+async def _cli(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> tuple[int, str, str]:
+    """`execbus ARGV --nats URL` in a worker thread: the CLI runs its own event loop, as a process would."""
+    capsys.readouterr()
+    code = await asyncio.to_thread(cli.main, [*argv, "--nats", url])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+async def test_halt_cancel_state_and_resume_from_the_command_line(stepped: Running, capsys: pytest.CaptureFixture[str]) -> None:
+    url = stepped.system.url
+    working = resting()
+    await stepped.bus.publish(working)
+    await stepped.recorder.wait_for(OrderPlaced, working.intent_id)
+
+    code, out, _ = await _cli(capsys, url, "halt", "--reason", "venue incident")
+    assert code == 0 and "ACTIVE -> HALTED" in out
+    rejected = await execute(stepped.bus, new_intent(qty=D("0.001")), timeout=1.0)
+    assert isinstance(rejected, IntentRejected) and rejected.field == "trading_state.halted"
+
+    code, out, _ = await _cli(capsys, url, "state")
+    assert code == 0 and "HALTED" in out and "venue incident" in out
+
+    code, out, _ = await _cli(capsys, url, "cancel", working.intent_id, "--wait", "--reason", "ops says stop")
+    assert code == 0 and "canceled" in out
+    (report,) = stepped.recorder.of(ExecutionCompleted, working.intent_id)
+    assert report.status == "canceled" and "ops says stop" in report.reason
+    await no_open_orders(stepped, working)
+
+    code, out, _ = await _cli(capsys, url, "cancel", working.intent_id)
+    assert code == 2 and "finished already" in (out + _)
+
+    code, out, _ = await _cli(capsys, url, "resume")
+    assert code == 0 and "HALTED -> ACTIVE" in out
+    after = await execute(stepped.bus, new_intent(qty=D("0.001")), timeout=15)
+    assert isinstance(after, ExecutionCompleted) and after.status == "filled"
