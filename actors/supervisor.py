@@ -400,14 +400,10 @@ class Supervisor(Actor[SupervisorState]):
                 ctx.retire(state)
             return
         assert self._services is not None
-        if not await self._services.claim_once(f"intent.{intent.intent_id}", token):
-            self.rejected += 1
-            await ctx.publish(_reject(intent, "intent_id", "duplicate: this intent id was already submitted", dup=True))
-            if state is not None:
-                ctx.forget()
-            return
         if gate is not None and gate.reservation is not None:
             # Taken under compare-and-set: of two intents on two replicas reading the same balance, one wins.
+            # Before the intent id is claimed, so a denied id may be submitted again later. (A second
+            # submission of a running intent's id never gets here: it finds that intent's state first.)
             problem = await self._reserve(intent, gate)
             if problem is not None:
                 field, reason = problem
@@ -417,6 +413,12 @@ class Supervisor(Actor[SupervisorState]):
                     state.phase = "finished"
                     ctx.retire(state)
                 return
+        if not await self._services.claim_once(f"intent.{intent.intent_id}", token):
+            self.rejected += 1
+            await ctx.publish(_reject(intent, "intent_id", "duplicate: this intent id was already submitted", dup=True))
+            if state is not None:
+                ctx.forget()
+            return
         rules = {} if unavailable else await self._rules(intent)
         state = SupervisorState(
             intent=intent,
@@ -468,12 +470,12 @@ class Supervisor(Actor[SupervisorState]):
         return None
 
     async def _gate(self, intent: SubmitIntent, ctx: IntentContext[SupervisorState]) -> _Gate:
-        """The trading state and the risk limits, read-only: a denial here costs the intent id nothing (the
-        same id may come again once trading resumes). The reservation is taken after the id is claimed."""
+        """The trading state and the per-intent limits, read-only: a denial here costs the intent id nothing
+        (the same id may come again once trading resumes). The reservation follows (`_reserve`)."""
         controls = self._services.controls if self._services is not None else None
         if controls is None:
             return _Gate()
-        states = await controls.trading()
+        states = await controls.trading()  # as stored: an intent submitted after `execbus halt` returned is refused
         scope = states.effective(intent.venue, intent.symbol)
         if scope is not None and scope.state == "HALTED":
             denial = risk.trading_denial(states, intent.venue, intent.symbol, intent.side, intent.qty, None)
@@ -507,11 +509,7 @@ class Supervisor(Actor[SupervisorState]):
                 expires_ns=time.time_ns() + _budget_ns(intent) + FALLBACK_GRACE_NS + FALLBACK_MARGIN_NS + RESERVATION_SLACK_NS,
             ),
         )
-        current = await controls.reservations(intent.venue)
-        denial = gate.decide(current, intent, time.time_ns())
-        if denial is not None:
-            gate.denied = (denial.code, denial.reason)
-        return gate
+        return gate  # (the limits that count the intents in flight are checked as it reserves)
 
     async def _reserve(self, intent: SubmitIntent, gate: _Gate) -> tuple[str, str] | None:
         assert self._services is not None and gate.reservation is not None
