@@ -22,6 +22,7 @@ lookup by client order id until the order is terminal.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from decimal import Decimal
@@ -422,7 +423,7 @@ class Placer(Actor[PlacerState]):
             ctx.log.warning("create_refused", client_order_id=cid, error=error, reason=reason)
             await self._reject(cmd, ctx, error, reason, retryable=error == "StaleEpoch", state=state)
             return
-        halted = await self._halted(cmd)
+        halted, reservations = await self._halted(cmd)
         if halted is not None:  # (before any venue call: a halted venue may be the one that is down)
             self.stats["risk_denied"] += 1
             ctx.log.warning("create_denied", client_order_id=cid, error=halted.code, reason=halted.reason)
@@ -438,7 +439,7 @@ class Placer(Actor[PlacerState]):
             await self._unknown(cmd, state, ctx, f"book read failed: {type(exc).__name__}", created=False)
             return
         try:
-            denial = await self._risk_denial(exchange, cmd, check_price)
+            denial = await self._risk_denial(exchange, cmd, check_price, reservations)
         except ccxt.NetworkError as exc:
             await self._unknown(cmd, state, ctx, f"balance read failed: {type(exc).__name__}", created=False)
             return
@@ -512,18 +513,21 @@ class Placer(Actor[PlacerState]):
         if cancel_after:
             await self._cancel(cid, state.placed[cid], cmd.venue, cmd.symbol, state, ctx)
 
-    async def _halted(self, cmd: PlaceOrder) -> risk.Denial | None:
-        """The trading state as stored now: a halt holds even if the supervisor that sent this is behind."""
+    async def _halted(self, cmd: PlaceOrder) -> tuple[risk.Denial | None, Any]:
+        """The trading state as stored now: a halt holds even if the supervisor that sent this is behind.
+        Also returns the venue's reservations (for `_risk_denial`), read in the same round trip."""
         controls = self._services.controls if self._services is not None else None
         if controls is None:
-            return None
-        states = await controls.trading()
+            return None, None
+        states, reservations = await asyncio.gather(controls.trading(), controls.reservations(cmd.venue))
         scope = states.effective(cmd.venue, cmd.symbol)
         if scope is None or scope.state != "HALTED":
-            return None
-        return risk.trading_denial(states, cmd.venue, cmd.symbol, cmd.side, cmd.qty, None)
+            return None, reservations
+        return risk.trading_denial(states, cmd.venue, cmd.symbol, cmd.side, cmd.qty, None), reservations
 
-    async def _risk_denial(self, exchange: Any, cmd: PlaceOrder, price: Decimal | None) -> risk.Denial | None:
+    async def _risk_denial(
+        self, exchange: Any, cmd: PlaceOrder, price: Decimal | None, reservations: Any
+    ) -> risk.Denial | None:
         """The risk gate on this order: the trading state (read just before, in `_halted`), the notional
         bound and the intent's reservation."""
         controls = self._services.controls if self._services is not None else None
@@ -537,7 +541,7 @@ class Placer(Actor[PlacerState]):
             base, _quote = risk.base_and_quote(cmd.symbol)
             total = ((await exchange.fetch_balance()).get("total") or {}).get(base)
             position = None if total is None else Decimal(str(total))
-        reservation = (await controls.reservations(cmd.venue)).of(cmd.intent_id) if limits.balance_check else None
+        reservation = reservations.of(cmd.intent_id) if limits.balance_check else None
         return risk.order_denial(
             limits, states, venue=cmd.venue, symbol=cmd.symbol, side=cmd.side, qty=cmd.qty, price=price,
             reservation=reservation, position=position,

@@ -11,6 +11,7 @@ everything filled so far.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -485,8 +486,10 @@ class Supervisor(Actor[SupervisorState]):
         base, quote = risk.base_and_quote(intent.symbol)
         try:
             exchange = await self._venues.get(intent.venue)
-            balance = await exchange.fetch_balance() if limits.balance_check or scope is not None else {}
-            book = await exchange.fetch_order_book(intent.symbol, 5)
+            if limits.balance_check or scope is not None:
+                balance, book = await asyncio.gather(exchange.fetch_balance(), exchange.fetch_order_book(intent.symbol, 5))
+            else:
+                balance, book = {}, await exchange.fetch_order_book(intent.symbol, 5)
         except Exception as exc:  # (ccxt's network errors and a venue that is not there)
             raise _VenueUnavailable(f"venue {intent.venue!r} unavailable: {type(exc).__name__}: {exc}") from exc
         position = _decimal((balance.get("total") or {}).get(base)) if balance else None
