@@ -278,10 +278,10 @@ class Placer(Actor[PlacerState]):
     def _refusal(self, cmd: PlaceOrder, state: PlacerState, seq: int) -> tuple[str, str] | None:
         """Why this create must not go out (error class, reason), from what the placer knows; or None.
         `seq`: the command's place in the log (0 for a retry, which keeps its first verdict on the epoch)."""
-        if state.finished:
-            return "IntentFinished", "the intent's strategy has finished: nothing more is placed for it"
         if state.canceled:
             return "IntentCanceled", "the intent is being canceled: nothing more is placed for it"
+        if state.finished:
+            return "IntentFinished", "the intent's strategy has finished: nothing more is placed for it"
         if state.intent_qty is None:
             return "IntentUnknown", "no accepted intent for this order: its exposure cannot be checked"
         newer = _newer_owner(state, cmd, seq)
@@ -473,6 +473,14 @@ class Placer(Actor[PlacerState]):
                 holder=holder, reason=DENY_ORDER_RATE,
             )
             return
+        # The last moment before money moves: still the owner, and no halt written since the check above
+        # (the watched copy: no round trip between here and the venue).
+        ctx.ensure_owner()
+        halted_now = self._halted_cached(cmd)
+        if halted_now is not None:
+            self.stats["risk_denied"] += 1
+            await self._reject(cmd, ctx, halted_now.code, halted_now.reason, state=state)
+            return
         try:
             order = await exchange.create_order(cmd.symbol, cmd.order_type, cmd.side, amount, price, params)
         except ccxt.DuplicateOrderId:
@@ -524,6 +532,16 @@ class Placer(Actor[PlacerState]):
         if scope is None or scope.state != "HALTED":
             return None, reservations
         return risk.trading_denial(states, cmd.venue, cmd.symbol, cmd.side, cmd.qty, None), reservations
+
+    def _halted_cached(self, cmd: PlaceOrder) -> risk.Denial | None:
+        controls = self._services.controls if self._services is not None else None
+        if controls is None:
+            return None
+        states = controls.trading_cached
+        scope = states.effective(cmd.venue, cmd.symbol)
+        if scope is None or scope.state != "HALTED":
+            return None
+        return risk.trading_denial(states, cmd.venue, cmd.symbol, cmd.side, cmd.qty, None)
 
     async def _risk_denial(
         self, exchange: Any, cmd: PlaceOrder, price: Decimal | None, reservations: Any
@@ -719,9 +737,13 @@ class Placer(Actor[PlacerState]):
             # Waiting for a rate limit, so never sent: it ends here, unsent. Retryable: nothing of it traded,
             # so the strategy goes on as after any attempt that ended unfilled.
             waiting = state.backoff.pop(cid)
+            if waiting.reason == DENY_ORDER_RATE and self._services is not None and self._services.controls is not None:
+                limit = self._services.controls.limits_cached.max_orders_per_second
+                why = f"canceled while it waited for {venue}'s order budget ({limit} new orders per second, spent): never sent"
+            else:
+                why = f"canceled while it waited out {venue}'s rate limit: never sent"
             await self._reject(
-                waiting.command, ctx, waiting.reason or "RateLimitExceeded",
-                f"canceled while it waited for {venue}'s order rate limit: never sent", retryable=True, state=state,
+                waiting.command, ctx, waiting.reason or "RateLimitExceeded", why, retryable=True, state=state,
             )
             return
         if order_id is None:
@@ -794,7 +816,9 @@ def _apply_fact(state: PlacerState, msg: Message, seq: int) -> None:
         case StrategyFinished():
             state.finished = True
         case CancelIntent():
-            state.canceled = True
+            # A cancel of an intent not accepted yet was answered "unknown" by the supervisor: it stops nothing.
+            if state.intent_qty is not None:
+                state.canceled = True
         case OrderFinalized():
             state.filled[msg.client_order_id] = msg.filled_qty
             if msg.order_id is not None:

@@ -126,8 +126,9 @@ def reservation_for(
 def reservation_denial(
     limits: RiskLimits, reservation: Reservation, free: Decimal | None, reservations: Reservations, now_ns: int
 ) -> Denial | None:
-    """The free balance, less what the other intents in flight reserved, must cover the reservation.
-    `free` None: the venue said nothing of the currency, which is no balance at all."""
+    """The balance held (`free`: the account's total of the currency; the venue's own "free" leaves out what
+    our resting orders lock, which their reservations count already), less what the other intents in flight
+    reserved, must cover the reservation. None: the venue said nothing of the currency, which is no balance."""
     if not limits.balance_check:
         return None
     held = free if free is not None else Decimal(0)
@@ -137,7 +138,7 @@ def reservation_denial(
         return Denial(
             code=DENY_BALANCE,
             reason=(
-                f"needs {_plain(reservation.amount)} {reservation.currency}; free {_plain(held)} less "
+                f"needs {_plain(reservation.amount)} {reservation.currency}; held {_plain(held)} less "
                 f"{_plain(others)} reserved by intents in flight leaves {_plain(available)}"
             ),
         )

@@ -46,7 +46,7 @@ from messages import (
     subjects,
 )
 from messages.base import Message, routing
-from messages.controls import RiskLimits, ScopeState, TradingStates
+from messages.controls import DENY_NO_PRICE, RiskLimits, ScopeState, TradingStates
 
 __all__ = ["Supervisor", "SupervisorState", "OrderRecord"]
 
@@ -193,22 +193,26 @@ class Supervisor(Actor[SupervisorState]):
 
         self._services.each_intent(cancel_if_halted)
 
-    async def _cancel_for_halt(self, ctx: IntentContext[SupervisorState], halts: list[ScopeState]) -> None:
+    async def _cancel_for_halt(self, ctx: IntentContext[SupervisorState], halts: list[ScopeState]) -> bool:
+        """Cancel the intent if a halt with `--cancel-working` covers it; True if it did."""
         state = ctx.state
         if state is None or state.phase == "finished" or state.cancel_requested:
-            return
+            return False
         intent = state.intent
         for scope in halts:
             if scope.covers(intent.venue, intent.symbol) and state.accepted_ns < scope.changed_ns:
+                reason = f"trading halted for {scope.label} with --cancel-working" + (f": {scope.reason}" if scope.reason else "")
+                # In the log first (a rebuilt owner knows of it from there), then acted on at once.
                 await ctx.publish(
-                    CancelIntent(
-                        **routing(intent),
-                        request=f"halt-{scope.changed_ns}",
-                        reason=f"trading halted for {scope.label} with --cancel-working" + (f": {scope.reason}" if scope.reason else ""),
-                        requested_by=scope.by or "halt",
-                    )
+                    CancelIntent(**routing(intent), request=f"halt-{scope.changed_ns}", reason=reason,
+                                 requested_by=scope.by or "halt")
                 )
-                return
+                state.cancel_requested = reason
+                await self._stop_for_cancel(state, ctx)
+                if not ctx.deleted:
+                    ctx.save(state)
+                return True
+        return False
 
     def status(self) -> dict[str, Any]:
         return {"accepted": self.accepted, "rejected": self.rejected}
@@ -371,10 +375,15 @@ class Supervisor(Actor[SupervisorState]):
         it is asked again within the intent's budget (phase `intake`), and only a wrong intent is rejected."""
         budget_end = arrived_ns + _budget_ns(intent)
         gate: _Gate | None = None
+        controls = self._services.controls if self._services is not None else None
+        # The trading state first, and as stored: an intent submitted after `execbus halt` returned is refused
+        # at once, with no venue call (a halted venue may be the one that is down).
+        states = await controls.trading() if controls is not None else None
+        halted = _halt_denial(states, intent)
         try:
-            problem = await self._validate(intent)
-            if problem is None:
-                gate = await self._gate(intent, ctx)
+            problem = halted or await self._validate(intent)
+            if problem is None and states is not None:
+                gate = await self._gate(intent, ctx, states)
                 problem = gate.denied
         except _VenueUnavailable as exc:
             now = ctx.clock.now_ns()
@@ -393,12 +402,7 @@ class Supervisor(Actor[SupervisorState]):
         else:
             unavailable = ""
         if problem is not None:
-            field, reason = problem
-            self.rejected += 1
-            await ctx.publish(_reject(intent, field, reason))
-            if state is not None:
-                state.phase = "finished"
-                ctx.retire(state)
+            await self._deny(intent, problem, state, ctx)
             return
         assert self._services is not None
         if gate is not None and gate.reservation is not None:
@@ -407,15 +411,12 @@ class Supervisor(Actor[SupervisorState]):
             # submission of a running intent's id never gets here: it finds that intent's state first.)
             problem = await self._reserve(intent, gate)
             if problem is not None:
-                field, reason = problem
-                self.rejected += 1
-                await ctx.publish(_reject(intent, field, reason))
-                if state is not None:
-                    state.phase = "finished"
-                    ctx.retire(state)
+                await self._deny(intent, problem, state, ctx)
                 return
         if not await self._services.claim_once(f"intent.{intent.intent_id}", token):
             self.rejected += 1
+            if gate is not None and gate.reservation is not None:
+                await self._release(intent)  # (an id from long ago: the intent that had it is long over)
             await ctx.publish(_reject(intent, "intent_id", "duplicate: this intent id was already submitted", dup=True))
             if state is not None:
                 ctx.forget()
@@ -470,18 +471,27 @@ class Supervisor(Actor[SupervisorState]):
             return "params.trigger_fill_price", "only limit strategies honour a break-even price"
         return None
 
-    async def _gate(self, intent: SubmitIntent, ctx: IntentContext[SupervisorState]) -> _Gate:
+    async def _deny(
+        self, intent: SubmitIntent, denial: tuple[str, str], state: SupervisorState | None, ctx: IntentContext[SupervisorState]
+    ) -> None:
+        """Reject the intent for the trading state or a risk limit (or a wrong field), giving back whatever
+        an earlier delivery of it may have reserved."""
+        code, reason = denial
+        self.rejected += 1
+        if self._services is not None and self._services.controls is not None:
+            await self._release(intent)
+        await ctx.publish(_reject(intent, _field_of(code), reason, code=code))
+        if state is not None:
+            state.phase = "finished"
+            ctx.retire(state)
+
+    async def _gate(self, intent: SubmitIntent, ctx: IntentContext[SupervisorState], states: TradingStates) -> _Gate:
         """The trading state and the per-intent limits, read-only: a denial here costs the intent id nothing
         (the same id may come again once trading resumes). The reservation follows (`_reserve`)."""
         controls = self._services.controls if self._services is not None else None
         if controls is None:
             return _Gate()
-        states = await controls.trading()  # as stored: an intent submitted after `execbus halt` returned is refused
         scope = states.effective(intent.venue, intent.symbol)
-        if scope is not None and scope.state == "HALTED":
-            denial = risk.trading_denial(states, intent.venue, intent.symbol, intent.side, intent.qty, None)
-            assert denial is not None
-            return _Gate(denied=(denial.code, denial.reason))  # no venue call: a halted venue may be down
         limits = await controls.limits()
         base, quote = risk.base_and_quote(intent.symbol)
         try:
@@ -498,13 +508,16 @@ class Supervisor(Actor[SupervisorState]):
             return _Gate(denied=(denial.code, denial.reason))
         levels = (book.get("asks") if intent.side == "buy" else book.get("bids")) or []
         if not levels:
-            return _Gate(denied=("risk.max_notional", f"no reference price: the {intent.symbol} book has no {'asks' if intent.side == 'buy' else 'bids'}"))
+            side = "asks" if intent.side == "buy" else "bids"
+            return _Gate(denied=(DENY_NO_PRICE, f"no reference price for the limits: the {intent.symbol} book has no {side}"))
         ref_price = Decimal(str(levels[0][0]))
         currency = quote if intent.side == "buy" else base
         gate = _Gate(
             limits=limits,
             ref_price=ref_price,
-            free=_decimal((balance.get("free") or {}).get(currency)) if balance else None,
+            # What the account holds, not what is free: the venue's free balance already leaves out what our
+            # own resting orders lock, which their intents' reservations count as well.
+            free=_decimal((balance.get("total") or {}).get(currency)) if balance else None,
             reservation=risk.reservation_for(
                 limits, intent_id=intent.intent_id, symbol=intent.symbol, side=intent.side, qty=intent.qty,
                 ref_price=ref_price,
@@ -622,6 +635,10 @@ class Supervisor(Actor[SupervisorState]):
         if state is None:
             return
         if state.phase == "finished":
+            if state.reserved:
+                # Finished in the log, but its owner may have died before giving its reservation back.
+                await self._release(state.intent)
+                state.reserved = False
             ctx.retire(state)
             return
         now = ctx.clock.now_ns()
@@ -629,7 +646,8 @@ class Supervisor(Actor[SupervisorState]):
         if not state.cancel_requested and controls is not None:
             # A halt that cancels working intents may have come while no replica of ours was running.
             halts = [s for s in controls.trading_cached.scopes if s.state == "HALTED" and s.cancel_working]
-            await self._cancel_for_halt(ctx, halts)
+            if await self._cancel_for_halt(ctx, halts):
+                return
         if state.cancel_requested:
             await self._stop_for_cancel(state, ctx)
         elif state.phase in ("arrival", "pricing", "repricing") and state.quote is not None:
@@ -1277,13 +1295,31 @@ def _ours(msg: Message) -> bool:
     )
 
 
-def _reject(intent: SubmitIntent, field: str, reason: str, *, dup: bool = False) -> IntentRejected:
+def _reject(intent: SubmitIntent, field: str, reason: str, *, dup: bool = False, code: str = "") -> IntentRejected:
     return IntentRejected(
         **routing(intent),
         field=field,
         reason=reason,
         duplicate=dup,
+        code=code,
     )
+
+
+def _field_of(code: str) -> str:
+    """The rejection's field for a denial code: `trading_state` or `risk` for the gate's, else the field."""
+    head = code.split(".", 1)[0]
+    return head if head in ("trading_state", "risk") else code
+
+
+def _halt_denial(states: TradingStates | None, intent: SubmitIntent) -> tuple[str, str] | None:
+    if states is None:
+        return None
+    scope = states.effective(intent.venue, intent.symbol)
+    if scope is None or scope.state != "HALTED":
+        return None
+    denial = risk.trading_denial(states, intent.venue, intent.symbol, intent.side, intent.qty, None)
+    assert denial is not None
+    return denial.code, denial.reason
 
 
 def _dust(state: SupervisorState, remaining: Decimal) -> str:

@@ -482,7 +482,7 @@ async def _submit(args: argparse.Namespace) -> int:
         if args.json:
             print(encode(final).decode())
         else:
-            print(f"rejected: {final.field}: {final.reason}", file=sys.stderr)
+            print(f"rejected: {final.code or final.field}: {final.reason}", file=sys.stderr)
         return EXIT_REJECTED
     assert isinstance(final, ExecutionCompleted)
     print(encode(final).decode() if args.json else format_report(final), flush=True)

@@ -92,6 +92,7 @@ def parse_limit(limits: RiskLimits, key: str, raw: str) -> RiskLimits:
             raise ValueError(f"{key} is a number, got {raw!r}") from None
         if not value.is_finite():
             raise ValueError(f"{key} must be a finite number, got {raw!r}")
+        value = Decimal(format(value, "f"))  # `1e5` is kept as 100000: no exponent in the bucket or on screen
     try:
         return msgspec.structs.replace(limits, **{key: value})
     except (ValueError, msgspec.ValidationError) as exc:

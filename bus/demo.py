@@ -41,7 +41,7 @@ async def run_demo(*, json_lines: bool = False) -> int:
                 print(encode(report).decode())
             elif isinstance(report, IntentRejected):
                 failures += 1
-                print(f"{report.intent_id}: rejected: {report.field}: {report.reason}\n")
+                print(f"{report.intent_id}: rejected: {report.code or report.field}: {report.reason}\n")
             else:
                 print(format_report(report) + "\n", flush=True)
                 failures += report.status == "failed"

@@ -28,6 +28,7 @@ __all__ = [
     "DENY_OPEN_NOTIONAL",
     "DENY_ORDER_RATE",
     "DENY_BALANCE",
+    "DENY_NO_PRICE",
     "CancelIntent",
     "CancelIntentAccepted",
     "CancelIntentRejected",
@@ -54,6 +55,8 @@ DENY_MAX_NOTIONAL = "risk.max_notional"
 DENY_OPEN_NOTIONAL = "risk.open_notional"
 DENY_ORDER_RATE = "risk.order_rate"
 DENY_BALANCE = "risk.balance"
+DENY_NO_PRICE = "risk.no_reference_price"
+"""The limits need a reference price and the book has none (empty on that side)."""
 
 RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")]
 

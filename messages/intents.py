@@ -104,6 +104,10 @@ class IntentRejected(Message, frozen=True, kw_only=True):
     reason: str
     duplicate: bool = False
     """True when the intent id was already taken: the first submission goes on unaffected."""
+    code: str = ""
+    """For a denial by the trading state or the risk gate, its type: `trading_state.halted`,
+    `trading_state.reducing`, `risk.max_notional`, `risk.open_notional`, `risk.balance`, ... (`field` is then
+    `trading_state` or `risk`, and `reason` gives the scope or the numbers)."""
 
     def dedup_suffix(self) -> str:
         return "dup" if self.duplicate else "0"

@@ -340,7 +340,7 @@ async def test_two_concurrent_intents_exceeding_the_balance_one_runs_one_is_deni
     denied = [r for r in results if r is not None]
     assert len(granted) == 1 and len(denied) == 1
     assert denied[0].startswith(DENY_BALANCE)
-    assert "needs 1000 USDT; free 1500 less 1000 reserved" in denied[0]
+    assert "needs 1000 USDT; held 1500 less 1000 reserved" in denied[0]
     held = await mine.reservations(VENUE)
     assert len(held.entries) == 1 and held.entries[0].amount == D("1000")
 

@@ -179,7 +179,7 @@ def test_balance_for_a_buy_at_under_and_over_the_free_quote() -> None:
     assert reservation_denial(lim, buy(QTY, AT), free, Reservations(), NOW) is None
     assert reservation_denial(lim, buy(QTY, UNDER), free, Reservations(), NOW) is None
     assert_denied(reservation_denial(lim, buy(QTY, OVER), free, Reservations(), NOW), DENY_BALANCE,
-                  "1020.0102 USDT", "free 1020", "leaves 1020")
+                  "1020.0102 USDT", "held 1020", "leaves 1020")
 
 
 def test_balance_for_a_sell_at_under_and_over_the_free_base() -> None:
@@ -193,7 +193,7 @@ def test_balance_for_a_sell_at_under_and_over_the_free_base() -> None:
     assert reservation_denial(lim, sell("0.5"), D("0.5"), Reservations(), NOW) is None
     assert reservation_denial(lim, sell("0.49999999"), D("0.5"), Reservations(), NOW) is None
     assert_denied(reservation_denial(lim, sell("0.50000001"), D("0.5"), Reservations(), NOW), DENY_BALANCE,
-                  "0.50000001 BTC", "free 0.5")
+                  "0.50000001 BTC", "held 0.5")
 
 
 def test_other_intents_reservations_subtract_from_the_free_balance() -> None:
@@ -209,11 +209,11 @@ def test_other_intents_reservations_subtract_from_the_free_balance() -> None:
     assert reservation_denial(lim, buy(QTY, AT), free, others, NOW) is None
     assert reservation_denial(lim, buy(QTY, UNDER), free, others, NOW) is None
     assert_denied(reservation_denial(lim, buy(QTY, OVER), free, others, NOW), DENY_BALANCE,
-                  "1020.0102 USDT", "free 2020", "less 1000 reserved", "leaves 1020")
+                  "1020.0102 USDT", "held 2020", "less 1000 reserved", "leaves 1020")
 
 
 def test_no_balance_reported_is_no_balance_and_balance_check_off_denies_nothing() -> None:
-    assert_denied(reservation_denial(limits(), buy(QTY, AT), None, Reservations(), NOW), DENY_BALANCE, "free 0")
+    assert_denied(reservation_denial(limits(), buy(QTY, AT), None, Reservations(), NOW), DENY_BALANCE, "held 0")
     assert reservation_denial(limits(balance_check=False), buy(QTY, AT), None, Reservations(), NOW) is None
 
 
