@@ -559,3 +559,21 @@ async def test_what_a_resting_order_locks_is_not_counted_twice(poor: Running) ->
     assert poor.recorder.of(IntentRejected, small.intent_id) == []
     for intent in (first, small):
         await cancel(poor, intent, "cleanup")
+
+
+async def test_a_cancel_while_repricing_ends_canceled_and_places_nothing_more(stepped: Running) -> None:
+    """The attempt expired with its order working and the next attempt's price is being asked for."""
+    intent = resting(attempt_timeout_seconds=D("0.3"))
+    await stepped.bus.publish(intent)
+    await stepped.recorder.wait_for(OrderPlaced, intent.intent_id)
+    async with stopped(stepped, "pricer"):
+        requests = await stepped.recorder.wait_for(PriceRequested, intent.intent_id, count=3)  # arrival, 1, 2
+        assert requests[-1].attempt == 2
+        answer = await cancel(stepped, intent, "r1")
+        report = await report_of(stepped, intent)
+
+    assert isinstance(answer, CancelIntentAccepted) and answer.phase == "repricing"
+    assert report.status == "canceled" and report.filled_qty == 0
+    assert len(stepped.recorder.of(PlaceOrder, intent.intent_id)) == 1
+    await assert_invariants(report, stepped.recorder, stepped.exchange)
+    await no_open_orders(stepped, intent)
