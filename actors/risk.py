@@ -87,14 +87,9 @@ def intake_denial(
 ) -> Denial | None:
     """One intent's notional, and the notional in flight on its venue and symbol with it."""
     notional = qty * ref_price
-    if notional > limits.max_intent_notional:
-        return Denial(
-            code=DENY_MAX_NOTIONAL,
-            reason=(
-                f"notional {_plain(notional)} ({_plain(qty)} x {_plain(ref_price)}) exceeds max_intent_notional "
-                f"{_plain(limits.max_intent_notional)}"
-            ),
-        )
+    too_big = _notional_denial(limits, qty, ref_price, "notional")
+    if too_big is not None:
+        return too_big
     in_flight = reservations.open_notional(symbol, now_ns, besides=intent_id)
     if in_flight + notional > limits.max_open_notional:
         return Denial(
@@ -164,15 +159,9 @@ def order_denial(
     if denial is not None:
         return denial
     if price is not None:
-        notional = qty * price
-        if notional > limits.max_intent_notional:
-            return Denial(
-                code=DENY_MAX_NOTIONAL,
-                reason=(
-                    f"order notional {_plain(notional)} ({_plain(qty)} x {_plain(price)}) exceeds "
-                    f"max_intent_notional {_plain(limits.max_intent_notional)}"
-                ),
-            )
+        too_big = _notional_denial(limits, qty, price, "order notional")
+        if too_big is not None:
+            return too_big
     if limits.balance_check and reservation is not None:
         if side == "sell":
             cost: Decimal | None = qty
@@ -187,6 +176,19 @@ def order_denial(
                 ),
             )
     return None
+
+
+def _notional_denial(limits: RiskLimits, qty: Decimal, price: Decimal, what: str) -> Denial | None:
+    notional = qty * price
+    if notional <= limits.max_intent_notional:
+        return None
+    return Denial(
+        code=DENY_MAX_NOTIONAL,
+        reason=(
+            f"{what} {_plain(notional)} ({_plain(qty)} x {_plain(price)}) exceeds max_intent_notional "
+            f"{_plain(limits.max_intent_notional)}"
+        ),
+    )
 
 
 def _plain(value: Decimal) -> str:
