@@ -118,6 +118,9 @@ class SupervisorState(msgspec.Struct, kw_only=True):
     cancel_requested: str = ""
     """Why the intent is being canceled (`CancelIntent`): no new attempt, no fallback; it finishes
     `canceled` once every order is terminal."""
+    accepted_seq: int = 0
+    """Where `IntentAccepted` is in the log: a cancel from before it cancels nothing (the placer and a
+    rebuilt owner read the log in that order too)."""
     reserved: bool = False
     """It holds a reservation of the venue's balance and open notional (given back when it finishes)."""
     attempt_deadline_ns: int = 0
@@ -227,6 +230,16 @@ class Supervisor(Actor[SupervisorState]):
         if state is None:
             await ctx.publish(
                 CancelIntentRejected(**answer, status="unknown", reason=f"intent {msg.intent_id!r} is unknown here")
+            )
+            return
+        if state.accepted_seq and ctx.message_seq and ctx.message_seq < state.accepted_seq:
+            # Before the intent was accepted, in the log's order (it reached us late, redelivered): it was
+            # about an intent nobody knew yet, and the placer and any rebuilt owner read it so.
+            await ctx.publish(
+                CancelIntentRejected(
+                    **answer, status="unknown",
+                    reason=f"the cancel came before intent {msg.intent_id!r} was accepted: send it again to cancel it",
+                )
             )
             return
         if state.phase == "finished":
@@ -443,6 +456,8 @@ class Supervisor(Actor[SupervisorState]):
                 deadline_ns=state.deadline_ns,
             )
         )
+        stored = await ctx.sent[-1]  # (its place in the log, for `_cancel_intent`)
+        state.accepted_seq = int(getattr(stored, "seq", 0) or 0)
         if unavailable:
             # Accepted so the upstream gets a true report, which says the venue never answered.
             await self._finish(state, ctx, f"venue {intent.venue!r} unavailable for the whole budget: {unavailable}")
@@ -1137,6 +1152,7 @@ def _fold(history: list[tuple[int, Message]]) -> SupervisorState | None:
             if state is None and intent is not None:
                 state = SupervisorState(
                     intent=intent, accepted_ns=msg.ts_event, deadline_ns=msg.deadline_ns, claim_token=str(submitted_seq),
+                    accepted_seq=seq,
                     reserved=True,  # (whether it did is in KV, not the log: giving back nothing costs a read)
                 )
             continue

@@ -435,11 +435,12 @@ async def test_order_slots_are_shared_by_two_processes_at_most_per_second_each_s
     assert len(grants) >= min(per_second, calls)  # the budget is used, not lost to contention
     assert waits, "no call was told to wait"
     for before, after, wait in waits:  # until the start of a second after the one the call was refused in
-        assert 0 < wait <= 1
+        # (up to two: a call in a second's last SLOT_GUARD_S counts in the next one too, and that may be full)
+        assert 0 < wait <= 2
         assert after + wait >= int(before) + 1 - 1e-6, (before, after, wait)
 
-    # The next second has its budget again.
-    await asyncio.sleep(int(time.time()) + 1.01 - time.time())
+    # A second nobody has taken slots in has its whole budget. (Waiting for a second is the point here.)
+    await asyncio.sleep(int(time.time()) + 2.01 - time.time())
     assert await stores[0].take_order_slot(VENUE, per_second) == 0
 
 
