@@ -81,6 +81,8 @@ class PlacerState(msgspec.Struct, kw_only=True):
     """`StrategyFinished` seen: nothing more may be created for the intent."""
     canceled: bool = False
     """`CancelIntent` seen: nothing more may be created for the intent (cancels still go through)."""
+    accepted_seq: int = 0
+    """Where `IntentAccepted` is in the log: only a cancel after it counts (the supervisor's rule too)."""
     qty: dict[str, Decimal] = msgspec.field(default_factory=dict)
     """client order id -> quantity asked for, for every order we created or may have created"""
     filled: dict[str, Decimal] = msgspec.field(default_factory=dict)
@@ -813,11 +815,13 @@ def _apply_fact(state: PlacerState, msg: Message, seq: int) -> None:
     match msg:
         case IntentAccepted():
             state.intent_qty = msg.qty
+            state.accepted_seq = seq or state.accepted_seq
         case StrategyFinished():
             state.finished = True
         case CancelIntent():
-            # A cancel of an intent not accepted yet was answered "unknown" by the supervisor: it stops nothing.
-            if state.intent_qty is not None:
+            # A cancel from before the acceptance, in the log's order (however late it is delivered), was
+            # answered "unknown" by the supervisor: it stops nothing.
+            if state.intent_qty is not None and (not seq or seq > state.accepted_seq):
                 state.canceled = True
         case OrderFinalized():
             state.filled[msg.client_order_id] = msg.filled_qty
