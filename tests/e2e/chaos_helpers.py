@@ -8,7 +8,8 @@ the EXEC log are checked against the invariants that must survive any crash:
     nothing of ours is left open at the venue
     per intent, what the venue traded equals the report's filled_qty and never exceeds the intent's qty
     an intent whose cancel was accepted ends `canceled` (or `filled`, when the fills won the race), and no
-    order of it commanded after the cancel in the log reached the venue
+    order of it commanded after the cancel in the log reached the venue; only a cancel after the intent's
+    acceptance in the log can make it `canceled`
 
 Some intents (`ChaosConfig.cancel_share`) are canceled by upstream a seeded moment after their submission,
 while the kills go on: the cancel must survive them like everything else.
@@ -54,6 +55,7 @@ from messages import (
     CancelIntent,
     CancelIntentAccepted,
     ExecutionCompleted,
+    IntentAccepted,
     ExecutionParams,
     IntentRejected,
     Message,
@@ -720,6 +722,12 @@ class ChaosRun:
             if traded_by_trades != traded:
                 res.violations.append(Violation("venue orders' executedQty != venue trades", iid,
                                                 f"orders say {traded}, trades say {traded_by_trades}", evidence()))
+            if reports and reports[0].status == "canceled":
+                accepted_at = min((seq for seq, m in by_intent[iid] if isinstance(m, IntentAccepted)), default=0)
+                if not any(isinstance(m, CancelIntent) and seq > accepted_at for seq, m in by_intent[iid]):
+                    res.violations.append(Violation("canceled only by a cancel after the acceptance", iid,
+                                                    "the report says canceled, but no CancelIntent follows the "
+                                                    "IntentAccepted in the log", evidence()))
             accepted = [m for m in msgs if isinstance(m, CancelIntentAccepted)]
             if accepted and reports and reports[0].status not in ("canceled", "filled"):
                 res.violations.append(Violation("an accepted cancel ends canceled or filled", iid,
