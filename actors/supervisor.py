@@ -493,9 +493,11 @@ class Supervisor(Actor[SupervisorState]):
         an earlier delivery of it may have reserved."""
         code, reason = denial
         self.rejected += 1
-        if self._services is not None and self._services.controls is not None:
+        field = _field_of(code)
+        gated = field in ("trading_state", "risk")
+        if gated and self._services is not None and self._services.controls is not None:
             await self._release(intent)
-        await ctx.publish(_reject(intent, _field_of(code), reason, code=code))
+        await ctx.publish(_reject(intent, field, reason, code=code if gated else ""))
         if state is not None:
             state.phase = "finished"
             ctx.retire(state)
