@@ -54,6 +54,7 @@ from bus.server import EmbeddedNats
 from messages import (
     CancelIntent,
     CancelIntentAccepted,
+    CancelIntentRejected,
     ExecutionCompleted,
     IntentAccepted,
     ExecutionParams,
@@ -62,6 +63,7 @@ from messages import (
     PlaceOrder,
     SubmitIntent,
     decode,
+    subjects,
 )
 from messages.base import routing
 from tests.e2e.recovery_helpers import ACTOR_ENV, REPO, ActorProcess, read_log
@@ -400,20 +402,53 @@ class ChaosRun:
             await self._cancel(intent)
 
     async def _cancel(self, intent: Intent) -> None:
-        """Upstream's cancel, resent like a submission until JetStream stores it."""
+        """Upstream's cancel, resent like a submission until JetStream stores it; answered "unknown" (it
+        reached the log before the intent's acceptance, which a slow failover delays), it is sent again, as
+        the answer says to, until it is accepted or the intent has finished."""
         assert self.bus is not None
-        cancel = CancelIntent(**routing(intent.submit), request="chaos", reason="chaos: upstream changed its mind",
-                              requested_by="chaos")
+        answers: dict[str, Any] = {}
+        arrived = asyncio.Event()
+
+        async def answer(msg: Message) -> None:
+            if isinstance(msg, CancelIntentAccepted | CancelIntentRejected):
+                answers[msg.request] = msg
+                arrived.set()
+
+        subject = subjects.subject("*", intent.submit.venue, intent.submit.symbol, intent.submit.intent_id)
+        sub = await self.bus.subscribe(subject, answer)
+        try:
+            for attempt in range(1, 11):
+                request = f"chaos-{attempt}"
+                cancel = CancelIntent(**routing(intent.submit), request=request,
+                                      reason="chaos: upstream changed its mind", requested_by="chaos")
+                if not await self._publish_cancel(intent, cancel):
+                    return
+                deadline = self.now() + 15
+                while request not in answers and self.now() < deadline:
+                    arrived.clear()
+                    try:
+                        await asyncio.wait_for(arrived.wait(), max(deadline - self.now(), 0.01))
+                    except asyncio.TimeoutError:
+                        break
+                got = answers.get(request)
+                if not (isinstance(got, CancelIntentRejected) and got.status == "unknown"):
+                    return  # accepted, finished, or no answer in time (the log has it; the check judges)
+                await asyncio.sleep(0.3)  # scenario pacing: upstream's resend interval
+        finally:
+            await sub.unsubscribe()
+
+    async def _publish_cancel(self, intent: Intent, cancel: CancelIntent) -> bool:
+        assert self.bus is not None
         deadline = self.now() + 30
         while True:
             await self.nats_up.wait()
             try:
                 await asyncio.wait_for(self.bus.publish(cancel), 2.0)
-                return
+                return True
             except Exception as exc:
                 if self.now() > deadline:
                     self.result.errors.append(f"{intent.submit.intent_id}: its cancel could not be published: {exc!r}")
-                    return
+                    return False
                 await asyncio.sleep(0.1)  # retry interval of the resend loop, not a synchronisation
 
     def plan_kills(self) -> list[tuple[float, str]]:
@@ -735,7 +770,9 @@ class ChaosRun:
                                                 evidence()))
             if accepted:
                 res.outcomes["cancel_accepted"] += 1
-                cancel_seq = min(seq for seq, m in by_intent[iid] if isinstance(m, CancelIntent))
+                first = next((a for a in accepted if not a.already), accepted[0])  # the cancel that took effect
+                cancel_seq = min((seq for seq, m in by_intent[iid] if isinstance(m, CancelIntent) and m.request == first.request),
+                                 default=0)
                 commanded = {m.client_order_id: seq for seq, m in reversed(by_intent[iid]) if isinstance(m, PlaceOrder)}
                 late = [o for o in venue_orders if commanded.get(o.get("clientOrderId") or "", 0) > cancel_seq]
                 if late:
