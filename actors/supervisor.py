@@ -1,12 +1,14 @@
-"""The supervisor: one state machine per intent that drives its strategy by messages.
+"""The supervisor: the generic driver of every strategy, one state machine per intent, by messages.
 
-It validates and accepts (or rejects) an intent, asks the pricer for prices, tells the placer what to place
-and cancel, keeps the attempt and total deadlines as absolute times in its state, and announces
-`ExecutionTimedOut` for the market-fallback actor. It never talks to a venue except to read market rules.
+It validates and accepts (or rejects) an intent, asks the intent's strategy (a pure decision core from
+`actors/strategies/`) what to do at each event, and turns the answer into messages: price requests to the
+pricer, orders and cancels to the placer, `ExecutionTimedOut` for the market-fallback actor. It keeps the
+attempt and total deadlines as absolute times in its state, and owns what every strategy shares: cancel,
+halt, the fallback hand-off, the report. It never talks to a venue except to read market rules and gate.
 
-Invariant it keeps: the next attempt (or the fallback) is only started once every earlier order is
-confirmed terminal by the reconciler (`OrderFinalized`), and its quantity is the intent's quantity minus
-everything filled so far.
+Invariant it keeps for every strategy: the next order (or the fallback) is only started once every earlier
+order is confirmed terminal by the reconciler (`OrderFinalized`), and its quantity is at most the intent's
+quantity minus everything filled so far.
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import Decimal
 from typing import Any
 
 import msgspec
 
 from actors import risk
+from actors.strategies import strategy_for
+from actors.strategies.base import (
+    AllFinal, AskPrice, Arrived, AttemptExpired, CancelWorking, Decision, Event, Finish, HandOff, Place, Quoted,
+    Reprice, View, WaitUntil, Woke, Working,
+)
 from bus.actor import Actor, IntentContext, Publisher, Services
 from messages import (
     AttemptTimedOut,
@@ -47,6 +54,7 @@ from messages import (
 )
 from messages.base import Message, routing
 from messages.controls import DENY_NO_PRICE, RiskLimits, ScopeState, TradingStates
+from messages.strategies import FALLBACK_TO_MARKET
 
 __all__ = ["Supervisor", "SupervisorState", "OrderRecord"]
 
@@ -60,12 +68,10 @@ FALLBACK_GRACE_NS = 30 * NS
 FALLBACK_MARGIN_NS = 5 * NS
 """After the fallback's own deadline (`act_by_ns`), how long a `PlaceOrder` it sent just in time may take to
 reach us before we stop waiting for it."""
-MARKET_BUDGET_NS = 60 * NS
 CANCEL_CHECK_NS = 2 * NS
 """The canceling phase's deadline: a cancel not confirmed terminal by then is sent again."""
 INTAKE_RETRY_NS = 500_000_000
 """A venue that cannot be reached at intake is asked again this often, within the intent's budget."""
-ESCALATION = ("touch", "inside", "cross")
 RESERVATION_SLACK_NS = 60 * NS
 """A reservation outlives its intent's whole budget by this much before it stops counting on its own (its
 intent normally gives it back when it finishes)."""
@@ -92,11 +98,12 @@ class SupervisorState(msgspec.Struct, kw_only=True):
     intent: SubmitIntent
     accepted_ns: int
     deadline_ns: int
-    """End of the strategy's budget (aggressive: total timeout; simple: timeout; market: a sanity cap)."""
+    """End of the strategy's budget (`Strategy.budget_ns` after acceptance); the fallback comes after it."""
     phase: str = "arrival"
-    """(intake ->) arrival -> pricing -> working -> (repricing -> working | canceling) -> ... -> fallback ->
-    finished. `repricing`: an attempt expired with its order working, and the next attempt's price decides
-    whether that order is kept (`OrderKept`) or canceled."""
+    """(intake ->) arrival -> pricing -> working -> (repricing -> working | canceling) -> (waiting ->) ... ->
+    fallback -> finished. `repricing`: an attempt expired with its order working, and the next attempt's
+    price decides whether that order is kept (`OrderKept`) or canceled. `waiting`: every order is terminal
+    and the strategy has nothing to do before `wake_ns` (TWAP between slices)."""
     epoch: int = 0
     """Lease epoch of the owner that last rebuilt this state from the log."""
     attempt: int = 0
@@ -125,6 +132,14 @@ class SupervisorState(msgspec.Struct, kw_only=True):
     """It holds a reservation of the venue's balance and open notional (given back when it finishes)."""
     attempt_deadline_ns: int = 0
     price_request: int = 0
+    price_mode: str = "arrival"
+    """The mode of the last price request: asked again as it was when the pricer does not answer."""
+    leg: int = 0
+    """The strategy's own step counter (see `PriceRequested.leg`), from the last price request or order."""
+    leg_first_attempt: int = 0
+    """The attempt that began the current leg."""
+    wake_ns: int = 0
+    """Phase `waiting`: when the strategy is asked again."""
     arrival_bid: Decimal | None = None
     arrival_ask: Decimal | None = None
     tick_size: Decimal | None = None
@@ -482,9 +497,7 @@ class Supervisor(Actor[SupervisorState]):
             return "qty", f"{intent.qty} is below the market minimum amount {minimum}"
         if step is not None and intent.qty % step != 0:
             return "qty", f"{intent.qty} is finer than the market amount step {step}"
-        if intent.params.trigger_fill_price is not None and intent.strategy == "market":
-            return "params.trigger_fill_price", "only limit strategies honour a break-even price"
-        return None
+        return strategy_for(intent.strategy).check(intent.params, intent.qty, minimum, step)
 
     async def _deny(
         self, intent: SubmitIntent, denial: tuple[str, str], state: SupervisorState | None, ctx: IntentContext[SupervisorState]
@@ -571,7 +584,8 @@ class Supervisor(Actor[SupervisorState]):
     # -- pricing ----------------------------------------------------------------------------------------
 
     async def _request_price(
-        self, state: SupervisorState, ctx: IntentContext[SupervisorState], *, attempt: int, mode: str, qty: Decimal
+        self, state: SupervisorState, ctx: IntentContext[SupervisorState], *, attempt: int, mode: str, qty: Decimal,
+        leg: int | None = None,
     ) -> None:
         if qty <= 0:
             await self._nothing_left(state, ctx)
@@ -582,6 +596,9 @@ class Supervisor(Actor[SupervisorState]):
         state.attempt_price_requests += 1
         state.quote = None
         state.phase = "arrival" if attempt == 0 else "pricing"
+        state.price_mode = mode
+        leg = state.leg if leg is None else leg
+        _note_leg(state, leg, attempt)
         intent = state.intent
         await ctx.publish(
             PriceRequested(
@@ -591,6 +608,7 @@ class Supervisor(Actor[SupervisorState]):
                 mode=mode,  # type: ignore[arg-type]
                 qty=qty,
                 request=state.price_request,
+                leg=leg,
             )
         )
         state.price_request += 1
@@ -608,7 +626,7 @@ class Supervisor(Actor[SupervisorState]):
         ctx.log.warning("price_unavailable", attempt=msg.attempt, reason=msg.reason)
         if state.attempt_price_requests >= MAX_PRICE_REQUESTS or ctx.clock.now_ns() >= state.deadline_ns:
             # No fallback: a market order would go into the very book the pricer refused.
-            await self._no_more_attempts(state, ctx, f"no price: {msg.reason}", allow_fallback=False)
+            await self._no_more_attempts(state, ctx, f"no price: {msg.reason}", fallback=False)
             return
         ctx.wake_at(ctx.clock.now_ns() + PRICE_RETRY_NS)
 
@@ -622,15 +640,17 @@ class Supervisor(Actor[SupervisorState]):
             return
         if state.phase in ("arrival", "pricing"):
             if state.attempt_price_requests >= MAX_PRICE_REQUESTS:
-                await self._no_more_attempts(state, ctx, "no price from the pricer", allow_fallback=False)
+                await self._no_more_attempts(state, ctx, "no price from the pricer", fallback=False)
             else:
-                mode = "arrival" if state.attempt == 0 else self._mode(state, state.attempt)
+                mode = "arrival" if state.attempt == 0 else state.price_mode
                 await self._request_price(state, ctx, attempt=state.attempt, mode=mode, qty=state.remaining)
         elif state.phase == "working" and now >= state.attempt_deadline_ns:
-            if self._keepable(state, now) is not None:
-                await self._reprice(state, ctx)
+            await self._decide(state, ctx, AttemptExpired())
+        elif state.phase == "waiting":
+            if now >= state.wake_ns:
+                await self._next_step(state, ctx, Woke())
             else:
-                await self._cancel_working(state, ctx)
+                ctx.wake_at(state.wake_ns)
         elif state.phase == "repricing":
             await self._give_up_keeping(state, ctx)  # the pricer did not answer in time
         elif state.phase == "canceling":
@@ -677,6 +697,8 @@ class Supervisor(Actor[SupervisorState]):
             await self._react_to_final(state, ctx)
         elif state.phase == "working":
             ctx.wake_at(state.attempt_deadline_ns)
+        elif state.phase == "waiting":
+            ctx.wake_at(state.wake_ns)
         elif state.phase == "fallback":
             ctx.wake_at(state.fallback_act_by_ns + FALLBACK_MARGIN_NS)
         elif state.phase in ("arrival", "pricing", "repricing"):
@@ -713,13 +735,6 @@ class Supervisor(Actor[SupervisorState]):
         state.epoch = ctx.epoch
         return state
 
-    def _mode(self, state: SupervisorState, attempt: int) -> str:
-        if state.intent.strategy == "aggressive_limit":
-            return ESCALATION[min(attempt - 1, len(ESCALATION) - 1)]
-        if state.intent.strategy == "simple_limit":
-            return "touch"
-        return "cross"
-
     async def _quoted(self, msg: PriceQuoted, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
         if msg.attempt != state.attempt or state.phase not in ("arrival", "pricing", "repricing"):
             return
@@ -729,14 +744,75 @@ class Supervisor(Actor[SupervisorState]):
         if msg.attempt == 0:
             state.arrival_bid, state.arrival_ask = msg.bid, msg.ask
             state.tick_size = state.tick_size or msg.tick_size
-            if state.intent.strategy == "market":
-                await self._place_market(msg, state, ctx)
-            else:
-                await self._request_price(
-                    state, ctx, attempt=1, mode=self._mode(state, 1), qty=state.remaining
-                )
+            await self._decide(state, ctx, Arrived(msg), quote=msg)
             return
-        await self._place_limit(msg, state, ctx)
+        await self._decide(state, ctx, Quoted(msg), quote=msg)
+
+    # -- the strategy's decisions -------------------------------------------------------------------------
+
+    def _view(self, state: SupervisorState, now_ns: int) -> View:
+        live = [o for o in state.orders if o.status != "final" and not o.cancel and o.origin == "supervisor"]
+        working = (
+            Working(client_order_id=live[0].client_order_id, attempt=live[0].attempt, price=live[0].price, qty=live[0].qty)
+            if len(live) == 1 else None
+        )
+        return View(
+            side=state.intent.side, qty=state.intent.qty, filled=state.filled, now_ns=now_ns,
+            accepted_ns=state.accepted_ns, deadline_ns=state.deadline_ns, attempt=state.attempt, leg=state.leg,
+            leg_first_attempt=state.leg_first_attempt, arrival_bid=state.arrival_bid, arrival_ask=state.arrival_ask,
+            tick_size=state.tick_size, amount_step=state.amount_step, min_amount=state.min_amount, working=working,
+            reason=state.reason,
+        )
+
+    def _ask(self, state: SupervisorState, ctx: IntentContext[SupervisorState], event: Event) -> Decision:
+        strategy = strategy_for(state.intent.strategy)
+        return strategy.decide(state.intent.params, self._view(state, ctx.clock.now_ns()), event)
+
+    async def _decide(
+        self, state: SupervisorState, ctx: IntentContext[SupervisorState], event: Event, *, quote: PriceQuoted | None = None
+    ) -> None:
+        """Ask the strategy what `event` means and do it, within the invariants every strategy shares."""
+        decision = self._ask(state, ctx, event)
+        ctx.log.debug("strategy_decided", on=type(event).__name__, decision=type(decision).__name__)
+        match decision:
+            case AskPrice():
+                qty = state.remaining if decision.qty is None else min(decision.qty, state.remaining)
+                await self._request_price(state, ctx, attempt=decision.attempt, mode=decision.mode, qty=qty, leg=decision.leg)
+            case Place():
+                if not state.all_final:
+                    # Never two orders of the strategy at once: the next only once the last is terminal.
+                    ctx.log.error("strategy_placed_with_an_order_working", attempt=decision.attempt)
+                    return
+                if decision.reason:
+                    state.reason = decision.reason
+                state.attempt = decision.attempt
+                await self._place(
+                    state, ctx, order_type=decision.order_type, price=decision.price,
+                    attempt_deadline_ns=decision.deadline_ns, qty=decision.qty, leg=decision.leg,
+                    ref=quote if decision.with_reference else None,
+                )
+            case Reprice():
+                if self._keepable(state) is None:
+                    await self._cancel_working(state, ctx, announce=True)
+                else:
+                    await self._reprice(state, ctx, decision)
+            case CancelWorking():
+                await self._cancel_working(state, ctx, announce=decision.announce)
+            case WaitUntil():
+                if not state.all_final:
+                    ctx.log.error("strategy_waits_with_an_order_working")
+                    return
+                state.phase = "waiting"
+                state.wake_ns = decision.at_ns
+                ctx.wake_at(decision.at_ns)
+            case HandOff():
+                await self._no_more_attempts(state, ctx, decision.reason, fallback=decision.fallback)
+            case Finish():
+                if state.all_final:
+                    await self._finish(state, ctx, decision.reason)
+                else:
+                    state.reason = decision.reason
+                    await self._cancel_working(state, ctx, announce=False)
 
     # -- placing ----------------------------------------------------------------------------------------
 
@@ -748,10 +824,12 @@ class Supervisor(Actor[SupervisorState]):
         order_type: str,
         price: Decimal | None,
         attempt_deadline_ns: int,
+        qty: Decimal | None = None,
+        leg: int | None = None,
         ref: PriceQuoted | None = None,
     ) -> None:
         intent = state.intent
-        qty = state.remaining
+        qty = state.remaining if qty is None else min(qty, state.remaining)
         if qty <= 0:
             await self._nothing_left(state, ctx)
             return
@@ -762,6 +840,8 @@ class Supervisor(Actor[SupervisorState]):
             state.orders.append(OrderRecord(client_order_id=cid, attempt=state.attempt, origin="supervisor", qty=qty, price=price))
         state.phase = "working"
         state.attempt_deadline_ns = attempt_deadline_ns
+        leg = state.leg if leg is None else leg
+        _note_leg(state, leg, state.attempt)
         await ctx.publish(
             PlaceOrder(
                 **routing(intent),
@@ -774,64 +854,15 @@ class Supervisor(Actor[SupervisorState]):
                 deadline_ns=attempt_deadline_ns,
                 ref_price=None if ref is None else (ref.ask if intent.side == "buy" else ref.bid),
                 ref_ts_ns=0 if ref is None else ref.ts_event,
+                leg=leg,
             )
         )
         ctx.wake_at(attempt_deadline_ns)
 
-    async def _place_market(self, quote: PriceQuoted, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
-        """Market strategy, with the old market executor's slippage protection: when the book says taking
-        the quantity would cost more than `max_slippage_bps` past the touch, rest a limit at the cap."""
-        state.attempt = 1
-        cap_bps = state.intent.params.max_slippage_bps
-        if cap_bps is not None:
-            cap = _cap_price(state.intent.side, quote, cap_bps)
-            expected = quote.sweep_avg_price
-            too_expensive = expected is None or (
-                expected > cap if state.intent.side == "buy" else expected < cap
-            )
-            if too_expensive:
-                ctx.log.info("slippage_cap_switches_to_limit", cap=str(cap), expected=str(expected))
-                state.reason = f"slippage cap {cap_bps} bps: limit at {cap}"
-                timeout = ctx.clock.now_ns() + _ns(state.intent.params.timeout_seconds)
-                await self._place(state, ctx, order_type="limit", price=cap, attempt_deadline_ns=timeout)
-                return
-        await self._place(state, ctx, order_type="market", price=None, attempt_deadline_ns=state.deadline_ns, ref=quote)
-
-    async def _place_limit(self, quote: PriceQuoted, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
-        price, deadline = self._limit_price(quote, state, ctx)
-        await self._place(state, ctx, order_type="limit", price=price, attempt_deadline_ns=deadline)
-
-    def _limit_price(
-        self, quote: PriceQuoted, state: SupervisorState, ctx: IntentContext[SupervisorState]
-    ) -> tuple[Decimal, int]:
-        """The attempt's limit price (offset, on the tick grid, within the break-even bound) and deadline."""
-        intent, params = state.intent, state.intent.params
-        price = quote.price
-        tick = state.tick_size or quote.tick_size
-        now = ctx.clock.now_ns()
-        if intent.strategy == "simple_limit":
-            offset = price * params.price_offset_pct / 100
-            price = price - offset if intent.side == "buy" else price + offset
-            deadline = state.deadline_ns
-        else:
-            per_attempt = params.attempt_timeout_seconds or params.total_timeout_seconds / params.max_retries
-            deadline = min(now + _ns(per_attempt), state.deadline_ns)
-        price = _to_tick(price, tick, intent.side)
-        bound = _break_even_bound(intent)
-        if bound is not None:
-            bounded = min(price, bound) if intent.side == "buy" else max(price, bound)
-            if bounded != price:
-                ctx.log.info("break_even_bound_applied", wanted=str(price), bound=str(bound))
-            price = _to_tick(bounded, tick, intent.side)
-        return price, deadline
-
     # -- keeping the working order -----------------------------------------------------------------------
 
-    def _keepable(self, state: SupervisorState, now: int) -> OrderRecord | None:
-        """The one working order the next aggressive attempt could keep, if it prices the same."""
-        intent = state.intent
-        if intent.strategy != "aggressive_limit" or state.attempt >= intent.params.max_retries or now >= state.deadline_ns:
-            return None
+    def _keepable(self, state: SupervisorState) -> OrderRecord | None:
+        """The one working order the next attempt could keep, if it prices the same."""
         live = [o for o in state.orders if o.status != "final"]
         if len(live) != 1:
             return None
@@ -840,16 +871,15 @@ class Supervisor(Actor[SupervisorState]):
             return None
         return order
 
-    async def _reprice(self, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
+    async def _reprice(self, state: SupervisorState, ctx: IntentContext[SupervisorState], decision: Reprice) -> None:
         """An attempt's deadline passed with its order working: price the next attempt before canceling,
         so an order that would be placed again at the same price keeps its place in the queue."""
-        order = self._keepable(state, ctx.clock.now_ns())
+        order = self._keepable(state)
         assert order is not None
         await ctx.publish(
             AttemptTimedOut(**routing(state.intent), attempt=state.attempt, client_order_id=order.client_order_id)
         )
-        following = state.attempt + 1
-        await self._request_price(state, ctx, attempt=following, mode=self._mode(state, following), qty=state.remaining)
+        await self._request_price(state, ctx, attempt=decision.attempt, mode=decision.mode, qty=min(order.qty, state.remaining))
         state.phase = "repricing"
 
     async def _keep_or_cancel(self, quote: PriceQuoted, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
@@ -858,10 +888,11 @@ class Supervisor(Actor[SupervisorState]):
         if order is None:
             await self._give_up_keeping(state, ctx)
             return
-        price, deadline = self._limit_price(quote, state, ctx)
-        if price != order.price:
+        decision = self._ask(state, ctx, Quoted(quote))
+        if not isinstance(decision, Place) or decision.order_type != "limit" or decision.price != order.price:
             await self._give_up_keeping(state, ctx)
             return
+        price, deadline = decision.price, decision.deadline_ns
         ctx.log.info("order_kept", attempt=state.attempt, client_order_id=order.client_order_id, price=str(price))
         await ctx.publish(
             OrderKept(
@@ -882,7 +913,7 @@ class Supervisor(Actor[SupervisorState]):
         if all(o.status == "final" for o in state.orders):
             await self._react_to_final(state, ctx)  # it ended meanwhile: go on from there
             return
-        await self._cancel_working(state, ctx, announced=True)
+        await self._cancel_working(state, ctx, announce=False)  # (`_reprice` announced it)
 
     async def _placed(self, msg: OrderPlaced, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
         record = state.order(msg.client_order_id)
@@ -930,19 +961,20 @@ class Supervisor(Actor[SupervisorState]):
             if state.phase == "fallback":
                 await self._finish(state, ctx, state.reason)
             else:
-                await self._no_more_attempts(state, ctx, state.reason, allow_fallback=False)
+                await self._no_more_attempts(state, ctx, state.reason, fallback=False)
             return
         await self._next_step(state, ctx)
 
     # -- attempts ---------------------------------------------------------------------------------------
 
     async def _cancel_working(
-        self, state: SupervisorState, ctx: IntentContext[SupervisorState], *, announced: bool = False
+        self, state: SupervisorState, ctx: IntentContext[SupervisorState], *, announce: bool
     ) -> None:
-        """`announced`: the attempt's `AttemptTimedOut` went out already (`_reprice`)."""
+        """`announce`: say in the log that the attempt timed out (`AttemptTimedOut`), for strategies whose
+        attempts the report counts."""
         for record in state.orders:
             if record.status != "final" and not record.cancel and record.origin == "supervisor":
-                if state.intent.strategy == "aggressive_limit" and not announced:
+                if announce:
                     await ctx.publish(
                         AttemptTimedOut(
                             **routing(state.intent),
@@ -1002,11 +1034,13 @@ class Supervisor(Actor[SupervisorState]):
             return
         await self._next_step(state, ctx)
 
-    async def _next_step(self, state: SupervisorState, ctx: IntentContext[SupervisorState]) -> None:
-        """Every order is terminal: done, another attempt, or the fallback."""
+    async def _next_step(
+        self, state: SupervisorState, ctx: IntentContext[SupervisorState], event: Event | None = None
+    ) -> None:
+        """Every order is terminal: done, or whatever the strategy says next (another attempt, a wait, the
+        fallback)."""
         if not state.all_final:
             return
-        intent = state.intent
         remaining = state.remaining
         if remaining <= 0:
             await self._finish(state, ctx, "filled")
@@ -1021,30 +1055,21 @@ class Supervisor(Actor[SupervisorState]):
         if dust:
             await self._finish(state, ctx, dust)
             return
-        now = ctx.clock.now_ns()
-        if intent.strategy == "aggressive_limit":
-            if state.attempt < intent.params.max_retries and now < state.deadline_ns:
-                next_attempt = state.attempt + 1
-                await self._request_price(
-                    state, ctx, attempt=next_attempt, mode=self._mode(state, next_attempt), qty=remaining
-                )
-                return
-            await self._no_more_attempts(state, ctx, "budget exhausted")
-            return
-        await self._finish(state, ctx, state.reason or "timeout with quantity left")
+        await self._decide(state, ctx, event or AllFinal())
 
     async def _no_more_attempts(
-        self, state: SupervisorState, ctx: IntentContext[SupervisorState], reason: str, *, allow_fallback: bool = True
+        self, state: SupervisorState, ctx: IntentContext[SupervisorState], reason: str, *, fallback: bool
     ) -> None:
+        """The strategy is done with quantity left: the market fallback takes it when `fallback` (and the
+        intent is not canceled, and what is left can be placed), else the strategy finishes."""
         intent = state.intent
         remaining = state.remaining
-        wants_fallback = intent.strategy == "aggressive_limit" and intent.params.fallback == "market"
         dust = _dust(state, remaining) if remaining > 0 else ""
         if dust:
             reason = f"{reason}; {dust}"
         if state.cancel_requested:
-            allow_fallback = False
-        if allow_fallback and wants_fallback and remaining > 0 and state.all_final and not dust:
+            fallback = False
+        if fallback and remaining > 0 and state.all_final and not dust:
             state.phase = "fallback"
             state.fallback_used = True
             state.reason = reason
@@ -1055,7 +1080,7 @@ class Supervisor(Actor[SupervisorState]):
                     side=intent.side,
                     remaining_qty=remaining,
                     filled_qty=state.filled,
-                    fallback="market",
+                    fallback=FALLBACK_TO_MARKET,
                     act_by_ns=state.fallback_act_by_ns,
                     reason=reason,
                 )
@@ -1117,12 +1142,7 @@ def _decimal(value: Any) -> Decimal | None:
 
 
 def _budget_ns(intent: SubmitIntent) -> int:
-    params = intent.params
-    return {
-        "market": MARKET_BUDGET_NS,
-        "simple_limit": _ns(params.timeout_seconds),
-        "aggressive_limit": _ns(params.total_timeout_seconds),
-    }[intent.strategy]
+    return strategy_for(intent.strategy).budget_ns(intent.params)
 
 
 def _fold(history: list[tuple[int, Message]]) -> SupervisorState | None:
@@ -1176,6 +1196,8 @@ def _fold_one(state: SupervisorState, msg: Message) -> None:
                 state.attempt_price_requests = 0
             state.attempt = msg.attempt
             state.attempt_price_requests += 1
+            state.price_mode = msg.mode
+            _note_leg(state, msg.leg, msg.attempt)
             state.price_request = max(state.price_request, msg.request + 1)
             state.price_requested_ns = msg.ts_event
             working = any(o.status != "final" and not o.cancel and o.origin == "supervisor" for o in state.orders)
@@ -1198,6 +1220,7 @@ def _fold_one(state: SupervisorState, msg: Message) -> None:
                 )
             if msg.origin != "market_fallback":
                 state.attempt = msg.attempt
+                _note_leg(state, msg.leg, msg.attempt)
                 state.phase = "working"
                 state.attempt_deadline_ns = msg.deadline_ns or state.deadline_ns
                 state.quote = None
@@ -1275,6 +1298,13 @@ def _record_of(cmd: PlaceOrder, *, fenced: bool = False) -> OrderRecord:
     )
 
 
+def _note_leg(state: SupervisorState, leg: int, attempt: int) -> None:
+    """A price request or order of `attempt` in `leg`: the leg begins here if it is new. The same rule live
+    and when folding the log, so a rebuilt owner counts a leg's attempts as the live one did."""
+    if attempt >= 1 and (leg != state.leg or state.leg_first_attempt == 0):
+        state.leg, state.leg_first_attempt = leg, attempt
+
+
 def _fenced_record(state: SupervisorState, msg: Message) -> bool:
     """The event is about an order only a fenced owner sent: the placer's refusal of it closes it."""
     record = state.order(getattr(msg, "client_order_id", ""))
@@ -1350,30 +1380,3 @@ def _dust(state: SupervisorState, remaining: Decimal) -> str:
         if value < state.min_cost:
             return f"remainder {remaining} (about {value:.2f}) is below the venue minimum order value {state.min_cost}"
     return ""
-
-
-def _ns(seconds: Decimal) -> int:
-    return int(seconds * NS)
-
-
-def _to_tick(price: Decimal, tick: Decimal | None, side: str) -> Decimal:
-    """On the venue's grid, rounded in our favour (buy down, sell up) so rounding never crosses a bound."""
-    if tick is None or tick <= 0:
-        return price
-    rounding = ROUND_FLOOR if side == "buy" else ROUND_CEILING
-    return (price / tick).to_integral_value(rounding=rounding) * tick
-
-
-def _cap_price(side: str, quote: PriceQuoted, cap_bps: Decimal) -> Decimal:
-    touch = quote.ask if side == "buy" else quote.bid
-    factor = cap_bps / Decimal(10_000)
-    raw = touch * (1 + factor) if side == "buy" else touch * (1 - factor)
-    return _to_tick(raw, quote.tick_size, side)
-
-
-def _break_even_bound(intent: SubmitIntent) -> Decimal | None:
-    trigger = intent.params.trigger_fill_price
-    if trigger is None:
-        return None
-    slack = trigger * intent.params.trigger_slippage_bps / Decimal(10_000)
-    return trigger + slack if intent.side == "buy" else trigger - slack

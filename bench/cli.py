@@ -3,10 +3,14 @@ its JSON result (`bench/results/<name>.json`, or `<name>-quick.json`).
 
 A benchmark is a module with `async def run(quick: bool, args: list[str]) -> BenchResult` (see
 `bench.common`); this module adds the machine description and the wall time, prints and writes.
+
+`execbus bench` itself comes from here: `command` is registered as an `execbus.commands` entry point
+(pyproject.toml), which the `execbus` CLI (`bus.ops.cli`) loads; `bus/` never imports `bench/`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib
 import sys
@@ -16,7 +20,7 @@ from typing import Any
 
 from bench.common import BenchResult, Table, Target, format_table, machine, write_result
 
-__all__ = ["BENCHES", "run_bench"]
+__all__ = ["BENCHES", "run_bench", "command"]
 
 BENCHES: dict[str, str] = {
     "latency": "bench.latency",
@@ -111,3 +115,20 @@ async def run_bench(name: str, *, quick: bool = False, out: str | None = None, e
     path = write_result(name, result, quick=quick, out_dir=out, started=started, machine_desc=desc)
     print(f"\n{name}: {time.time() - started:.1f} s; result written to {path}", flush=True)
     return 0
+
+
+def command(sub: Any, name: str = "bench") -> argparse.ArgumentParser:
+    """Add `execbus bench` to the CLI's subcommands `sub` (the `execbus.commands` entry point `bench`)."""
+    p = sub.add_parser(name, help=f"benchmarks: {', '.join(BENCHES)}",
+                       description="Run one benchmark, print its tables and write its JSON result "
+                                   "(bench/results/NAME.json, or NAME-quick.json with --quick).")
+    p.add_argument("name", help=f"which benchmark: {', '.join(BENCHES)} (see bench/README.md)")
+    p.add_argument("--quick", action="store_true", help="small smoke-test sizes (CI), under a minute")
+    p.add_argument("--out", default=None, help="directory for the JSON result (default bench/results)")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="options for the benchmark itself")
+    p.set_defaults(run=_command, quiet=True)
+    return p
+
+
+async def _command(args: argparse.Namespace) -> int:
+    return await run_bench(args.name, quick=args.quick, out=args.out, extra=list(args.extra))

@@ -94,7 +94,7 @@ class Cluster:
     async def spawn(self, wid: str, *, actors: str | list[str] = "", options: dict[str, Any] | None = None,
                     venue: str = "none", speed: float = 1.0, floor: str = "", history: int | None = None,
                     ready_s: float = 60.0) -> Worker:
-        from bus.system import ACTORS
+        from bus.ops.system import ACTORS
 
         names = ",".join(actors) if isinstance(actors, list) else actors
         cmd = [sys.executable, "-m", "bench.worker", "--nats", self.url, "--id", wid, "--actors", names,

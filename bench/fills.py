@@ -33,13 +33,13 @@ from nats.aio.msg import Msg
 
 from bench.cluster import Cluster, Watch
 from bench.common import VENUE_HISTORY, BenchResult, Table, Target, progress, summarize
-from messages import ExecutionCompleted, ExecutionParams, SubmitIntent
+from messages import ExecutionCompleted, AggressiveLimitParams, SubmitIntent
 
 __all__ = ["run"]
 
 SYMBOL = "BTC/USDT"
 QTY = Decimal("0.001")
-PARAMS = ExecutionParams(max_retries=1, attempt_timeout_seconds=Decimal("300"), total_timeout_seconds=Decimal("300"),
+PARAMS = AggressiveLimitParams(max_retries=1, attempt_timeout_seconds=Decimal("300"), total_timeout_seconds=Decimal("300"),
                          fallback="none")
 
 

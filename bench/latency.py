@@ -32,14 +32,14 @@ from bench.cluster import Cluster, Watch, intent_log
 from bench.common import VENUE_HISTORY, BenchResult, Table, Target, progress, summarize
 from bench.floor import FloorClient
 from bench.worker import _settle as settle
-from messages import ExecutionCompleted, ExecutionParams, SubmitIntent
+from messages import ExecutionCompleted, AggressiveLimitParams, SubmitIntent
 
 __all__ = ["run"]
 
 SYMBOL = "BTC/USDT"
 QTY = Decimal("0.001")
 ACTOR_OPTIONS = {"pricer": {"max_age_s": 3600.0}}  # a step-driven market is frozen, not stale
-AGGRESSIVE = ExecutionParams(max_retries=1, attempt_timeout_seconds=Decimal("60"),
+AGGRESSIVE = AggressiveLimitParams(max_retries=1, attempt_timeout_seconds=Decimal("60"),
                              total_timeout_seconds=Decimal("60"), fallback="market")
 FLOOR_HOPS = {"one_way_hops": 5, "venue_round_trips": 1, "jetstream_publishes": 6, "kv_writes": 4, "kv_writes_on_path": 1}
 PROCS_FLOOR = {"supervisor": "S,echo", "pricer": "P", "placer": "PL"}
@@ -131,7 +131,7 @@ def _args(quick: bool, argv: list[str]) -> argparse.Namespace:
 
 
 async def _start(cluster: Cluster, layout: str, history: int) -> None:
-    from bus.system import ACTORS
+    from bus.ops.system import ACTORS
 
     if layout == "system":
         await cluster.spawn("sys", actors="all", venue="stepped", options=ACTOR_OPTIONS, floor="S,P,PL,V,echo",

@@ -3,7 +3,7 @@
 `execbus bench quality [--quick] [--data PATH...] [--n N] [--seed S] [--maker-bps B] [--taker-bps B] ...`
 
 Each strategy executes N intents per size at seeded random arrival times over a recorded market (the real
-actors on the real bus, driven in virtual market time by `bus.sim.Simulation` against the paper exchange),
+actors on the real bus, driven in virtual market time by `bus.ops.sim.Simulation` against the paper exchange),
 and each execution is scored by its implementation shortfall against the mid at arrival, fees included.
 
 Design decisions (and why):
@@ -473,10 +473,10 @@ def _sample_score(row: Row, messages: list[Any]) -> tuple[int, ...]:
 async def _run_pass(config: Any, variant: Variant, size_label: str, qty: Decimal, pass_no: int,
                     arrivals: list[tuple[int, str]], prof: MarketProfile, sample: list[Sample | None],
                     diag: dict[str, Any]) -> list[Row]:
-    from bus.sim import Arrival, Simulation
-    from messages import ExecutionParams, OrderFilled, OrderRejected, SubmitIntent
+    from bus.ops.sim import Arrival, Simulation
+    from messages import OrderFilled, OrderRejected, SubmitIntent, params_for
 
-    params = ExecutionParams(**{k: (v if k == "max_retries" else Decimal(str(v))) for k, v in variant.params.items()})
+    params = params_for(variant.strategy, {k: str(v) for k, v in variant.params.items()}, strict=False)
     intents = []
     for i, (at_ns, side) in enumerate(arrivals):
         intent = SubmitIntent(

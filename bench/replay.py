@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.common import BenchResult, Table, Target, fmt
 from bus.bus import Bus, subject_of
-from bus.replay import fill_rows, read_stream, timeline
+from bus.ops.replay import fill_rows, read_stream, timeline
 from bus.server import EmbeddedNats
 from messages import (
     ExecutionCompleted,

@@ -28,13 +28,13 @@ from typing import Any
 
 from bench.cluster import Cluster, Watch
 from bench.common import VENUE_HISTORY, BenchResult, Table, Target, progress, summarize
-from messages import ExecutionCompleted, ExecutionParams, SubmitIntent
+from messages import ExecutionCompleted, AggressiveLimitParams, SubmitIntent
 
 __all__ = ["run"]
 
 SYMBOL = "BTC/USDT"
 QTY = Decimal("0.001")
-PARAMS = ExecutionParams(max_retries=1, attempt_timeout_seconds=Decimal("600"), total_timeout_seconds=Decimal("600"),
+PARAMS = AggressiveLimitParams(max_retries=1, attempt_timeout_seconds=Decimal("600"), total_timeout_seconds=Decimal("600"),
                          fallback="none")
 TARGET_MB = 300.0
 DEFAULT_POLL_S = 60.0

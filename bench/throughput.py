@@ -32,7 +32,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from bench.cluster import Cluster, intent_log
 from bench.common import VENUE_HISTORY, BenchResult, Table, Target, progress, summarize
 from bench.profiling import summarize_profile
-from bus.system import ACTORS
+from bus.ops.system import ACTORS
 from messages import ExecutionCompleted, InvalidMessage, OrderFilled, SubmitIntent, decode, subjects
 
 __all__ = ["run"]

@@ -66,7 +66,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 async def _run(args: argparse.Namespace) -> None:
     from bus.bus import Bus
     from bus.runtime import ActorHost
-    from bus.system import ACTORS, build_actor
+    from bus.ops.system import ACTORS, build_actor
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -46,7 +46,7 @@ class Bus:
         self.acks = AckMux(nc)
         """Every JetStream write of this process (messages and actor state) goes through here."""
         self.activity: Any = None
-        """Set by a simulation (bus/sim.py) to count messages in flight; None otherwise."""
+        """Set by a simulation (bus/ops/sim.py) to count messages in flight; None otherwise."""
         self._controls: ControlStore | None = None
 
     @classmethod

@@ -2,7 +2,7 @@
 
 A server that is not there (yet, or any more) is retried forever, every `RECONNECT_WAIT_S`: a restarted
 nats-server must not end an actor. What ends the retrying is the caller cancelling the connect (the CLI does
-on SIGTERM/SIGINT, see `bus.cli`) or closing the connection. Repeated errors are logged once per
+on SIGTERM/SIGINT, see `bus.ops.cli`) or closing the connection. Repeated errors are logged once per
 `ERROR_LOG_INTERVAL_S` with how many were suppressed, not four times a second for as long as the server is away.
 """
 

@@ -36,6 +36,7 @@ from bus.bus import Bus
 from bus.clock import Clock, WallClock
 from bus.consumer import PullStream, ack_info
 from bus.control import ControlService
+from bus.msglog import read_stream  # the same reader as `execbus replay`
 from bus.partitions import PartitionLeases
 from bus.state import LeaseLapsed, StaleState, StateStore
 from messages import BY_KIND, InvalidMessage, Message, decode_as, subjects
@@ -522,8 +523,6 @@ class ActorHost:
     async def _rebuild(self, intent_id: str, partition: int, stored: Any, ctx: IntentContext[Any]) -> Any:
         """Replace the snapshot with what the intent's messages in the log imply, and stage it: the write
         (with this owner's epoch in it) moves the key's revision, so a stale owner's next write is refused."""
-        from bus.replay import read_stream  # the same reader as `execbus replay`
-
         history: list[tuple[int, Message]] = []
         async for record in read_stream(self.bus, f"{subjects.PREFIX}.*.*.*.{intent_id}", stream=self._settings.stream):
             try:

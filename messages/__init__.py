@@ -1,61 +1,20 @@
-"""The execbus contract: every message, every subject, one codec. Imports nothing else from execbus."""
+"""The execbus contract: every message, every subject, one codec. Imports nothing else from execbus.
 
-from messages.base import Message
-from messages.codec import (
-    BY_KIND,
-    MESSAGE_TYPES,
-    AnyMessage,
-    InvalidMessage,
-    decode,
-    decode_as,
-    encode,
-    headers_for,
-    json_schema,
-)
-from messages.controls import (
-    CancelIntent,
-    CancelIntentAccepted,
-    CancelIntentRejected,
-    Reservation,
-    Reservations,
-    RiskLimits,
-    ScopeState,
-    TradingStateChanged,
-    TradingStates,
-)
-from messages.intents import (
-    AttemptTimedOut,
-    OrderKept,
-    ExecutionCompleted,
-    ExecutionParams,
-    ExecutionTimedOut,
-    IntentAccepted,
-    IntentRejected,
-    StrategyFinished,
-    SubmitIntent,
-)
-from messages.ops import DeadLetter, IntentStatus, OrderStatus, StatusQuery
-from messages.orders import (
-    CancelOrder,
-    CancelRejected,
-    OrderCanceled,
-    OrderFilled,
-    LateFillRecorded,
-    OrderFinalized,
-    OrderOutcomeUnknown,
-    OrderPlaced,
-    OrderRejected,
-    PlaceOrder,
-)
-from messages.pricing import PriceQuoted, PriceRequested, PriceUnavailable
+Each module names what it defines in its `__all__`; this package re-exports them, and the codec collects
+the message kinds from the same lists, so a message is listed once, where it is defined."""
+
+from messages import base, codec, controls, intents, ops, orders, pricing, strategies
+from messages.base import *  # noqa: F403
+from messages.codec import *  # noqa: F403
+from messages.controls import *  # noqa: F403
+from messages.intents import *  # noqa: F403
+from messages.ops import *  # noqa: F403
+from messages.orders import *  # noqa: F403
+from messages.pricing import *  # noqa: F403
+from messages.strategies import *  # noqa: F403
 
 __all__ = [
-    "Message", "BY_KIND", "MESSAGE_TYPES", "AnyMessage", "InvalidMessage", "decode", "decode_as", "encode",
-    "headers_for", "json_schema", "AttemptTimedOut", "OrderKept", "ExecutionCompleted", "ExecutionParams",
-    "ExecutionTimedOut", "IntentAccepted", "IntentRejected", "StrategyFinished", "SubmitIntent",
-    "DeadLetter", "IntentStatus", "OrderStatus", "StatusQuery", "CancelOrder", "CancelRejected",
-    "OrderCanceled", "OrderFilled", "LateFillRecorded", "OrderFinalized", "OrderOutcomeUnknown", "OrderPlaced", "OrderRejected",
-    "PlaceOrder", "PriceQuoted", "PriceRequested", "PriceUnavailable", "CancelIntent", "CancelIntentAccepted",
-    "CancelIntentRejected", "Reservation", "Reservations", "RiskLimits", "ScopeState", "TradingStateChanged",
-    "TradingStates",
+    name
+    for module in (base, codec, controls, intents, ops, orders, pricing, strategies)
+    for name in module.__all__
 ]

@@ -7,32 +7,9 @@ from typing import Any, Union
 
 import msgspec
 
+from messages import controls, intents, orders, pricing
 from messages.base import Message
-from messages.intents import (
-    AttemptTimedOut,
-    OrderKept,
-    ExecutionCompleted,
-    ExecutionTimedOut,
-    IntentAccepted,
-    IntentRejected,
-    StrategyFinished,
-    SubmitIntent,
-)
-from messages.controls import CancelIntent, CancelIntentAccepted, CancelIntentRejected, TradingStateChanged
 from messages.ops import DeadLetter, IntentStatus, StatusQuery
-from messages.orders import (
-    CancelOrder,
-    CancelRejected,
-    OrderCanceled,
-    OrderFilled,
-    LateFillRecorded,
-    OrderFinalized,
-    OrderOutcomeUnknown,
-    OrderPlaced,
-    OrderRejected,
-    PlaceOrder,
-)
-from messages.pricing import PriceQuoted, PriceRequested, PriceUnavailable
 
 __all__ = [
     "MESSAGE_TYPES",
@@ -47,33 +24,14 @@ __all__ = [
     "headers_for",
 ]
 
-MESSAGE_TYPES: tuple[type[Message], ...] = (
-    SubmitIntent,
-    IntentAccepted,
-    IntentRejected,
-    PriceRequested,
-    PriceQuoted,
-    PriceUnavailable,
-    PlaceOrder,
-    OrderPlaced,
-    OrderRejected,
-    OrderOutcomeUnknown,
-    CancelOrder,
-    OrderCanceled,
-    CancelRejected,
-    OrderFilled,
-    OrderFinalized,
-    LateFillRecorded,
-    AttemptTimedOut,
-    OrderKept,
-    ExecutionTimedOut,
-    StrategyFinished,
-    ExecutionCompleted,
-    CancelIntent,
-    CancelIntentAccepted,
-    CancelIntentRejected,
-    TradingStateChanged,
+_MESSAGE_MODULES = (intents, pricing, orders, controls)
+MESSAGE_TYPES: tuple[type[Message], ...] = tuple(
+    kind
+    for module in _MESSAGE_MODULES
+    for kind in (getattr(module, name) for name in module.__all__)
+    if isinstance(kind, type) and issubclass(kind, Message)
 )
+"""Every message kind, collected from the modules that define them (each names its own in `__all__`)."""
 BY_KIND: dict[str, type[Message]] = {t.kind: t for t in MESSAGE_TYPES}
 
 AnyMessage = Union[MESSAGE_TYPES]  # type: ignore[valid-type]
@@ -106,6 +64,9 @@ def decode(raw: bytes) -> Message:
     try:
         return _any_decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        retagged = _params_tagged(raw, exc)
+        if retagged is not None:
+            return decode(retagged)
         raise _explain(exc) from None
 
 
@@ -114,7 +75,28 @@ def decode_as(raw: bytes, expected: type[Message]) -> Message:
     try:
         return _decoders[expected].decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        retagged = _params_tagged(raw, exc)
+        if retagged is not None:
+            return decode_as(retagged, expected)
         raise _explain(exc) from None
+
+
+def _params_tagged(raw: bytes, exc: Exception) -> bytes | None:
+    """An intent whose `params` leave out their strategy tag (it is in the top-level `strategy`, or the
+    default market): the same intent with the tag put in, or None when that is not what failed."""
+    if not isinstance(exc, msgspec.ValidationError) or "`$.params`" not in str(exc) or "`strategy`" not in str(exc):
+        return None
+    try:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    params = doc.get("params") if isinstance(doc, dict) else None
+    if not isinstance(params, dict) or "strategy" in params:
+        return None
+    strategy = doc.get("strategy") or "market"
+    if not isinstance(strategy, str):
+        return None
+    return msgspec.json.encode({**doc, "params": {**params, "strategy": strategy}})
 
 
 def headers_for(msg: Message) -> dict[str, str]:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Literal
 
 import msgspec
 
+from messages.strategies import PARAMS_BY_STRATEGY, AnyParams, Fallback, StrategyName, strategy_of
 from messages.base import (
     ClientOrderId,
     Message,
     Side,
-    check_decimal,
     require_non_negative,
     require_positive,
 )
@@ -19,7 +19,6 @@ from messages.base import (
 __all__ = [
     "Strategy",
     "Fallback",
-    "ExecutionParams",
     "SubmitIntent",
     "IntentAccepted",
     "IntentRejected",
@@ -31,46 +30,10 @@ __all__ = [
     "ExecutionStatus",
 ]
 
-Strategy = Literal["market", "simple_limit", "aggressive_limit"]
-Fallback = Literal["market", "none"]
+Strategy = StrategyName
 ExecutionStatus = Literal["filled", "partially_filled", "unfilled", "failed", "canceled"]
 """`canceled`: stopped by a `CancelIntent` (or a halt with `--cancel-working`) before it was filled; the
 report's `filled_qty` says what did fill."""
-
-Attempts = Annotated[int, msgspec.Meta(ge=1, le=100)]
-
-
-class ExecutionParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Strategy parameters, with the names the original executors used. Unknown names are an error:
-    a misspelt `max_retires` silently ignored would execute with the wrong budget."""
-
-    timeout_seconds: Decimal = Decimal("30")
-    """simple_limit: how long the one limit order may rest."""
-    price_offset_pct: Decimal = Decimal("0")
-    """simple_limit: price = touch improved (buy: lower, sell: higher) by this percent; negative crosses."""
-    max_retries: Attempts = 3
-    """aggressive_limit: how many limit attempts at most."""
-    total_timeout_seconds: Decimal = Decimal("13")
-    """aggressive_limit: the whole budget before the fallback takes the remainder."""
-    attempt_timeout_seconds: Decimal | None = None
-    """aggressive_limit: one attempt's budget; default total / max_retries."""
-    trigger_fill_price: Decimal | None = None
-    """Break-even bound: no limit attempt may price worse than this (plus `trigger_slippage_bps`)."""
-    trigger_slippage_bps: Decimal = Decimal("0")
-    """How far past `trigger_fill_price` an attempt may price, in basis points."""
-    max_slippage_bps: Decimal | None = None
-    """market: cap on slippage versus the arrival touch; past it the remainder rests as a limit at the cap."""
-    fallback: Fallback = "market"
-    """aggressive_limit: what takes the remainder when the total budget runs out."""
-
-    def __post_init__(self) -> None:
-        require_positive("timeout_seconds", self.timeout_seconds)
-        check_decimal("price_offset_pct", self.price_offset_pct, minimum=Decimal(-50), strict=False)
-        require_positive("total_timeout_seconds", self.total_timeout_seconds)
-        require_positive("attempt_timeout_seconds", self.attempt_timeout_seconds)
-        require_positive("trigger_fill_price", self.trigger_fill_price)
-        require_non_negative("trigger_slippage_bps", self.trigger_slippage_bps)
-        require_non_negative("max_slippage_bps", self.max_slippage_bps)
 
 
 class SubmitIntent(Message, frozen=True, kw_only=True):
@@ -79,11 +42,28 @@ class SubmitIntent(Message, frozen=True, kw_only=True):
     side: Side
     qty: Decimal
     """Base-currency amount, > 0."""
-    strategy: Strategy = "market"
-    params: ExecutionParams = msgspec.field(default_factory=ExecutionParams)
+    strategy: Strategy | None = None
+    """The strategy's name; may be left out when `params` names it (`params.strategy`). Default market."""
+    params: AnyParams | None = None
+    """The strategy's parameters (`messages/strategies.py`); default: the strategy's defaults."""
 
     def validate(self) -> None:
         require_positive("qty", self.qty)
+        params = self.params
+        if params is None:
+            kind = PARAMS_BY_STRATEGY.get(self.strategy or "market")
+            if kind is None:  # (the decoder checks the name; a Python caller may not)
+                raise ValueError(f"`strategy` {self.strategy!r} is not one of {', '.join(PARAMS_BY_STRATEGY)}")
+            try:
+                params = kind()
+            except TypeError as exc:  # a required parameter (iceberg's display_qty)
+                raise ValueError(f"`params` {self.strategy} needs parameters: {exc}") from None
+            msgspec.structs.force_setattr(self, "params", params)
+        named = strategy_of(params)
+        if self.strategy is None:
+            msgspec.structs.force_setattr(self, "strategy", named)
+        elif self.strategy != named:
+            raise ValueError(f"`params` are {named}'s but `strategy` is {self.strategy!r}")
 
 
 class IntentAccepted(Message, frozen=True, kw_only=True):

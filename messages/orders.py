@@ -64,6 +64,8 @@ class PlaceOrder(_OrderMessage, frozen=True, kw_only=True):
     market order carries it so the placer need not ask the book again; without it the placer asks."""
     ref_ts_ns: int = 0
     """When `ref_price` was read from the book."""
+    leg: int = 0
+    """The strategy's step this order belongs to (see `PriceRequested.leg`)."""
 
     epoch_in_id = True
 

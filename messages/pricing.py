@@ -24,6 +24,9 @@ class PriceRequested(Message, frozen=True, kw_only=True):
     """How much the attempt will trade: the pricer reports the book's cost to take it."""
     request: int = 0
     """Retry counter for the same attempt (after `PriceUnavailable`): part of the message id."""
+    leg: int = 0
+    """The strategy's step the attempt belongs to (TWAP's slice, iceberg's child; 0 for the others): in the
+    log so an owner rebuilt from it knows where the strategy was."""
 
     def validate(self) -> None:
         require_positive("qty", self.qty)

@@ -57,7 +57,8 @@ from messages import (
     CancelIntentRejected,
     ExecutionCompleted,
     IntentAccepted,
-    ExecutionParams,
+    StrategyParams,
+    params_for,
     IntentRejected,
     Message,
     PlaceOrder,
@@ -204,7 +205,7 @@ class VenueProcess:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 # -X faulthandler: a SIGABRT at the end dumps where a venue that stopped answering is stuck
-                [sys.executable, "-X", "faulthandler", "-m", "bus.cli", "venue", "paper", "--nats", self.url, *self.flags],
+                [sys.executable, "-X", "faulthandler", "-m", "bus.ops.cli", "venue", "paper", "--nats", self.url, *self.flags],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         return self
@@ -221,7 +222,7 @@ class VenueProcess:
 
 def _venue_flags(seed: int) -> list[str]:
     """`--profile binance --seed N` when this checkout's `execbus venue paper` takes them (else its defaults)."""
-    from bus.cli import _parser
+    from bus.ops.cli import _parser
 
     flags = ["--profile", "binance", "--seed", str(seed)]
     try:
@@ -365,7 +366,7 @@ class ChaosRun:
                     qty = Decimal(rng.randint(100, 300)) * Decimal("0.01")  # 1..3 BTC: deeper than the touch
             intent_id = f"x{self.seed % 100000}-{i:03d}-{TAGS[variant]}"
             submit = SubmitIntent(intent_id=intent_id, venue="paper", symbol=SYMBOL, side=side, qty=qty,
-                                  strategy=strategy, params=ExecutionParams(**params))  # type: ignore[arg-type]
+                                  strategy=strategy, params=params_for(strategy, params))  # type: ignore[arg-type]
             cancel_after = rng.uniform(*self.config.cancel_after_s) if rng.random() < self.config.cancel_share else None
             self.intents.append(Intent(submit, variant, at, cancel_after_s=cancel_after))
 
@@ -839,9 +840,9 @@ def _order_line(o: dict[str, Any]) -> str:
             f"price={o.get('price')} executed={o.get('executedQty')} status={o.get('status')} time={o.get('time')}")
 
 
-def _params(p: ExecutionParams) -> str:
+def _params(p: StrategyParams) -> str:
     d = msgspec.structs.asdict(p)
-    default = msgspec.structs.asdict(ExecutionParams())
+    default = msgspec.structs.asdict(type(p)())
     return "{" + ", ".join(f"{k}={v}" for k, v in d.items() if v != default[k]) + "}"
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from bus.sim import UNGATED
-from bus.system import System, SystemConfig
+from bus.ops.sim import UNGATED
+from bus.ops.system import System, SystemConfig
 from tests.helpers import Recorder, fast_settings
 from venues.config import PaperVenueConfig
 from venues.paper import PaperExchange

@@ -2,7 +2,7 @@
 
     EmbeddedNats (its own store dir; `kill()` + `start()` = a crashed and restarted nats-server)
     the paper venue, step-driven, served from the test process on its own NATS connection
-    one subprocess per actor: `python -m bus.cli actor NAME --nats URL`
+    one subprocess per actor: `python -m bus.ops.cli actor NAME --nats URL`
 
 The venue runs in the test process only so the test can hold a request *at the venue* (a `Gate`: the
 request has reached the exchange and its answer has not gone out yet) and fill a resting order at will
@@ -86,7 +86,7 @@ class ActorProcess:
         env = {**os.environ, **ACTOR_ENV, "NATS_URL": self.url}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bus.cli", "actor", self.name, "--nats", self.url],
+                [sys.executable, "-m", "bus.ops.cli", "actor", self.name, "--nats", self.url],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         return self

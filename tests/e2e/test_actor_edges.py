@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from bus.bus import Bus
-from bus.client import execute
+from bus.ops.client import execute
 from bus.runtime import ActorHost
 from bus.server import EmbeddedNats
 from messages import (

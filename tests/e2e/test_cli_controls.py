@@ -18,10 +18,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from bus import cli
+from bus.ops import cli
 from bus.bus import Bus
 from bus.controls import ControlStore
-from bus.replay import read_stream
+from bus.ops.replay import read_stream
 from bus.server import EmbeddedNats
 from messages import (
     CancelIntent,

@@ -18,7 +18,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from bus import cli
+from bus.ops import cli
 from bus.server import EmbeddedNats
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ async def _spawn(*args: str) -> asyncio.subprocess.Process:
     env = {**os.environ, "EXECBUS_LOG_LEVEL": "info", "EXECBUS_LOG_JSON": "1"}
     env.pop("NATS_URL", None)
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bus.cli", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "bus.ops.cli", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         cwd=ROOT, env=env,
     )
 

@@ -42,7 +42,7 @@ async def test_a_plain_nats_client_submits_json_and_reads_the_execution_as_json(
 
 async def test_execbus_submit_prints_the_report_as_one_json_line(running: Running) -> None:
     code, out, err = await _run(
-        sys.executable, "-m", "bus.cli", "submit", "--symbol", "BTC/USDT", "--side", "sell", "--qty", "0.03",
+        sys.executable, "-m", "bus.ops.cli", "submit", "--symbol", "BTC/USDT", "--side", "sell", "--qty", "0.03",
         "--nats", running.system.url, "--intent-id", "cli-json-1", "--json",
     )
 
@@ -54,7 +54,7 @@ async def test_execbus_submit_prints_the_report_as_one_json_line(running: Runnin
 
 async def test_execbus_submit_exits_non_zero_on_a_rejected_intent(running: Running) -> None:
     code, _out, err = await _run(
-        sys.executable, "-m", "bus.cli", "submit", "--symbol", "ETH/BTC", "--side", "buy", "--qty", "1",
+        sys.executable, "-m", "bus.ops.cli", "submit", "--symbol", "ETH/BTC", "--side", "buy", "--qty", "1",
         "--nats", running.system.url,
     )
 
@@ -64,7 +64,7 @@ async def test_execbus_submit_exits_non_zero_on_a_rejected_intent(running: Runni
 
 async def test_execbus_submit_refuses_an_unknown_param_before_publishing(running: Running) -> None:
     code, _out, err = await _run(
-        sys.executable, "-m", "bus.cli", "submit", "--symbol", "BTC/USDT", "--side", "buy", "--qty", "0.01",
+        sys.executable, "-m", "bus.ops.cli", "submit", "--symbol", "BTC/USDT", "--side", "buy", "--qty", "0.01",
         "--param", "max_retires=3", "--nats", running.system.url,
     )
 
@@ -94,7 +94,7 @@ async def test_every_actor_answers_nats_micro_discovery(running: Running) -> Non
 
 
 async def test_demo_prints_a_filled_market_execution_report() -> None:
-    code, out, err = await _run(sys.executable, "-m", "bus.cli", "--log-level", "warning", "demo", timeout=120)
+    code, out, err = await _run(sys.executable, "-m", "bus.ops.cli", "--log-level", "warning", "demo", timeout=120)
 
     assert code == 0, err[-2000:]
     assert re.search(r"demo-buy-1: filled buy 0\.01/0\.01 BTC/USDT on paper \(market\)", out), out

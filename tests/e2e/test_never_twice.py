@@ -20,14 +20,15 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from actors.supervisor import OrderRecord, Supervisor, SupervisorState
 from bus.bus import Bus
-from bus.client import execute
+from bus.ops.client import execute
 from bus.runtime import ActorHost
 from bus.server import EmbeddedNats
-from bus.system import System
+from bus.ops.system import System
 from messages import (
     CancelOrder,
     ExecutionCompleted,
-    ExecutionParams,
+    AggressiveLimitParams,
+    SimpleLimitParams,
     ExecutionTimedOut,
     IntentAccepted,
     IntentRejected,
@@ -280,7 +281,7 @@ async def test_a_rate_limited_create_is_retried_after_the_back_off_not_treated_a
 async def test_a_cancel_the_venue_answers_not_found_is_retried_until_the_order_is_terminal(stepped: Running) -> None:
     """Binance's "Unknown order sent.": the venue has not indexed the new order yet when its attempt ends.
     Dropping that cancel left the order resting and the intent without a report."""
-    intent = new_intent(strategy="simple_limit", params=ExecutionParams(timeout_seconds=D("0.2"), price_offset_pct=D(1)))
+    intent = new_intent(strategy="simple_limit", params=SimpleLimitParams(timeout_seconds=D("0.2"), price_offset_pct=D(1)))
 
     report = await execute(stepped.bus, intent, timeout=30)
 
@@ -314,7 +315,7 @@ async def test_no_price_ends_the_attempts_without_a_blind_market_fallback(stale:
     await execute(stale.bus, new_intent(), timeout=30)  # opens the book stream; the next book is stale
     intent = new_intent(
         strategy="aggressive_limit",
-        params=ExecutionParams(total_timeout_seconds=D(20), max_retries=3, fallback="market"),
+        params=AggressiveLimitParams(total_timeout_seconds=D(20), max_retries=3, fallback="market"),
     )
 
     report = await execute(stale.bus, intent, timeout=30)
@@ -424,7 +425,7 @@ async def _log_attempt_one(bus: Bus, intent: Any, *, deadline_ns: int, price: De
 def _aggressive_intent(fallback: str) -> Any:
     return new_intent(
         strategy="aggressive_limit",
-        params=ExecutionParams(total_timeout_seconds=D(60), max_retries=3, fallback=fallback),
+        params=AggressiveLimitParams(total_timeout_seconds=D(60), max_retries=3, fallback=fallback),
     )
 
 
@@ -579,7 +580,7 @@ async def _replay_consumers(bus: Bus, actor: str, kinds: tuple[type, ...]) -> No
 
 
 async def _stored(bus: Bus, kind: type, intent_id: str) -> list[Any]:
-    from bus.replay import read_stream
+    from bus.ops.replay import read_stream
 
     return [
         r.message()

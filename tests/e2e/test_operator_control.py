@@ -17,17 +17,17 @@ from typing import Any
 
 import pytest
 
-from bus import cli
-from bus.client import execute
+from bus.ops import cli
+from bus.ops.client import execute
 from bus.runtime import ActorHost
-from bus.system import build_actor
+from bus.ops.system import build_actor
 from messages import (
     CancelIntent,
     CancelIntentAccepted,
     CancelIntentRejected,
     CancelOrder,
     ExecutionCompleted,
-    ExecutionParams,
+    AggressiveLimitParams,
     ExecutionTimedOut,
     IntentAccepted,
     IntentRejected,
@@ -50,7 +50,7 @@ D = Decimal
 def aggressive(**params: Any) -> SubmitIntent:
     qty = params.pop("qty", D("0.01"))
     side = params.pop("side", "buy")
-    return new_intent(strategy="aggressive_limit", qty=qty, side=side, params=ExecutionParams(**params))
+    return new_intent(strategy="aggressive_limit", qty=qty, side=side, params=AggressiveLimitParams(**params))
 
 
 def resting(**params: Any) -> SubmitIntent:
@@ -535,7 +535,7 @@ async def test_a_halt_while_the_venue_is_down_still_rejects_at_once() -> None:
 
 
 async def start_running_without_venue(config: Any) -> Any:
-    from bus.system import System
+    from bus.ops.system import System
     from tests.helpers import Recorder
 
     system = await System(config).start()

@@ -1,7 +1,7 @@
 """Issue 5, recovery: actors and nats-server killed with SIGKILL mid-execution, restarted, and every execution
 still completes with exact totals and exactly the orders it should have.
 
-Real processes: an `EmbeddedNats`, one `python -m bus.cli actor NAME` subprocess per actor, the paper venue
+Real processes: an `EmbeddedNats`, one `python -m bus.ops.cli actor NAME` subprocess per actor, the paper venue
 on its own NATS connection (in this process, so a test can hold a request at the venue and fill a resting
 order at will; see `recovery_helpers`). The market is frozen (step-driven venue, never advanced), so an
 order fills only when the test fills it.
@@ -36,7 +36,7 @@ import pytest_asyncio
 from messages import (
     CancelOrder,
     ExecutionCompleted,
-    ExecutionParams,
+    params_for,
     ExecutionTimedOut,
     OrderFilled,
     OrderFinalized,
@@ -360,7 +360,7 @@ def _scenario(
         side="buy",
         qty=qty,
         strategy=strategy,  # type: ignore[arg-type]
-        params=ExecutionParams(**params),
+        params=params_for(strategy, params),
     )
     timeout = params.get("attempt_timeout_seconds") or params.get("timeout_seconds")
     return Scenario(victim, strategy, stage, intent, expected or [], status, timeout_s=timeout)

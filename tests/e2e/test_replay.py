@@ -8,11 +8,11 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-from bus.client import execute
-from bus.redrive import compare, redrive_file, redrive_records
-from bus.replay import IMPORT_STREAM, LogRecord, read_file, read_stream, timeline, write_jsonl
-from bus.sim import Arrival, Simulation
-from messages import ExecutionCompleted, ExecutionParams, OrderFilled
+from bus.ops.client import execute
+from bus.ops.redrive import compare, redrive_file, redrive_records
+from bus.ops.replay import IMPORT_STREAM, LogRecord, read_file, read_stream, timeline, write_jsonl
+from bus.ops.sim import Arrival, Simulation
+from messages import AggressiveLimitParams, ExecutionCompleted, OrderFilled, SimpleLimitParams
 from tests.e2e.conftest import Running
 from tests.helpers import fast_settings, new_intent
 
@@ -22,14 +22,14 @@ NS = 1_000_000_000
 
 async def _cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bus.cli", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT
+        sys.executable, "-m", "bus.ops.cli", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_replay_show_lists_every_step_of_an_execution_in_order(stepped: Running) -> None:
-    intent = new_intent(strategy="aggressive_limit", params=ExecutionParams(total_timeout_seconds=Decimal("2"), attempt_timeout_seconds=Decimal("0.3")))
+    intent = new_intent(strategy="aggressive_limit", params=AggressiveLimitParams(total_timeout_seconds=Decimal("2"), attempt_timeout_seconds=Decimal("0.3")))
     report = await execute(stepped.bus, intent, timeout=15)
     assert isinstance(report, ExecutionCompleted)
 
@@ -98,10 +98,10 @@ async def _simulated_log(tmp_path: Path) -> tuple[Path, dict[str, ExecutionCompl
                 t0 + 30 * NS,
                 new_intent(
                     intent_id="sim-fallback", qty=Decimal("3"), side="sell", strategy="aggressive_limit",
-                    params=ExecutionParams(total_timeout_seconds=Decimal("6"), max_retries=2, trigger_fill_price=Decimal("61900")),
+                    params=AggressiveLimitParams(total_timeout_seconds=Decimal("6"), max_retries=2, trigger_fill_price=Decimal("61900")),
                 ),
             ),
-            Arrival(t0 + 60 * NS, new_intent(intent_id="sim-simple", qty=Decimal("0.3"), strategy="simple_limit", params=ExecutionParams(timeout_seconds=Decimal("20")))),
+            Arrival(t0 + 60 * NS, new_intent(intent_id="sim-simple", qty=Decimal("0.3"), strategy="simple_limit", params=SimpleLimitParams(timeout_seconds=Decimal("20")))),
         ]
         outcomes = await sim.run(arrivals)
         records = [r async for r in read_stream(sim.system.bus)]
@@ -149,7 +149,7 @@ def test_compare_names_every_field_that_differs() -> None:
 def test_fill_rows_keep_the_logged_amounts_and_still_take_numbers_or_name_what_is_wrong() -> None:
     import pytest
 
-    from bus.replay import fill_rows
+    from bus.ops.replay import fill_rows
     from messages import InvalidMessage, OrderFilled, encode
 
     fill = OrderFilled(intent_id="I-1", venue="paper", symbol="BTC/USDT", client_order_id="I-1-1", order_id="7",

@@ -1,4 +1,4 @@
-"""Issue 5, start-up reconciliation (`bus.startup.reconcile_with_venues`): orders of ours at the venue that
+"""Issue 5, start-up reconciliation (`bus.ops.startup.reconcile_with_venues`): orders of ours at the venue that
 the reconciler does not watch are adopted (watched to their end) or canceled (after being adopted, so their
 fills are still reported); orders it watches, orders about to reach it through the log, and orders that are
 not ours are left alone; a venue that cannot be listed stops the start-up with an error naming it.
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bus.startup import (
+from bus.ops.startup import (
     StartupReconciliationError,
     orphan_policy,
     parse_client_order_id,
@@ -25,7 +25,7 @@ from bus.startup import (
 from messages import (
     IntentAccepted,
     ExecutionCompleted,
-    ExecutionParams,
+    SimpleLimitParams,
     OrderCanceled,
     OrderFilled,
     OrderFinalized,
@@ -145,7 +145,7 @@ async def test_with_the_cancel_policy_an_orphan_is_canceled_and_its_fills_are_st
 
 
 async def test_orders_the_reconciler_watches_are_left_alone(running: Running) -> None:
-    intent = new_intent(strategy="simple_limit", params=ExecutionParams(price_offset_pct=Decimal("1"), timeout_seconds=Decimal("3")))
+    intent = new_intent(strategy="simple_limit", params=SimpleLimitParams(price_offset_pct=Decimal("1"), timeout_seconds=Decimal("3")))
     await running.bus.publish(intent)
     (placed,) = await running.recorder.wait_for(OrderPlaced, intent.intent_id)
     await wait_until(lambda: running.system.hosts["reconciler"].actor.status()["watched"] > 0)  # type: ignore[attr-defined]

@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 
-from bus.client import execute
+from bus.ops.client import execute
 from messages import (
     OrderKept,
     AttemptTimedOut,
     ExecutionCompleted,
-    ExecutionParams,
+    AggressiveLimitParams,
+    MarketParams,
+    SimpleLimitParams,
     ExecutionTimedOut,
     OrderFinalized,
     OrderPlaced,
@@ -31,7 +33,7 @@ from tests.helpers import assert_invariants, new_intent
 def aggressive(**params: Any) -> SubmitIntent:
     qty = params.pop("qty", Decimal("0.01"))
     side = params.pop("side", "buy")
-    return new_intent(strategy="aggressive_limit", qty=qty, side=side, params=ExecutionParams(**params))
+    return new_intent(strategy="aggressive_limit", qty=qty, side=side, params=AggressiveLimitParams(**params))
 
 
 async def run(r: Running, intent: SubmitIntent, timeout: float = 15) -> ExecutionCompleted:
@@ -63,7 +65,7 @@ async def top_of_book(r: Running) -> tuple[Decimal, Decimal]:
 async def test_market_slippage_cap_turns_the_order_into_a_limit_at_the_cap(stepped: Running) -> None:
     bid, ask = await top_of_book(stepped)
     cap = (ask * (1 + Decimal("0.5") / 10_000) / Decimal("0.01")).to_integral_value(rounding="ROUND_FLOOR") * Decimal("0.01")
-    intent = new_intent(qty=Decimal("20"), params=ExecutionParams(max_slippage_bps=Decimal("0.5"), timeout_seconds=Decimal("0.3")))
+    intent = new_intent(qty=Decimal("20"), params=MarketParams(max_slippage_bps=Decimal("0.5"), timeout_seconds=Decimal("0.3")))
 
     report = await run(stepped, intent)
 
@@ -75,7 +77,7 @@ async def test_market_slippage_cap_turns_the_order_into_a_limit_at_the_cap(stepp
 
 
 async def test_market_without_cap_pressure_stays_a_market_order(stepped: Running) -> None:
-    intent = new_intent(qty=Decimal("0.01"), params=ExecutionParams(max_slippage_bps=Decimal("50")))
+    intent = new_intent(qty=Decimal("0.01"), params=MarketParams(max_slippage_bps=Decimal("50")))
 
     report = await run(stepped, intent)
 
@@ -97,7 +99,7 @@ async def test_a_venue_rejection_ends_in_an_honest_failed_report(stepped: Runnin
 
 async def test_simple_limit_away_from_the_touch_times_out_and_reports_unfilled(stepped: Running) -> None:
     bid, _ask = await top_of_book(stepped)
-    intent = new_intent(strategy="simple_limit", params=ExecutionParams(price_offset_pct=Decimal("1"), timeout_seconds=Decimal("0.3")))
+    intent = new_intent(strategy="simple_limit", params=SimpleLimitParams(price_offset_pct=Decimal("1"), timeout_seconds=Decimal("0.3")))
 
     report = await run(stepped, intent)
 
@@ -109,7 +111,7 @@ async def test_simple_limit_away_from_the_touch_times_out_and_reports_unfilled(s
 
 
 async def test_simple_limit_with_a_crossing_offset_fills(stepped: Running) -> None:
-    intent = new_intent(strategy="simple_limit", params=ExecutionParams(price_offset_pct=Decimal("-0.05"), timeout_seconds=Decimal("5")))
+    intent = new_intent(strategy="simple_limit", params=SimpleLimitParams(price_offset_pct=Decimal("-0.05"), timeout_seconds=Decimal("5")))
 
     report = await run(stepped, intent)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bus.client import execute
+from bus.ops.client import execute
 from messages import ExecutionCompleted, OrderFilled, OrderFinalized, OrderPlaced
 from tests.e2e.conftest import Running, start_running, stop_running, stepped_config, system_config
 from tests.helpers import assert_invariants, new_intent, wait_until

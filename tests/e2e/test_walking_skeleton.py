@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 
 from bus.bus import Bus
-from bus.client import execute
+from bus.ops.client import execute
 from bus.runtime import ActorHost
-from bus.system import build_actor
+from bus.ops.system import build_actor
 from messages import (
     ExecutionCompleted,
     IntentAccepted,
@@ -63,7 +63,7 @@ BAD_INTENTS = [
     pytest.param({"qty": "-0.1"}, "qty", "> 0", id="negative-qty"),
     pytest.param({"qty": "NaN"}, "qty", "finite", id="nan-qty"),
     pytest.param({"side": "hold"}, "side", "Invalid enum value", id="bad-side"),
-    pytest.param({"strategy": "twap"}, "strategy", "Invalid enum value", id="unknown-strategy"),
+    pytest.param({"strategy": "vwap"}, "strategy", "Invalid enum value", id="unknown-strategy"),
     pytest.param({"params": {"max_retires": 3}}, "params.max_retires", "unknown field", id="misspelt-param"),
     pytest.param({"symbol": "DOGE/USDT"}, "symbol", "no market", id="unknown-symbol"),
     pytest.param({"venue": "nosuchvenue"}, "venue", "unknown venue", id="unknown-venue"),

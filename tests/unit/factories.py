@@ -26,7 +26,7 @@ from messages import (
     CancelRejected,
     DeadLetter,
     ExecutionCompleted,
-    ExecutionParams,
+    AggressiveLimitParams,
     ExecutionTimedOut,
     IntentAccepted,
     IntentRejected,
@@ -123,7 +123,7 @@ def _submit_intent() -> Fields:
         "side": "buy",
         "qty": Decimal("0.5"),
         "strategy": "aggressive_limit",
-        "params": ExecutionParams(
+        "params": AggressiveLimitParams(
             max_retries=4,
             total_timeout_seconds=Decimal("12"),
             attempt_timeout_seconds=Decimal("3"),

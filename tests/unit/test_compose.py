@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bus.system import ACTORS
+from bus.ops.system import ACTORS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -20,7 +20,7 @@ from messages import (
     OrderKept,
     CancelOrder,
     CancelRejected,
-    ExecutionParams,
+    AggressiveLimitParams,
     InvalidMessage,
     IntentRejected,
     LateFillRecorded,
@@ -445,7 +445,7 @@ def test_hand_written_params_decode_into_execution_params() -> None:
     msg = decode(raw)
 
     # Assert
-    assert isinstance(msg, SubmitIntent) and msg.params == ExecutionParams(
+    assert isinstance(msg, SubmitIntent) and msg.params == AggressiveLimitParams(
         max_retries=5, total_timeout_seconds=Decimal("20"), trigger_fill_price=Decimal("61900.5")
     )
 
@@ -525,7 +525,26 @@ INVALID_SUBMISSIONS = [
     pytest.param(submit_payload(qty="NaN"), "qty", "finite", id="nan-qty"),
     pytest.param(submit_payload(qty="Infinity"), "qty", "finite", id="infinite-qty"),
     pytest.param(submit_payload(side="hold"), "side", "'hold'", id="bad-side"),
-    pytest.param(submit_payload(strategy="twap"), "strategy", "'twap'", id="unknown-strategy"),
+    pytest.param(submit_payload(strategy="vwap"), "strategy", "'vwap'", id="unknown-strategy"),
+    pytest.param(
+        submit_payload(strategy="market", params={"horizon_seconds": "6"}),
+        "params.horizon_seconds",
+        "unknown field `horizon_seconds`",
+        id="twap-param-on-a-market-intent",
+    ),
+    pytest.param(
+        submit_payload(strategy="market", params={"strategy": "twap", "slices": 4}),
+        "params",
+        "are twap's but `strategy` is 'market'",
+        id="params-of-another-strategy",
+    ),
+    pytest.param(submit_payload(strategy="iceberg"), "params", "display_qty", id="iceberg-without-display-qty"),
+    pytest.param(
+        submit_payload(strategy="twap", params={"slices": 4, "interval_seconds": "2"}),
+        "params.slices",
+        "give one of them",
+        id="twap-slices-and-interval",
+    ),
     pytest.param(
         submit_payload(params={"max_retires": 5}),
         "params.max_retires",
@@ -533,7 +552,7 @@ INVALID_SUBMISSIONS = [
         id="misspelt-param",
     ),
     pytest.param(
-        submit_payload(params={"max_retries": "five"}),
+        submit_payload(strategy="aggressive_limit", params={"max_retries": "five"}),
         "params.max_retries",
         "Expected `int`, got `str`",
         id="param-wrong-type",

@@ -5,9 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 from actors.pricer import price_for_mode, sweep_average
-from actors.supervisor import SupervisorState, _break_even_bound, _dust, _to_tick
+from actors.strategies.base import to_tick as _to_tick
+from actors.strategies.simple_limit import break_even_bound
+from actors.supervisor import SupervisorState, _dust
 from tests.helpers import new_intent
-from messages import ExecutionParams
+from messages import AggressiveLimitParams
 
 D = Decimal
 BID, ASK, TICK = D("100.00"), D("100.02"), D("0.01")
@@ -39,11 +41,10 @@ def test_rounding_to_the_tick_never_crosses_in_our_disfavour() -> None:
 
 
 def test_break_even_bound_moves_by_the_allowed_slippage_against_us() -> None:
-    buy = new_intent(params=ExecutionParams(trigger_fill_price=D("100"), trigger_slippage_bps=D("10")))
-    sell = new_intent(side="sell", params=ExecutionParams(trigger_fill_price=D("100"), trigger_slippage_bps=D("10")))
-    assert _break_even_bound(buy) == D("100.1")
-    assert _break_even_bound(sell) == D("99.9")
-    assert _break_even_bound(new_intent()) is None
+    params = AggressiveLimitParams(trigger_fill_price=D("100"), trigger_slippage_bps=D("10"))
+    assert break_even_bound(params, "buy") == D("100.1")
+    assert break_even_bound(params, "sell") == D("99.9")
+    assert break_even_bound(AggressiveLimitParams(), "buy") is None
 
 
 def test_a_remainder_below_the_minimum_order_value_is_dust() -> None:

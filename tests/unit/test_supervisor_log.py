@@ -13,7 +13,7 @@ from actors.supervisor import MAX_PRICE_REQUESTS, OrderRecord, Supervisor, Super
 from bus.actor import IntentContext
 from messages import (
     CancelOrder,
-    ExecutionParams,
+    AggressiveLimitParams,
     ExecutionTimedOut,
     IntentAccepted,
     OrderFinalized,
@@ -46,7 +46,7 @@ def _ctx(intent_id: str, state: SupervisorState | None, now_ns: int = 10 * NS) -
 def _aggressive(**params: Any) -> Any:
     return new_intent(
         strategy="aggressive_limit",
-        params=ExecutionParams(total_timeout_seconds=D(60), max_retries=8, fallback="market", **params),
+        params=AggressiveLimitParams(total_timeout_seconds=D(60), max_retries=8, fallback="market", **params),
     )
 
 

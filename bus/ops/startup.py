@@ -59,7 +59,7 @@ __all__ = [
     "reconcile_with_venues",
 ]
 
-log = structlog.get_logger("execbus.startup")
+log = structlog.get_logger("execbus.ops.startup")
 
 OrphanPolicy = Literal["adopt", "cancel"]
 ORPHAN_POLICY_ENV = "EXECBUS_ORPHAN_POLICY"

@@ -20,7 +20,7 @@ from typing import Any
 
 from bus.clock import SimClock
 from bus.settings import BusSettings
-from bus.system import System, SystemConfig
+from bus.ops.system import System, SystemConfig
 from decimal import Decimal
 
 from messages import ExecutionCompleted, IntentRejected, Message, RiskLimits, SubmitIntent

@@ -14,8 +14,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bus.replay import LogRecord, read_file
-from bus.sim import Arrival, Simulation
+from bus.ops.replay import LogRecord, read_file
+from bus.ops.sim import Arrival, Simulation
 from messages import ExecutionCompleted, IntentRejected, PriceQuoted, SubmitIntent
 
 __all__ = ["COMPARED", "arrivals_from", "compare", "redrive_records", "redrive_file"]

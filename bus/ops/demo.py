@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
-from bus.client import execute
-from bus.system import System, SystemConfig
-from messages import ExecutionParams, IntentRejected, SubmitIntent, encode
+from bus.ops.client import execute
+from bus.ops.report import format_report
+from bus.ops.system import System, SystemConfig
+from messages import AggressiveLimitParams, IntentRejected, SubmitIntent, encode
 
 __all__ = ["run_demo", "DEMO_INTENTS"]
 
@@ -23,14 +24,12 @@ DEMO_INTENTS = (
         side="buy",
         qty=Decimal("0.05"),
         strategy="aggressive_limit",
-        params=ExecutionParams(total_timeout_seconds=Decimal("3"), max_retries=3),
+        params=AggressiveLimitParams(total_timeout_seconds=Decimal("3"), max_retries=3),
     ),
 )
 
 
 async def run_demo(*, json_lines: bool = False) -> int:
-    from bus.cli import format_report
-
     failures = 0
     async with System(SystemConfig()) as system:
         assert system.bus is not None

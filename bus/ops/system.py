@@ -25,7 +25,7 @@ from bus.settings import BusSettings
 
 __all__ = ["ACTORS", "System", "SystemConfig", "build_actor"]
 
-log = structlog.get_logger("execbus.system")
+log = structlog.get_logger("execbus.ops.system")
 
 ACTORS: dict[str, str] = {
     "supervisor": "actors.supervisor:Supervisor",
@@ -58,7 +58,7 @@ class SystemConfig:
     """A `messages.controls.RiskLimits` to store at start (replacing what the controls bucket holds); None
     keeps the stored limits, or the safe defaults."""
     reconcile_at_start: bool = True
-    """List our open orders at the venues and adopt or cancel those nobody watches (bus/startup.py)."""
+    """List our open orders at the venues and adopt or cancel those nobody watches (bus/ops/startup.py)."""
 
 
 def build_actor(name: str, venues: Any, options: dict[str, Any] | None = None) -> Any:
@@ -110,7 +110,7 @@ class System:
             actor = build_actor(name, self._venues, config.actor_options.get(name))
             self.hosts[name] = await ActorHost(self.bus, actor, clock=self.clock).start()
         if config.reconcile_at_start and "reconciler" in self.hosts:
-            from bus.startup import reconcile_with_venues
+            from bus.ops.startup import reconcile_with_venues
 
             await reconcile_with_venues(self.bus, self._venues)
         log.info("system_started", nats=self.url, actors=list(self.hosts))

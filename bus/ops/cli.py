@@ -18,6 +18,10 @@
     execbus schema
     execbus bench NAME [--quick] [--out DIR] [-- bench options]
 
+`execbus bench` is not defined here: commands of other packages plug in through the `execbus.commands`
+entry points (`COMMANDS_GROUP`; `bench = "bench.cli:command"` in pyproject.toml), so the runtime and its
+tools never import the benchmarks.
+
 Exit codes: 0 done; 1 failed (an execution that failed, a server that cannot be reached); 2 rejected (an
 intent, a cancel, an unknown intent id); 3 timed out waiting for an answer; 64 usage (bad flags or values).
 
@@ -58,6 +62,7 @@ import msgspec
 
 from bus.loop import run as run_loop
 from bus.logging import configure_logging
+from bus.ops.report import format_report, progress_line
 
 __all__ = ["main"]
 
@@ -77,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     # The demo and the benchmarks print their own results; the actors' info logs would bury them.
-    quiet = "warning" if args.command in ("demo", "bench") else None
+    quiet = "warning" if getattr(args, "quiet", False) else None
     configure_logging(args.log_level or quiet)
     try:
         return int(run_loop(args.run(args)) or 0)
@@ -102,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run a few intents on embedded NATS and the paper exchange")
     p.add_argument("--json", action="store_true", help="print each report as one JSON line")
-    p.set_defaults(run=_demo)
+    p.set_defaults(run=_demo, quiet=True)
 
     p = sub.add_parser("up", help="embedded NATS (unless --nats), the paper venue and every actor")
     p.add_argument("--nats", default=None, help="join this server instead of embedding one")
@@ -127,12 +132,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="recorded market files played in order as one market (default: the shipped sample)")
     p.set_defaults(run=_venue)
 
-    p = sub.add_parser("submit", help="publish an intent, follow it, print its report")
+    from actors.strategies import STRATEGIES  # the registry: the one list of strategies
+
+    p = sub.add_parser(
+        "submit", help="publish an intent, follow it, print its report",
+        epilog="strategies (--param KEY=VALUE sets their parameters, see `execbus schema`):\n"
+        + "\n".join(f"  {name:<17} {s.summary}" for name, s in STRATEGIES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--symbol", required=True)
     p.add_argument("--side", required=True, choices=["buy", "sell"])
     p.add_argument("--qty", required=True)
     p.add_argument("--venue", default="paper")
-    p.add_argument("--strategy", default="market", choices=["market", "simple_limit", "aggressive_limit"])
+    p.add_argument("--strategy", default="market", choices=list(STRATEGIES))
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--intent-id", default=None)
     p.add_argument("--nats", default=None)
@@ -140,19 +152,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print only the ExecutionCompleted message as JSON")
     p.set_defaults(run=_submit)
 
-    p = sub.add_parser("bench", help="benchmarks: latency, throughput, scale, fills, quality, replay, replay_speed")
-    p.add_argument("name", help="which benchmark (see bench/README.md)")
-    p.add_argument("--quick", action="store_true", help="small smoke-test sizes (CI), under a minute")
-    p.add_argument("--out", default=None, help="directory for the JSON result (default bench/results)")
-    p.add_argument("extra", nargs=argparse.REMAINDER, help="options for the benchmark itself")
-    p.set_defaults(run=_bench)
-
     _replay_parser(sub)
     _control_parser(sub)
 
     p = sub.add_parser("schema", help="JSON Schema of every message")
     p.set_defaults(run=_schema)
+
+    _plugin_commands(sub)
     return parser
+
+
+COMMANDS_GROUP = "execbus.commands"
+"""Entry-point group of the commands other packages add to `execbus` (`execbus bench` is one: see pyproject.toml)."""
+
+
+def _plugin_commands(sub: Any) -> None:
+    """Add the commands registered under `COMMANDS_GROUP`. Each entry point's name is the command; its object is
+    called as `register(sub, name)` and adds the subparser `name` to `sub` (`sub.add_parser(name, ...)`), with
+    `run` (an async function of the parsed arguments returning the exit code) set as a default, and optionally
+    `quiet=True` (actors' info logs off unless --log-level says otherwise). A command that cannot be loaded is
+    left out, with a note on stderr; it never takes a built-in command's name."""
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        if ep.name in sub.choices:  # a built-in, or the same distribution seen twice on the path
+            continue
+        try:
+            ep.load()(sub, ep.name)
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not take the whole CLI down
+            sub.choices.pop(ep.name, None)
+            print(f"execbus: command {ep.name!r} ({ep.value}) is not available: {exc!r}", file=sys.stderr)
 
 
 def _paper_options(p: argparse.ArgumentParser, *, config_flag: str) -> None:
@@ -305,8 +334,8 @@ async def _schema(args: argparse.Namespace) -> int:
 
 
 async def _up(args: argparse.Namespace) -> int:
-    from bus.startup import StartupReconciliationError
-    from bus.system import System, SystemConfig
+    from bus.ops.startup import StartupReconciliationError
+    from bus.ops.system import System, SystemConfig
 
     stop = _Stop()
     try:
@@ -346,7 +375,7 @@ def _terminate_server(system: Any) -> None:
 async def _actor(args: argparse.Namespace) -> int:
     from bus.bus import Bus
     from bus.runtime import ActorHost
-    from bus.system import build_actor
+    from bus.ops.system import build_actor
     from venues.gateway import VenuePool
 
     stop = _Stop()
@@ -365,7 +394,7 @@ async def _actor(args: argparse.Namespace) -> int:
         # Started actors have taken partitions: let the start finish (within the budget) and hand them back.
         host = await stop.unless_stopped(ActorHost(bus, actor).start(), finish=True)
         if args.name == "reconciler":
-            from bus.startup import StartupReconciliationError, reconcile_with_venues
+            from bus.ops.startup import StartupReconciliationError, reconcile_with_venues
 
             try:
                 await stop.unless_stopped(reconcile_with_venues(bus, venues), finish=True)
@@ -437,13 +466,13 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def build_intent(args: argparse.Namespace) -> Any:
-    from messages import ExecutionParams, SubmitIntent
+    from messages import SubmitIntent, params_for
 
     try:
         qty = Decimal(args.qty)
     except InvalidOperation:
         raise ValueError(f"--qty must be a decimal number, got {args.qty!r}") from None
-    params = msgspec.convert(parse_params(args.param), ExecutionParams, strict=False)
+    params = params_for(args.strategy, parse_params(args.param), strict=False)
     return SubmitIntent(
         intent_id=args.intent_id or f"cli-{uuid.uuid4().hex[:12]}",
         venue=args.venue,
@@ -457,7 +486,7 @@ def build_intent(args: argparse.Namespace) -> Any:
 
 async def _submit(args: argparse.Namespace) -> int:
     from bus.bus import Bus
-    from bus.client import execute
+    from bus.ops.client import execute
     from messages import ExecutionCompleted, IntentRejected, Message, encode
 
     try:
@@ -469,7 +498,7 @@ async def _submit(args: argparse.Namespace) -> int:
 
     async def follow(msg: Message) -> None:
         if not args.json:
-            print(_progress_line(msg), flush=True)
+            print(progress_line(msg), flush=True)
 
     try:
         final = await execute(bus, intent, timeout=args.timeout, on_message=follow)
@@ -487,29 +516,6 @@ async def _submit(args: argparse.Namespace) -> int:
     assert isinstance(final, ExecutionCompleted)
     print(encode(final).decode() if args.json else format_report(final), flush=True)
     return EXIT_FAILED if final.status == "failed" else EXIT_OK
-
-
-def _progress_line(msg: Any) -> str:
-    fields = {
-        k: v
-        for k, v in msgspec.structs.asdict(msg).items()
-        if k not in ("intent_id", "venue", "symbol", "msg_id", "ts_event", "ts_init", "params")
-        and v not in (None, "", (), False)
-    }
-    detail = " ".join(f"{k}={v}" for k, v in list(fields.items())[:7])
-    return f"  {type(msg).__name__:<20} {detail}"
-
-
-def format_report(report: Any) -> str:
-    lines = [
-        f"{report.intent_id}: {report.status} {report.side} {report.filled_qty}/{report.qty} {report.symbol} "
-        f"on {report.venue} ({report.strategy})",
-        f"  avg price {report.avg_price}  notional {report.notional}  fees {report.fees} {report.fee_currency}",
-        f"  arrival mid {report.arrival_mid}  slippage {report.slippage_bps} bps  attempts {report.attempts}"
-        f"  fallback {'yes' if report.fallback_used else 'no'}  fills {report.fills}  {report.duration_ms:.1f} ms",
-        f"  reason: {report.reason}",
-    ]
-    return "\n".join(lines)
 
 
 def _replay_parser(sub: Any) -> None:
@@ -559,7 +565,7 @@ def _replay_parser(sub: Any) -> None:
 
 async def _log_records(args: argparse.Namespace, live_filter: str, since: int | None = None, until: int | None = None) -> Any:
     from bus.bus import Bus
-    from bus.replay import read_file, read_stream
+    from bus.ops.replay import read_file, read_stream
 
     if args.file:
         return [r for r in read_file(args.file, live_filter) if (since is None or r.time_ns >= since) and (until is None or r.time_ns <= until)]
@@ -571,7 +577,7 @@ async def _log_records(args: argparse.Namespace, live_filter: str, since: int | 
 
 
 async def _replay_show(args: argparse.Namespace) -> int:
-    from bus.replay import format_diagram, format_timeline, timeline
+    from bus.ops.replay import format_diagram, format_timeline, timeline
 
     records = await _log_records(args, f"exec.*.*.*.{args.intent_id}")
     if not records:
@@ -587,7 +593,7 @@ async def _replay_show(args: argparse.Namespace) -> int:
 
 
 async def _replay_fills(args: argparse.Namespace) -> int:
-    from bus.replay import fill_rows, format_fills
+    from bus.ops.replay import fill_rows, format_fills
     from messages import subjects
 
     venue = args.venue or "*"
@@ -603,7 +609,7 @@ async def _replay_fills(args: argparse.Namespace) -> int:
 
 
 async def _replay_export(args: argparse.Namespace) -> int:
-    from bus.replay import write_jsonl
+    from bus.ops.replay import write_jsonl
 
     live_filter = f"exec.*.*.*.{args.intent}" if args.intent else "exec.>"
     records = await _log_records(args, live_filter, parse_time(args.since), parse_time(args.until))
@@ -618,7 +624,7 @@ async def _replay_export(args: argparse.Namespace) -> int:
 
 async def _replay_import(args: argparse.Namespace) -> int:
     from bus.bus import Bus
-    from bus.replay import IMPORT_STREAM, import_records, read_file
+    from bus.ops.replay import IMPORT_STREAM, import_records, read_file
 
     bus = await Bus.connect(_url(args), name="execbus-replay")
     try:
@@ -630,7 +636,7 @@ async def _replay_import(args: argparse.Namespace) -> int:
 
 
 async def _replay_redrive(args: argparse.Namespace) -> int:
-    from bus.redrive import redrive_file
+    from bus.ops.redrive import redrive_file
 
     return await redrive_file(args.log, data=args.data, seed=args.seed, json_lines=args.json)
 
@@ -928,7 +934,7 @@ async def find_intent(bus: Any, intent_id: str) -> tuple[str, str] | None:
     """(venue, symbol) of the intent's `SubmitIntent` in the log, or None if the log has none."""
     from contextlib import aclosing
 
-    from bus.replay import read_stream
+    from bus.ops.replay import read_stream
     from messages import InvalidMessage, SubmitIntent, subjects
 
     async with aclosing(read_stream(bus, f"{subjects.PREFIX}.{SubmitIntent.kind}.*.*.{intent_id}")) as records:
@@ -1021,14 +1027,8 @@ async def _cancel(args: argparse.Namespace) -> int:
 
 
 
-async def _bench(args: argparse.Namespace) -> int:
-    from bench.cli import run_bench
-
-    return await run_bench(args.name, quick=args.quick, out=args.out, extra=list(args.extra))
-
-
 async def _demo(args: argparse.Namespace) -> int:
-    from bus.demo import run_demo
+    from bus.ops.demo import run_demo
 
     return await run_demo(json_lines=args.json)
 
