@@ -48,7 +48,7 @@ from messages import (
 )
 from messages.base import Message, routing
 from messages.controls import DENY_ORDER_RATE
-from venues.gateway import fetch_order_by_client_id
+from venues.gateway import cancel_order, create_order, fetch_balance, fetch_order_book, fetch_order_by_client_id
 
 __all__ = ["Placer", "PlacerState"]
 
@@ -309,10 +309,10 @@ class Placer(Actor[PlacerState]):
                 continue
             found = await fetch_order_by_client_id(exchange, cid, cmd.symbol)  # NetworkError: try again later
             if found is not None:
-                state.qty[cid] = Decimal(str(found.get("amount") or 0))
-                state.placed[cid] = str(found["id"])
-                if found.get("status") != "open":
-                    state.filled[cid] = Decimal(str(found.get("filled") or 0))
+                state.qty[cid] = found.amount or Decimal(0)
+                state.placed[cid] = str(found.id)
+                if found.status != "open":
+                    state.filled[cid] = found.filled or Decimal(0)
                     if cid not in state.final:
                         state.final.append(cid)
 
@@ -359,7 +359,7 @@ class Placer(Actor[PlacerState]):
             if found is not None:
                 self.stats["recovered"] += 1
                 state.qty[cid] = cmd.qty
-                state.placed[cid] = str(found["id"])
+                state.placed[cid] = str(found.id)
                 await self._published_placed(cmd, state.placed[cid], ctx, recovered=True)
                 if cancel_after:
                     await self._cancel(cid, state.placed[cid], cmd.venue, cmd.symbol, state, ctx)
@@ -484,7 +484,7 @@ class Placer(Actor[PlacerState]):
             await self._reject(cmd, ctx, halted_now.code, halted_now.reason, state=state)
             return
         try:
-            order = await exchange.create_order(cmd.symbol, cmd.order_type, cmd.side, amount, price, params)
+            order = await create_order(exchange, cmd.symbol, cmd.order_type, cmd.side, amount, price, params)
         except ccxt.DuplicateOrderId:
             # Open under this id already (a crash between create and our record of it): find it.
             await self._unknown(cmd, state, ctx, "DuplicateOrderId", cancel_wanted=cancel_after, holder=holder)
@@ -517,7 +517,7 @@ class Placer(Actor[PlacerState]):
             )
             return
         self.stats["created"] += 1
-        state.placed[cid] = str(order["id"])
+        state.placed[cid] = str(order.id)
         state.unknown.pop(cid, None)
         await self._published_placed(cmd, state.placed[cid], ctx, recovered=False)
         if cancel_after:
@@ -559,8 +559,7 @@ class Placer(Actor[PlacerState]):
         position = None
         if scope is not None and scope.state == "REDUCING" and cmd.side == "sell":
             base, _quote = risk.base_and_quote(cmd.symbol)
-            total = ((await exchange.fetch_balance()).get("total") or {}).get(base)
-            position = None if total is None else Decimal(str(total))
+            position = (await fetch_balance(exchange)).total.get(base)
         reservation = reservations.of(cmd.intent_id) if limits.balance_check else None
         return risk.order_denial(
             limits, states, venue=cmd.venue, symbol=cmd.symbol, side=cmd.side, qty=cmd.qty, price=price,
@@ -605,11 +604,10 @@ class Placer(Actor[PlacerState]):
         An empty or crossed book means no market order (it would go into a book nobody can price)."""
         if cmd.ref_price is not None and ctx.clock.now_ns() - cmd.ref_ts_ns <= FRESH_PRICE_NS:
             return cmd.ref_price
-        book = await exchange.fetch_order_book(cmd.symbol, 5)
-        bids, asks = book.get("bids") or [], book.get("asks") or []
-        if not bids or not asks:
+        book = await fetch_order_book(exchange, cmd.symbol, 5)
+        if not book.bids or not book.asks:
             raise _NoPrice(f"no fresh price for a market order: the {cmd.symbol} book is empty")
-        bid, ask = Decimal(str(bids[0][0])), Decimal(str(asks[0][0]))
+        bid, ask = book.bids[0][0], book.asks[0][0]
         if bid >= ask:
             raise _NoPrice(f"no fresh price for a market order: the {cmd.symbol} book is crossed ({bid} >= {ask})")
         return ask if cmd.side == "buy" else bid
@@ -655,11 +653,11 @@ class Placer(Actor[PlacerState]):
             ctx.log.info("order_lookup_failed", client_order_id=cid, error=type(exc).__name__)
             found = None  # could not ask: keep the cancel for when the PlaceOrder comes
         else:
-            if found is not None and found.get("status") != "open":
+            if found is not None and found.status != "open":
                 await ctx.publish(
                     CancelRejected(
                         intent_id=ctx.intent_id, venue=msg.venue, symbol=msg.symbol, client_order_id=cid,
-                        order_id=str(found["id"]), reason=f"order is {found.get('status')}", error="OrderNotFound",
+                        order_id=str(found.id), reason=f"order is {found.status}", error="OrderNotFound",
                     )
                 )
                 return
@@ -667,7 +665,7 @@ class Placer(Actor[PlacerState]):
         if cid not in state.early_cancels:
             state.early_cancels.append(cid)
         if found is not None:
-            state.placed[cid] = str(found["id"])
+            state.placed[cid] = str(found.id)
             await self._cancel(cid, state.placed[cid], msg.venue, msg.symbol, state, ctx)
 
     async def _resolve(self, cid: str, pending: Pending, state: PlacerState, ctx: IntentContext[PlacerState]) -> None:
@@ -682,7 +680,7 @@ class Placer(Actor[PlacerState]):
         if found is not None:
             self.stats["recovered"] += 1
             state.unknown.pop(cid, None)
-            state.placed[cid] = str(found["id"])
+            state.placed[cid] = str(found.id)
             await self._published_placed(cmd, state.placed[cid], ctx, recovered=True)
             if pending.cancel_wanted:
                 await self._cancel(cid, state.placed[cid], cmd.venue, cmd.symbol, state, ctx)
@@ -762,7 +760,7 @@ class Placer(Actor[PlacerState]):
             return
         exchange = await self._venues.get(venue)
         try:
-            await exchange.cancel_order(order_id, symbol)
+            await cancel_order(exchange, order_id, symbol)
         except ccxt.OrderNotFound as exc:
             # Either it is closed already (filled first), or the venue has not indexed it yet (Binance's
             # "Unknown order sent" for a new order). Only a lookup tells: an order that is not there or still
@@ -771,12 +769,12 @@ class Placer(Actor[PlacerState]):
                 found = await fetch_order_by_client_id(exchange, cid, symbol)
             except ccxt.NetworkError:
                 found = None
-            if found is not None and found.get("status") not in ("open", None):
+            if found is not None and found.status not in ("open", None):
                 state.cancels.pop(cid, None)
                 await ctx.publish(
                     CancelRejected(
                         intent_id=ctx.intent_id, venue=venue, symbol=symbol, client_order_id=cid,
-                        order_id=order_id, reason=f"order is {found.get('status')}: {str(exc)[:200]}",
+                        order_id=order_id, reason=f"order is {found.status}: {str(exc)[:200]}",
                         error="OrderNotFound",
                     )
                 )

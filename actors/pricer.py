@@ -26,7 +26,8 @@ import structlog
 from bus.actor import Actor, IntentContext, Services
 from messages import PriceQuoted, PriceRequested, PriceUnavailable
 from messages.base import Message, routing
-from venues.gateway import market_rules, to_decimal
+from venues.gateway import fetch_open_orders, fetch_order_book, market_rules, watch_order_book, watch_orders
+from venues.types import OrderBook, VenueOrder, book_from_ccxt
 
 __all__ = ["Pricer", "BookView", "price_for_mode", "sweep_average"]
 
@@ -45,12 +46,13 @@ class BookView:
         self.ts_ns = ts_ns
 
     @classmethod
-    def from_ccxt(cls, book: dict[str, Any], depth: int) -> BookView:
-        def levels(side: list[list[Any]]) -> list[Level]:
-            return [(to_decimal(p), to_decimal(q)) for p, q, *_ in side[:depth]]  # type: ignore[misc]
+    def from_book(cls, book: OrderBook, depth: int) -> BookView:
+        return cls(list(book.bids[:depth]), list(book.asks[:depth]), time.monotonic_ns(), (book.timestamp or 0) * 1_000_000)
 
-        ts = book.get("timestamp") or 0
-        return cls(levels(book.get("bids") or []), levels(book.get("asks") or []), time.monotonic_ns(), int(ts) * 1_000_000)
+    @classmethod
+    def from_ccxt(cls, book: dict[str, Any], depth: int) -> BookView:
+        """From a ccxt book dict (for callers holding one, e.g. bench/latency.py)."""
+        return cls.from_book(book_from_ccxt(book, depth), depth)
 
 
 def price_for_mode(mode: str, side: str, bid: Decimal, ask: Decimal, tick: Decimal) -> Decimal:
@@ -109,37 +111,37 @@ class OwnOrders:
         """side -> price -> our remaining quantity, rebuilt after a change (thousands of resting orders
         must not cost a pass over all of them per quote)."""
 
-    def apply(self, order: dict[str, Any]) -> None:
-        oid = order.get("id")
-        if order.get("symbol") not in (None, self.symbol) or oid is None:
+    def apply(self, order: VenueOrder) -> None:
+        oid = order.id
+        if order.symbol not in (None, self.symbol) or oid is None:
             return
-        oid = str(oid)
         if oid in self.closed:
             return
         self._levels.clear()
         book = self.open
-        ts = order.get("lastUpdateTimestamp") or order.get("timestamp") or 0
+        ts = order.last_update_ms or order.timestamp or 0
         known = book.get(oid)
         if known is not None and known[3] > ts:
             return  # an older view of the order than the one we hold
-        price = _exact_of(order, "price", "price")
-        amount = _exact_of(order, "amount", "origQty")
-        filled = _exact_of(order, "filled", "executedQty") or Decimal(0)
-        if order.get("status") != "open" or price is None or amount is None or amount - filled <= 0:
+        # The venue's own decimal strings where it sends them (ccxt's float otherwise).
+        price = order.exact_price
+        amount = order.exact_amount
+        filled = order.exact_filled or Decimal(0)
+        if order.status != "open" or price is None or amount is None or amount - filled <= 0:
             book.pop(oid, None)
             self.seen_ns.pop(oid, None)
-            if order.get("status") in ("closed", "canceled", "expired", "rejected"):
+            if order.status in ("closed", "canceled", "expired", "rejected"):
                 self.closed[oid] = None
                 while len(self.closed) > self.CLOSED_LIMIT:
                     self.closed.pop(next(iter(self.closed)))
             return
-        book[oid] = (str(order.get("side")), price, amount - filled, ts)
+        book[oid] = (str(order.side), price, amount - filled, ts)
         self.seen_ns[oid] = time.monotonic_ns()
 
-    def replace(self, orders: list[dict[str, Any]], fetched_ns: int) -> None:
+    def replace(self, orders: list[VenueOrder], fetched_ns: int) -> None:
         """A fresh open-order list: anything not in it is no longer open."""
         self._levels.clear()
-        listed = {str(o.get("id")) for o in orders}
+        listed = {str(o.id) for o in orders}
         for oid in [oid for oid in self.open if oid not in listed]:
             if fetched_ns - self.seen_ns.get(oid, 0) > self.LIST_LAG_NS:
                 del self.open[oid]
@@ -158,16 +160,6 @@ class OwnOrders:
                 out[price] = out.get(price, Decimal(0)) + remaining
         self._levels[side] = out
         return out
-
-
-def _exact_of(item: dict[str, Any], field: str, info_key: str) -> Decimal | None:
-    info = item.get("info")
-    if isinstance(info, dict) and isinstance(info.get(info_key), str):
-        try:
-            return Decimal(info[info_key])
-        except ArithmeticError:
-            pass
-    return to_decimal(item.get(field))
 
 
 def sweep_average(levels: list[Level], qty: Decimal) -> Decimal | None:
@@ -308,7 +300,7 @@ class Pricer(Actor[None]):
             or now - own.seeded_ns > self._own_max_age_ns
         ):
             try:
-                own.replace(await exchange.fetch_open_orders(symbol), now)
+                own.replace(await fetch_open_orders(exchange, symbol), now)
             except Exception as exc:
                 ctx.log.warning("own_orders_unknown", venue=venue, symbol=symbol, error=repr(exc))
                 if own.seeded_ns is None:
@@ -319,7 +311,7 @@ class Pricer(Actor[None]):
         backoff = 0.1
         while True:
             try:
-                orders = await exchange.watch_orders(own.symbol)
+                orders = await watch_orders(exchange, own.symbol)
                 own.last_event_ns = time.monotonic_ns()
                 own.broken = False
                 for order in orders:
@@ -336,7 +328,7 @@ class Pricer(Actor[None]):
     async def _book(self, exchange: Any, venue: str, symbol: str) -> BookView | None:
         key = (venue, symbol)
         if not exchange.has.get("watchOrderBook"):
-            return BookView.from_ccxt(await exchange.fetch_order_book(symbol, self._depth), self._depth)
+            return BookView.from_book(await fetch_order_book(exchange, symbol, self._depth), self._depth)
         if key not in self._watchers:
             self._ready[key] = asyncio.Event()
             self._watchers[key] = asyncio.create_task(self._watch(exchange, key), name=f"book-{venue}-{symbol}")
@@ -352,8 +344,8 @@ class Pricer(Actor[None]):
         backoff = 0.1
         while True:
             try:
-                book = await exchange.watch_order_book(symbol)
-                self._books[key] = BookView.from_ccxt(book, self._depth)
+                book = await watch_order_book(exchange, symbol, self._depth)
+                self._books[key] = BookView.from_book(book, self._depth)
                 self._ready[key].set()
                 backoff = 0.1
             except asyncio.CancelledError:

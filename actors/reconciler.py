@@ -35,7 +35,8 @@ from messages import (
     PlaceOrder,
 )
 from messages.base import Message
-from venues.gateway import to_decimal
+from venues.gateway import fetch_my_trades, fetch_order, fetch_order_trades, watch_my_trades, watch_orders
+from venues.types import VenueOrder, VenueTrade
 
 __all__ = ["Reconciler", "ReconcilerState", "Watched"]
 
@@ -128,7 +129,7 @@ class Reconciler(Actor[ReconcilerState]):
         self._use_streams = use_streams
         self._services: Services | None = None
         self._routes: dict[tuple[str, str], tuple[str, int]] = {}  # (venue, cid or "#"+order id) -> intent
-        self._orphans: OrderedDict[tuple[str, str], list[tuple[float, str, dict[str, Any]]]] = OrderedDict()
+        self._orphans: OrderedDict[tuple[str, str], list[tuple[float, str, VenueOrder | VenueTrade]]] = OrderedDict()
         self._streams: dict[str, list[asyncio.Task[None]]] = {}
         self._done: OrderedDict[str, None] = OrderedDict()
         """Client order ids recently finalized: a message about one of them that arrives after the intent's
@@ -283,7 +284,7 @@ class Reconciler(Actor[ReconcilerState]):
         exchange = await self._venues.get(state.venue)
         before = (watched.filled, watched.final, watched.venue_status, watched.canceling, watched.not_found)
         try:
-            order = await exchange.fetch_order(watched.order_id, state.symbol)
+            order = await fetch_order(exchange, watched.order_id, state.symbol)
         except ccxt.OrderNotFound:
             watched.not_found += 1  # venues lag after placement: keep asking, conclude nothing
             ctx.log.info("order_not_found_yet", client_order_id=watched.client_order_id, times=watched.not_found)
@@ -293,15 +294,15 @@ class Reconciler(Actor[ReconcilerState]):
             return
         await self._apply_order(state, watched, order, ctx, polled=True)
         unchanged = (watched.filled, watched.final, watched.venue_status, watched.canceling, watched.not_found) == before
-        behind = (to_decimal(order.get("filled")) or Decimal(0)) > watched.filled  # trades still to fetch
+        behind = (order.filled or Decimal(0)) > watched.filled  # trades still to fetch
         cid = watched.client_order_id
         self._quiet[cid] = self._quiet.get(cid, 0) + 1 if unchanged and not behind and not watched.final else 0
 
-    async def _apply_event_trade(self, state: ReconcilerState, watched: Watched, trade: dict[str, Any], ctx: IntentContext[ReconcilerState]) -> None:
+    async def _apply_event_trade(self, state: ReconcilerState, watched: Watched, trade: VenueTrade, ctx: IntentContext[ReconcilerState]) -> None:
         """A trade from the stream (or kept as an orphan). Without a venue id its id is derived from its
         content; the first of identical trades is unambiguous, but another identical one cannot be told
         from a repeat of it here, so the order's trade list (where their positions are known) decides."""
-        if trade.get("id") is not None:
+        if trade.id is not None:
             await self._apply_trade(state, watched, trade, ctx)
             return
         prefix = _content_key(trade, watched.order_id)
@@ -311,24 +312,23 @@ class Reconciler(Actor[ReconcilerState]):
         await self._fetch_missing_trades(state, watched, ctx)
 
     async def _apply_trade(
-        self, state: ReconcilerState, watched: Watched, trade: dict[str, Any], ctx: IntentContext[ReconcilerState],
+        self, state: ReconcilerState, watched: Watched, trade: VenueTrade, ctx: IntentContext[ReconcilerState],
         trade_id: str | None = None,
     ) -> None:
         if trade_id is None:
-            if trade.get("id") is None:
+            if trade.id is None:
                 ctx.log.warning("trade_without_id_outside_its_list", client_order_id=watched.client_order_id)
                 return
-            trade_id = str(trade.get("id"))
+            trade_id = trade.id
         if trade_id in watched.trade_ids or watched.final:
             return
-        qty = _exact(trade, "amount", ("qty", "amount"))
-        price = _exact(trade, "price", ("price",))
+        qty = trade.exact_amount  # the venue's own decimal string where it sends one
+        price = trade.exact_price
         if qty is None or price is None or qty <= 0:
             ctx.log.warning("trade_without_amount", trade_id=trade_id)
             return
-        fee = trade.get("fee") or {}
-        fee_cost = to_decimal(fee.get("cost")) or Decimal(0)
-        fee_currency = str(fee.get("currency") or "")
+        fee_cost = trade.fee_cost or Decimal(0)
+        fee_currency = trade.fee_currency or ""
         watched.trade_ids.append(trade_id)
         watched.filled += qty
         watched.notional += qty * price
@@ -341,7 +341,7 @@ class Reconciler(Actor[ReconcilerState]):
                 venue=state.venue,
                 symbol=state.symbol,
                 client_order_id=watched.client_order_id,
-                order_id=str(watched.order_id or trade.get("order")),
+                order_id=str(watched.order_id or trade.order_id),
                 trade_id=trade_id,
                 attempt=watched.attempt,
                 side=watched.side,  # type: ignore[arg-type]
@@ -349,26 +349,26 @@ class Reconciler(Actor[ReconcilerState]):
                 price=price,
                 fee=fee_cost,
                 fee_currency=fee_currency,
-                liquidity="maker" if trade.get("takerOrMaker") == "maker" else "taker",
+                liquidity="maker" if trade.taker_or_maker == "maker" else "taker",
             )
         )
         if watched.venue_status in FINAL_STATUS and watched.filled >= watched.venue_filled:
             await self._finalize(state, watched, ctx)
 
     async def _apply_order(
-        self, state: ReconcilerState, watched: Watched, order: dict[str, Any], ctx: IntentContext[ReconcilerState],
+        self, state: ReconcilerState, watched: Watched, order: VenueOrder, ctx: IntentContext[ReconcilerState],
         *, polled: bool = False,
     ) -> None:
         if watched.final:
             return
-        watched.order_id = watched.order_id or str(order.get("id"))
-        if watched.created_ms is None and isinstance(order.get("timestamp"), int):
-            watched.created_ms = order["timestamp"]
-        updated = [t for t in (order.get("lastUpdateTimestamp"), order.get("lastTradeTimestamp")) if isinstance(t, int)]
+        watched.order_id = watched.order_id or str(order.id)
+        if watched.created_ms is None and order.timestamp is not None:
+            watched.created_ms = order.timestamp
+        updated = [t for t in (order.last_update_ms, order.last_trade_ms) if t is not None]
         if updated:
             watched.updated_ms = max(updated + ([watched.updated_ms] if watched.updated_ms is not None else []))
-        venue_filled = to_decimal(order.get("filled")) or Decimal(0)
-        status = order.get("status")
+        venue_filled = order.filled or Decimal(0)
+        status = order.status
         if venue_filled > watched.filled and (polled or status in FINAL_STATUS):
             # From the stream, an open order ahead of its trade events just means they are on the way;
             # a poll, or a terminal order, needs every trade now.
@@ -434,17 +434,17 @@ class Reconciler(Actor[ReconcilerState]):
         exchange = await self._venues.get(state.venue)
         try:
             if exchange.has.get("fetchOrderTrades"):
-                trades = await exchange.fetch_order_trades(watched.order_id, state.symbol)
+                trades = await fetch_order_trades(exchange, watched.order_id, state.symbol)
             else:
                 trades = await self._fetch_my_trades_window(exchange, state.symbol, watched)
         except ccxt.BaseError as exc:
             ctx.log.info("trade_fetch_failed", error=type(exc).__name__)
             return
-        mine = [t for t in trades if str(t.get("order")) == watched.order_id]
+        mine = [t for t in trades if str(t.order_id) == watched.order_id]
         for trade, trade_id in with_trade_ids(mine, watched.order_id):
             await self._apply_trade(state, watched, trade, ctx, trade_id)
 
-    async def _fetch_my_trades_window(self, exchange: Any, symbol: str, watched: Watched) -> list[dict[str, Any]]:
+    async def _fetch_my_trades_window(self, exchange: Any, symbol: str, watched: Watched) -> list[VenueTrade]:
         """The account's trades in the order's time window, oldest first: from its creation time (less a
         margin) forward, page by page, until a page passes the order's last update, comes back empty, or
         is short and reaches that update (a short page alone proves nothing: venues cap `limit` below
@@ -453,16 +453,16 @@ class Reconciler(Actor[ReconcilerState]):
         timestamp come from one page (their positions there name the ones without ids). More trades in
         one instant than a page holds cannot be read this way: they are left to the bounded wait."""
         if watched.created_ms is None:
-            return list(await exchange.fetch_my_trades(symbol, None, self._page_limit))
+            return await fetch_my_trades(exchange, symbol, None, self._page_limit)
         since = watched.created_ms - self._since_margin_ms
         end = watched.updated_ms
-        found: list[dict[str, Any]] = []
+        found: list[VenueTrade] = []
         for _ in range(self._max_pages):
-            page = list(await exchange.fetch_my_trades(symbol, since, self._page_limit))
-            found = [t for t in found if (t.get("timestamp") or 0) < since] + page
+            page = await fetch_my_trades(exchange, symbol, since, self._page_limit)
+            found = [t for t in found if (t.timestamp or 0) < since] + page
             if not page:
                 break
-            last = max((t.get("timestamp") or 0) for t in page)
+            last = max((t.timestamp or 0) for t in page)
             if end is None:
                 if len(page) < self._page_limit:
                     break
@@ -471,12 +471,12 @@ class Reconciler(Actor[ReconcilerState]):
             since = last if last > since else since + 1  # a page of one instant: step past it
         return found
 
-    async def _synthesize(self, state: ReconcilerState, watched: Watched, order: dict[str, Any], venue_filled: Decimal, ctx: IntentContext[ReconcilerState]) -> bool:
+    async def _synthesize(self, state: ReconcilerState, watched: Watched, order: VenueOrder, venue_filled: Decimal, ctx: IntentContext[ReconcilerState]) -> bool:
         """The venue reports more filled than the trades we could see (a venue without trade history, or
         trades that never showed up): book the difference at the order's average price, with the rest of
         the order's fee, so totals stay exact in quantity. False if it cannot be priced."""
         delta = venue_filled - watched.filled
-        average = to_decimal(order.get("average")) or to_decimal(order.get("price"))
+        average = order.average or order.price
         if average is None:
             ctx.log.error("cannot_price_missing_fill", client_order_id=watched.client_order_id, qty=str(delta))
             return False
@@ -484,15 +484,18 @@ class Reconciler(Actor[ReconcilerState]):
         price = (average * venue_filled - watched.notional) / delta
         if price <= 0:
             price = average
-        trade: dict[str, Any] = {"id": f"{watched.order_id}-cum-{venue_filled}", "amount": delta, "price": price,
-                                 "order": watched.order_id}
-        fee = order.get("fee") or {}
-        fee_cost = to_decimal(fee.get("cost"))
+        fee_rest: Decimal | None = None
+        fee_currency = ""
+        fee_cost = order.fee.cost if order.fee is not None else None
         if fee_cost is not None:
-            currency = str(fee.get("currency") or "")
-            rest = fee_cost - watched.fees.get(currency, Decimal(0))
+            fee_currency = order.fee.currency or ""  # type: ignore[union-attr]
+            rest = fee_cost - watched.fees.get(fee_currency, Decimal(0))
             if rest:
-                trade["fee"] = {"cost": rest, "currency": currency}
+                fee_rest = rest
+        trade = VenueTrade(
+            id=f"{watched.order_id}-cum-{venue_filled}", amount=delta, price=price, order_id=watched.order_id,
+            fee_cost=fee_rest, fee_currency=(fee_currency or None) if fee_rest is not None else None,
+        )
         await self._apply_trade(state, watched, trade, ctx)
         return True
 
@@ -526,11 +529,14 @@ class Reconciler(Actor[ReconcilerState]):
             await asyncio.sleep(0)
 
     async def _stream(self, exchange: Any, venue: str, kind: str) -> None:
-        watch = exchange.watch_orders if kind == "order" else exchange.watch_my_trades
         backoff = 0.1
         while True:
             try:
-                items = await watch()
+                # (converted inside the try: an item that cannot be read counts as a stream failure, so
+                # polling takes over, rather than ending the watcher)
+                items: list[VenueOrder] | list[VenueTrade] = (
+                    await watch_orders(exchange) if kind == "order" else await watch_my_trades(exchange)
+                )
                 backoff = 0.1
                 self._stream_seen[venue] = time.monotonic()
             except asyncio.CancelledError:
@@ -545,10 +551,12 @@ class Reconciler(Actor[ReconcilerState]):
                 self.stats["stream_events"] += 1
                 self._dispatch(venue, kind, item)
 
-    def _dispatch(self, venue: str, kind: str, item: dict[str, Any]) -> None:
+    def _dispatch(self, venue: str, kind: str, item: VenueOrder | VenueTrade) -> None:
         assert self._services is not None
-        order_id = str(item.get("id") if kind == "order" else item.get("order"))
-        cid = item.get("clientOrderId") if kind == "order" else None
+        if isinstance(item, VenueOrder):
+            order_id, cid = str(item.id), item.client_order_id
+        else:
+            order_id, cid = str(item.order_id), None
         target = self._routes.get((venue, "#" + order_id)) or (cid and self._routes.get((venue, cid)))
         if not target:
             self._keep_orphan(venue, order_id, kind, item)
@@ -563,7 +571,7 @@ class Reconciler(Actor[ReconcilerState]):
             if watched is None:
                 return
             self._quiet.pop(watched.client_order_id, None)  # the order moves: poll it soon again
-            if kind == "order":
+            if isinstance(item, VenueOrder):
                 watched.order_id = watched.order_id or order_id
                 self._route(venue, watched.client_order_id, order_id, ctx)
                 await self._replay_orphans(state, watched, ctx)
@@ -574,7 +582,7 @@ class Reconciler(Actor[ReconcilerState]):
 
         self._services.run_for_intent(intent_id, partition, apply)
 
-    def _keep_orphan(self, venue: str, order_id: str, kind: str, item: dict[str, Any]) -> None:
+    def _keep_orphan(self, venue: str, order_id: str, kind: str, item: VenueOrder | VenueTrade) -> None:
         """An event for an order we do not know yet (its OrderPlaced is still on the way) or that another
         replica watches. Kept briefly so the first case loses nothing."""
         now = time.monotonic()
@@ -590,36 +598,36 @@ class Reconciler(Actor[ReconcilerState]):
     async def _replay_orphans(self, state: ReconcilerState, watched: Watched, ctx: IntentContext[ReconcilerState]) -> None:
         if watched.order_id is None:
             return
-        for _at, kind, item in self._orphans.pop((state.venue, watched.order_id), []):
-            if kind == "trade":
+        for _at, _kind, item in self._orphans.pop((state.venue, watched.order_id), []):
+            if isinstance(item, VenueTrade):
                 await self._apply_event_trade(state, watched, item, ctx)
             else:
                 await self._apply_order(state, watched, item, ctx)
 
 
-def _content_key(trade: dict[str, Any], order_id: str | None) -> str:
+def _content_key(trade: VenueTrade, order_id: str | None) -> str:
     """The id prefix of a trade the venue gave no id: a digest of what identifies it (order, time, price,
     amount); the occurrence index among identical trades of the order, in the venue's order, follows."""
-    price = _exact(trade, "price", ("price",))
-    qty = _exact(trade, "amount", ("qty", "amount"))
+    price = trade.exact_price
+    qty = trade.exact_amount
     key = "|".join((
-        str(order_id if order_id is not None else trade.get("order")),
-        str(trade.get("timestamp")),
+        str(order_id if order_id is not None else trade.order_id),
+        str(trade.timestamp),
         "" if price is None else format(price.normalize(), "f"),
         "" if qty is None else format(qty.normalize(), "f"),
     ))
     return "noid-" + hashlib.sha256(key.encode()).hexdigest()[:20] + "-"
 
 
-def with_trade_ids(trades: list[dict[str, Any]], order_id: str | None) -> list[tuple[dict[str, Any], str | None]]:
+def with_trade_ids(trades: list[VenueTrade], order_id: str | None) -> list[tuple[VenueTrade, str | None]]:
     """Each trade of one order (as the venue lists them) with its id: the venue's, or for a trade without
     one `_content_key` plus its occurrence index among identical trades, so the same list always gives
     the same ids and distinct trades never share one."""
     seen: dict[str, int] = {}
-    out: list[tuple[dict[str, Any], str | None]] = []
+    out: list[tuple[VenueTrade, str | None]] = []
     for trade in trades:
-        if trade.get("id") is not None:
-            out.append((trade, str(trade["id"])))
+        if trade.id is not None:
+            out.append((trade, trade.id))
             continue
         prefix = _content_key(trade, order_id)
         n = seen.get(prefix, 0)
@@ -632,17 +640,3 @@ def _find(state: ReconcilerState, order_id: str, cid: str | None) -> Watched | N
     if cid and cid in state.orders:
         return state.orders[cid]
     return next((w for w in state.orders.values() if w.order_id == order_id), None)
-
-
-def _exact(item: dict[str, Any], field: str, info_keys: tuple[str, ...]) -> Decimal | None:
-    """Prefer the venue's own decimal string (in `info`) over ccxt's float."""
-    info = item.get("info") or {}
-    if isinstance(info, dict):
-        for key in info_keys:
-            raw = info.get(key)
-            if isinstance(raw, str):
-                try:
-                    return Decimal(raw)
-                except ArithmeticError:
-                    break
-    return to_decimal(item.get(field))

@@ -4,6 +4,12 @@ venue operations whose ccxt spelling differs between exchanges.
 Actors receive a `VenuePool` from the composition root and never construct exchanges themselves, so
 moving from the paper exchange to a live one is configuration: `venue="binance"` in the intent and
 `EXECBUS_BINANCE_API_KEY` / `EXECBUS_BINANCE_SECRET` in the environment.
+
+Actors call the venue through the typed helpers at the end of this module (`fetch_order`,
+`fetch_order_book`, `create_order`, ...), which return the structs of `venues.types` (Decimal money) rather
+than ccxt's dicts. They convert the venue's answer and nothing else: ccxt's exceptions (NetworkError,
+RequestTimeout, InvalidOrder, OrderNotFound, RateLimitExceeded, ...) propagate unchanged, since the actors'
+error handling depends on their classes.
 """
 
 from __future__ import annotations
@@ -17,21 +23,27 @@ import ccxt
 import ccxt.async_support
 import structlog
 
-__all__ = ["VenuePool", "open_exchange", "to_decimal", "fetch_order_by_client_id", "market_rules"]
+from venues.types import (
+    Balance,
+    OrderBook,
+    VenueOrder,
+    VenueTrade,
+    balance_from_ccxt,
+    book_from_ccxt,
+    order_from_ccxt,
+    orders_from_ccxt,
+    to_decimal,
+    trades_from_ccxt,
+)
+
+__all__ = [
+    "VenuePool", "open_exchange", "to_decimal", "market_rules",
+    "fetch_order_by_client_id", "fetch_order", "fetch_open_orders", "fetch_order_trades", "fetch_my_trades",
+    "fetch_order_book", "fetch_balance", "create_order", "cancel_order", "watch_orders", "watch_my_trades",
+    "watch_order_book",
+]
 
 log = structlog.get_logger("execbus.venues")
-
-
-def to_decimal(value: Any) -> Decimal | None:
-    """ccxt numbers are floats; `repr` gives the shortest string that round-trips, which is the decimal
-    the venue sent for any price or amount of up to 15 significant digits."""
-    if value is None:
-        return None
-    if isinstance(value, Decimal):
-        return value
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    return Decimal(str(value))
 
 
 def open_exchange(venue: str, *, nats_url: str | None = None, options: dict[str, Any] | None = None) -> Any:
@@ -125,19 +137,19 @@ def market_rules(exchange: Any, symbol: str) -> dict[str, Decimal | None]:
     }
 
 
-async def fetch_order_by_client_id(exchange: Any, client_order_id: str, symbol: str) -> dict[str, Any] | None:
+async def fetch_order_by_client_id(exchange: Any, client_order_id: str, symbol: str) -> VenueOrder | None:
     """Find an order by our client order id, or None if the venue does not know it (yet).
 
     Raises ccxt.NetworkError subclasses as they come: "could not ask" is not "not found".
     """
     if exchange.id == "paper":
         try:
-            return await exchange.fetch_order(None, symbol, {"clientOrderId": client_order_id})
+            return order_from_ccxt(await exchange.fetch_order(None, symbol, {"clientOrderId": client_order_id}))
         except ccxt.OrderNotFound:
             return None
     if exchange.id in ("binance", "binanceus", "binanceusdm", "binancecoinm"):
         try:
-            return await exchange.fetch_order(None, symbol, {"origClientOrderId": client_order_id})
+            return order_from_ccxt(await exchange.fetch_order(None, symbol, {"origClientOrderId": client_order_id}))
         except ccxt.OrderNotFound:
             return None
     for fetch in (exchange.fetch_open_orders, exchange.fetch_closed_orders):
@@ -147,5 +159,69 @@ async def fetch_order_by_client_id(exchange: Any, client_order_id: str, symbol: 
             continue
         for order in orders:
             if order.get("clientOrderId") == client_order_id:
-                return order
+                return order_from_ccxt(order)  # (only the match is converted: the others are not ours to read)
     return None
+
+
+# -- typed venue calls: ccxt's answer as `venues.types` structs; ccxt's exceptions pass through unchanged --
+
+
+async def fetch_order(exchange: Any, order_id: str, symbol: str) -> VenueOrder:
+    return order_from_ccxt(await exchange.fetch_order(order_id, symbol))
+
+
+async def fetch_open_orders(exchange: Any, symbol: str | None = None) -> list[VenueOrder]:
+    """The account's open orders of `symbol` (of every symbol without one)."""
+    if symbol is None:
+        return orders_from_ccxt(await exchange.fetch_open_orders())
+    return orders_from_ccxt(await exchange.fetch_open_orders(symbol))
+
+
+async def fetch_order_trades(exchange: Any, order_id: str, symbol: str) -> list[VenueTrade]:
+    return trades_from_ccxt(await exchange.fetch_order_trades(order_id, symbol))
+
+
+async def fetch_my_trades(
+    exchange: Any, symbol: str, since: int | None = None, limit: int | None = None
+) -> list[VenueTrade]:
+    """One page of the account's trades, as the venue answers it (oldest first on ccxt venues)."""
+    return trades_from_ccxt(await exchange.fetch_my_trades(symbol, since, limit))
+
+
+async def fetch_order_book(exchange: Any, symbol: str, depth: int | None = None) -> OrderBook:
+    """The book, asked for `depth` levels and cut to them (a venue may answer more than asked)."""
+    return book_from_ccxt(await exchange.fetch_order_book(symbol, depth), depth)
+
+
+async def fetch_balance(exchange: Any) -> Balance:
+    return balance_from_ccxt(await exchange.fetch_balance())
+
+
+async def create_order(
+    exchange: Any, symbol: str, type: str, side: str, amount: Any, price: Any, params: dict[str, Any]
+) -> VenueOrder:
+    """`amount` and `price` go to ccxt exactly as given (the placer passes strings at the venue's precision)."""
+    return order_from_ccxt(await exchange.create_order(symbol, type, side, amount, price, params))
+
+
+async def cancel_order(exchange: Any, order_id: str, symbol: str) -> None:
+    """Ask the venue to cancel. What venues answer to a cancel differs too much (many answer little more
+    than the id) to be read: the order's end is learned from `fetch_order` and the order stream."""
+    await exchange.cancel_order(order_id, symbol)
+
+
+async def watch_orders(exchange: Any, symbol: str | None = None) -> list[VenueOrder]:
+    """The next batch of the account's order updates (of `symbol`, or of every symbol without one)."""
+    if symbol is None:
+        return orders_from_ccxt(await exchange.watch_orders())
+    return orders_from_ccxt(await exchange.watch_orders(symbol))
+
+
+async def watch_my_trades(exchange: Any) -> list[VenueTrade]:
+    """The next batch of the account's trades, every symbol."""
+    return trades_from_ccxt(await exchange.watch_my_trades())
+
+
+async def watch_order_book(exchange: Any, symbol: str, depth: int | None = None) -> OrderBook:
+    """The next book of the stream (the venue's default depth), cut to `depth` levels."""
+    return book_from_ccxt(await exchange.watch_order_book(symbol), depth)

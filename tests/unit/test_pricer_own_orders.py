@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from venues.types import VenueOrder, order_from_ccxt
 
 D = Decimal
 
 
 def _order(oid: str, status: str = "open", *, side: str = "buy", price: str = "100", amount: str = "1",
-           filled: str = "0", ts: int = 1) -> dict[str, Any]:
-    return {"id": oid, "symbol": "BTC/USDT", "status": status, "side": side, "price": float(price),
-            "amount": float(amount), "filled": float(filled), "lastUpdateTimestamp": ts,
-            "info": {"price": price, "origQty": amount, "executedQty": filled}}
+           filled: str = "0", ts: int = 1) -> VenueOrder:
+    return order_from_ccxt({"id": oid, "symbol": "BTC/USDT", "status": status, "side": side, "price": float(price),
+                            "amount": float(amount), "filled": float(filled), "lastUpdateTimestamp": ts,
+                            "info": {"price": price, "origQty": amount, "executedQty": filled}})
 
 
 def test_the_book_less_our_quantity_drops_levels_that_were_only_ours() -> None:

@@ -16,6 +16,7 @@ from actors.reconciler import NS, Reconciler, ReconcilerState, Watched
 from bus.actor import IntentContext
 from bus.clock import SimClock
 from messages import OrderFilled, OrderFinalized
+from venues.types import trade_from_ccxt
 
 T0 = 1_700_000_000_000  # venue ms
 
@@ -106,11 +107,12 @@ def test_ids_from_content_are_stable_and_never_merge_distinct_trades() -> None:
     a = trade("7", T0, "100", "1")
     twin = trade("7", T0, "100", "1")  # the same content twice: two trades all the same
     other = trade("7", T0 + 1, "100", "1")
-    ids = [i for _, i in with_trade_ids([a, twin, other], "7")]
+    typed = [trade_from_ccxt(t) for t in (a, twin, other)]
+    ids = [i for _, i in with_trade_ids(typed, "7")]
     assert len(set(ids)) == 3
-    assert ids == [i for _, i in with_trade_ids([dict(a), dict(twin), dict(other)], "7")]  # deterministic
-    assert [i for _, i in with_trade_ids([a, twin], "7")] == ids[:2]  # a longer list keeps the first ids
-    assert with_trade_ids([trade("7", T0, "100", "1", tid="55")], "7")[0][1] == "55"  # the venue's id wins
+    assert ids == [i for _, i in with_trade_ids([trade_from_ccxt(dict(t)) for t in (a, twin, other)], "7")]  # deterministic
+    assert [i for _, i in with_trade_ids(typed[:2], "7")] == ids[:2]  # a longer list keeps the first ids
+    assert with_trade_ids([trade_from_ccxt(trade("7", T0, "100", "1", tid="55"))], "7")[0][1] == "55"  # the venue's id wins
 
 
 async def test_trades_without_ids_each_become_one_fill_and_a_repeat_poll_adds_none() -> None:
@@ -135,10 +137,10 @@ async def test_a_stream_trade_without_id_and_the_same_trade_polled_later_are_one
     watched = h.state.orders["i-1-1"]
     ctx = h.ctx()
 
-    await h.reconciler._apply_event_trade(h.state, watched, trade("7", T0, "100", "1"), ctx)  # the first
+    await h.reconciler._apply_event_trade(h.state, watched, trade_from_ccxt(trade("7", T0, "100", "1")), ctx)  # the first
     assert len(h.fills) == 1
     # its identical twin on the stream cannot be told from a repeat: the order's trade list decides
-    await h.reconciler._apply_event_trade(h.state, watched, trade("7", T0, "100", "1"), ctx)
+    await h.reconciler._apply_event_trade(h.state, watched, trade_from_ccxt(trade("7", T0, "100", "1")), ctx)
     await h.poll()
 
     assert [f.qty for f in h.fills] == [Decimal("1"), Decimal("1")]
