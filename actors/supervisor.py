@@ -103,7 +103,7 @@ class SupervisorState(msgspec.Struct, kw_only=True):
     """(intake ->) arrival -> pricing -> working -> (repricing -> working | canceling) -> (waiting ->) ... ->
     fallback -> finished. `repricing`: an attempt expired with its order working, and the next attempt's
     price decides whether that order is kept (`OrderKept`) or canceled. `waiting`: every order is terminal
-    and the strategy has nothing to do before `wake_ns` (TWAP between slices)."""
+    and the strategy has nothing to do before `wake_ns`."""
     epoch: int = 0
     """Lease epoch of the owner that last rebuilt this state from the log."""
     attempt: int = 0
@@ -760,7 +760,8 @@ class Supervisor(Actor[SupervisorState]):
             side=state.intent.side, qty=state.intent.qty, filled=state.filled, now_ns=now_ns,
             accepted_ns=state.accepted_ns, deadline_ns=state.deadline_ns, attempt=state.attempt, leg=state.leg,
             leg_first_attempt=state.leg_first_attempt, arrival_bid=state.arrival_bid, arrival_ask=state.arrival_ask,
-            tick_size=state.tick_size, amount_step=state.amount_step, min_amount=state.min_amount, working=working,
+            tick_size=state.tick_size, amount_step=state.amount_step, min_amount=state.min_amount,
+            min_cost=state.min_cost, working=working,
             reason=state.reason,
         )
 

@@ -130,43 +130,60 @@ class Variant:
     note: str = ""
 
 
+def variant_params(variant: Variant, budget_s: float, qty: Decimal) -> dict[str, Any]:
+    """The variant's params at one size: the strategy's benchmark settings for the budget, then its own."""
+    from actors.strategies import STRATEGIES
+
+    return {**STRATEGIES[variant.strategy].benchmark_params(str(budget_s), qty), **variant.params}
+
+
+def _budget_of(strategy: str, overrides: dict[str, Any], budget_s: float) -> float | None:
+    """The variant's own time budget, as the strategy computes it from its params (None: market, which
+    has no budget to judge it by)."""
+    from actors.strategies import STRATEGIES
+    from messages import params_for
+
+    settings = {**STRATEGIES[strategy].benchmark_params(str(budget_s), Decimal(1)), **overrides}
+    if not settings:
+        return None
+    return STRATEGIES[strategy].budget_ns(params_for(strategy, settings, strict=False)) / 1e9
+
+
 def _variants(budget_s: float) -> dict[str, Variant]:
-    b = str(budget_s)
-    return {
-        "market": Variant("market", "mkt", "market", {}, None, "one market order at arrival"),
-        "aggressive_limit": Variant(
-            "aggressive_limit", "agg", "aggressive_limit", {"total_timeout_seconds": b}, budget_s,
-            "defaults: 3 attempts touch -> inside -> cross, budget/3 each, then market fallback"),
-        "aggressive_limit_1": Variant(
-            "aggressive_limit r=1", "ag1", "aggressive_limit", {"total_timeout_seconds": b, "max_retries": 1},
-            budget_s, "max_retries=1: rest at the touch for the whole budget, then market fallback"),
-        "simple_limit": Variant(
-            "simple_limit", "lim", "simple_limit", {"timeout_seconds": b}, budget_s,
-            "one limit at the touch for the budget, no fallback"),
-    }
+    """One variant per registered strategy, at its benchmark settings for the budget (the registry in
+    `actors/strategies/` is the one list), plus `aggressive_limit r=1`, to show what the escalation buys."""
+    from actors.strategies import STRATEGIES
+
+    found: dict[str, Variant] = {}
+    for name, strategy in STRATEGIES.items():
+        found[name] = Variant(name, name.replace("_", "")[:4], name, {}, _budget_of(name, {}, budget_s), strategy.summary)
+        if name == "aggressive_limit":
+            found["aggressive_limit_1"] = Variant(
+                "aggressive_limit r=1", "ag1", name, {"max_retries": 1},
+                budget_s, "max_retries=1: rest at the touch for the whole budget, then market fallback")
+    return found
 
 
+DEFAULT_VARIANTS = ("market", "aggressive_limit", "aggressive_limit_1", "simple_limit", "twap")
+"""Run unless `--strategies` says otherwise (iceberg's row is one flag away: it adds a minute at full size)."""
 VARIANTS = tuple(_variants(DEFAULT_BUDGET_S))
+"""Every variant `--strategies` may name."""
 
 
 def _custom_variant(spec: str, budget_s: float) -> Variant:
-    """`LABEL=STRATEGY[:param=value,...]`, e.g. `agg2=aggressive_limit:max_retries=2`."""
+    """`LABEL=STRATEGY[:param=value,...]`, e.g. `agg2=aggressive_limit:max_retries=2`: over the strategy's
+    benchmark settings."""
+    from actors.strategies import STRATEGIES
+
     label, _, rest = spec.partition("=")
     strategy, _, raw = rest.partition(":")
-    if not label or strategy not in ("market", "simple_limit", "aggressive_limit"):
-        raise SystemExit(f"--variant {spec!r}: expected LABEL=market|simple_limit|aggressive_limit[:k=v,...]")
+    if not label or strategy not in STRATEGIES:
+        raise SystemExit(f"--variant {spec!r}: expected LABEL={'|'.join(STRATEGIES)}[:k=v,...]")
     params: dict[str, Any] = {}
     for item in filter(None, raw.split(",")):
         key, _, value = item.partition("=")
-        params[key] = int(value) if key == "max_retries" else value
-    if strategy == "aggressive_limit":
-        params.setdefault("total_timeout_seconds", str(budget_s))
-        own = float(params["total_timeout_seconds"])
-    elif strategy == "simple_limit":
-        params.setdefault("timeout_seconds", str(budget_s))
-        own = float(params["timeout_seconds"])
-    else:
-        own = None
+        params[key] = value
+    own = _budget_of(strategy, params, budget_s)
     tag = "".join(c for c in label if c.isalnum())[:8] or "var"
     return Variant(label, tag, strategy, params, own, f"custom: {raw or 'defaults'}")
 
@@ -476,7 +493,8 @@ async def _run_pass(config: Any, variant: Variant, size_label: str, qty: Decimal
     from bus.ops.sim import Arrival, Simulation
     from messages import OrderFilled, OrderRejected, SubmitIntent, params_for
 
-    params = params_for(variant.strategy, {k: str(v) for k, v in variant.params.items()}, strict=False)
+    settings = variant_params(variant, variant.budget_s or DEFAULT_BUDGET_S, qty)
+    params = params_for(variant.strategy, {k: str(v) for k, v in settings.items()}, strict=False)
     intents = []
     for i, (at_ns, side) in enumerate(arrivals):
         intent = SubmitIntent(
@@ -747,8 +765,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="aggressive total_timeout_seconds and simple_limit timeout_seconds (default 13)")
     p.add_argument("--sizes", default="0.01,auto,10",
                    help="small,touch,deep in base units; 'auto' = median best-level quantity (default 0.01,auto,10)")
-    p.add_argument("--strategies", default=",".join(VARIANTS),
-                   help=f"comma-separated, from {', '.join(VARIANTS)} (default: all); market is always run")
+    p.add_argument("--strategies", default=",".join(DEFAULT_VARIANTS),
+                   help=f"comma-separated, from {', '.join(VARIANTS)} (default: {', '.join(DEFAULT_VARIANTS)}); "
+                        "market is always run")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=STRATEGY[:k=v,...]",
                    help="an extra strategy variant, e.g. agg2=aggressive_limit:max_retries=2 (repeatable)")
     p.add_argument("--plot", metavar="PNG", help="where to draw the sample execution "

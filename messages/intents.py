@@ -50,6 +50,15 @@ class SubmitIntent(Message, frozen=True, kw_only=True):
     def validate(self) -> None:
         require_positive("qty", self.qty)
         params = self.params
+        if isinstance(params, dict):  # (a Python caller's plain values; the decoder never gives a dict)
+            kind = PARAMS_BY_STRATEGY.get(self.strategy or str(params.get("strategy") or "market"))
+            if kind is None:
+                raise ValueError(f"`strategy` {self.strategy!r} is not one of {', '.join(PARAMS_BY_STRATEGY)}")
+            try:
+                params = msgspec.convert({k: v for k, v in params.items() if k != "strategy"}, kind)
+            except msgspec.ValidationError as exc:
+                raise ValueError(f"`params` {exc}") from None
+            msgspec.structs.force_setattr(self, "params", params)
         if params is None:
             kind = PARAMS_BY_STRATEGY.get(self.strategy or "market")
             if kind is None:  # (the decoder checks the name; a Python caller may not)

@@ -21,6 +21,9 @@ class AggressiveLimit:
         "up to max_retries limit attempts, touch -> inside -> cross, within total_timeout_seconds; then the market fallback"
     )
 
+    def benchmark_params(self, budget_s: str, qty: Decimal) -> dict[str, str]:
+        return {"total_timeout_seconds": budget_s}
+
     def budget_ns(self, params: AggressiveLimitParams) -> int:
         return ns(params.total_timeout_seconds)
 

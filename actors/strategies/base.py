@@ -79,6 +79,8 @@ class View:
     tick_size: Decimal | None = None
     amount_step: Decimal | None = None
     min_amount: Decimal | None = None
+    min_cost: Decimal | None = None
+    """The venue's minimum order value (quote currency), if it has one."""
     working: Working | None = None
     reason: str = ""
     """Why the last order ended short (a rejection, the slippage cap), if the driver knows."""
@@ -86,6 +88,15 @@ class View:
     @property
     def remaining(self) -> Decimal:
         return self.qty - self.filled
+
+    def below_minimum(self, qty: Decimal) -> bool:
+        """An order of `qty` would be refused by the venue: under its minimum amount or (at the arrival
+        mid) its minimum order value."""
+        if self.min_amount is not None and qty < self.min_amount:
+            return True
+        if self.min_cost is not None and self.arrival_bid and self.arrival_ask:
+            return qty * (self.arrival_bid + self.arrival_ask) / 2 < self.min_cost
+        return False
 
 
 # -- events ---------------------------------------------------------------------------------------------
@@ -215,6 +226,10 @@ class Strategy(Protocol, Generic[P]):
         ...
 
     def decide(self, params: P, view: View, event: Event) -> Decision:
+        ...
+
+    def benchmark_params(self, budget_s: str, qty: Decimal) -> dict[str, str]:
+        """Its settings in the quality benchmark for a time budget and size (`execbus bench quality`)."""
         ...
 
 

@@ -24,6 +24,10 @@ class Iceberg:
         "display_qty at a time at limit_price (or the touch), the next child when one fills, within timeout_seconds"
     )
 
+    def benchmark_params(self, budget_s: str, qty: Decimal) -> dict[str, str]:
+        """A quarter of the quantity shown at a time, at the touch, with the market fallback after the budget."""
+        return {"display_qty": str(qty / 4), "timeout_seconds": budget_s, "fallback": "market"}
+
     def budget_ns(self, params: IcebergParams) -> int:
         return ns(params.timeout_seconds)
 

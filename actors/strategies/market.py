@@ -20,6 +20,10 @@ class Market:
     Params: ClassVar[type[MarketParams]] = MarketParams
     summary: ClassVar[str] = "one market order; with max_slippage_bps, a limit at the cap when the book is too thin"
 
+    def benchmark_params(self, budget_s: str, qty: Decimal) -> dict[str, str]:
+        """Its settings in the quality benchmark, for a time budget: none (one market order)."""
+        return {}
+
     def budget_ns(self, params: MarketParams) -> int:
         return MARKET_BUDGET_NS
 

@@ -17,6 +17,9 @@ class SimpleLimit:
     Params: ClassVar[type[SimpleLimitParams]] = SimpleLimitParams
     summary: ClassVar[str] = "one limit order at the touch (price_offset_pct improves it) for timeout_seconds"
 
+    def benchmark_params(self, budget_s: str, qty: Decimal) -> dict[str, str]:
+        return {"timeout_seconds": budget_s}
+
     def budget_ns(self, params: SimpleLimitParams) -> int:
         return ns(params.timeout_seconds)
 

@@ -26,6 +26,9 @@ class Twap:
         "shortfalls carried forward; the market fallback after the last"
     )
 
+    def benchmark_params(self, budget_s: str, qty: Decimal) -> dict[str, str]:
+        return {"horizon_seconds": budget_s, "slices": "4"}
+
     def budget_ns(self, params: TwapParams) -> int:
         return ns(params.horizon_seconds)
 
@@ -61,7 +64,9 @@ class Twap:
                     return Reprice(attempt=view.attempt + 1, mode=escalation(index))
                 return CancelWorking(announce=True)
             case AllFinal() | Woke():
-                if view.filled >= self._target(params, view, view.leg):
+                if view.filled >= self._target(params, view, view.leg) or self._slice_qty(params, view, view.leg) <= 0:
+                    # Met, or nothing of it can be placed (a slice skipped below the venue's minimum: asking
+                    # for a price of nothing would read as "filled" to the driver).
                     return self._after_slice(params, view)
                 index = view.attempt - view.leg_first_attempt + 1
                 if index < params.attempts_per_slice:
@@ -125,6 +130,6 @@ class Twap:
         qty = min(self._target(params, view, leg) - view.filled, view.remaining)
         if qty <= 0:
             return Decimal(0)
-        if view.min_amount is not None and qty < view.min_amount and leg < params.slice_count - 1:
+        if leg < params.slice_count - 1 and view.below_minimum(qty):
             return Decimal(0)
         return qty

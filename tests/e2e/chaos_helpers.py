@@ -76,9 +76,9 @@ __all__ = ["ChaosConfig", "ChaosResult", "DEFAULT_SEED", "run_chaos", "seed_from
 DEFAULT_SEED = 20261201
 SYMBOL = "BTC/USDT"
 REPLICAS = {"supervisor": 2, "pricer": 2, "placer": 2, "reconciler": 2, "tracker": 2, "market_fallback": 1}
-VARIANTS = ("market", "simple_limit", "aggressive_fb_market", "aggressive_fb_none", "market_capped")
+VARIANTS = ("market", "simple_limit", "aggressive_fb_market", "aggressive_fb_none", "market_capped", "twap", "iceberg")
 TAGS = {"market": "mkt", "simple_limit": "lim", "aggressive_fb_market": "agm", "aggressive_fb_none": "agn",
-        "market_capped": "cap"}
+        "market_capped": "cap", "twap": "twp", "iceberg": "ice"}
 
 
 def seed_from_env() -> int:
@@ -88,9 +88,9 @@ def seed_from_env() -> int:
 
 @dataclass(frozen=True)
 class ChaosConfig:
-    per_variant: int = 40
-    """Intents of each of the five variants (market, simple_limit, aggressive_limit fallback=market,
-    aggressive_limit fallback=none, market with max_slippage_bps)."""
+    per_variant: int = 29
+    """Intents of each of the seven variants (market, simple_limit, aggressive_limit fallback=market,
+    aggressive_limit fallback=none, market with max_slippage_bps, twap, iceberg): about 200 in all."""
     submit_window_s: float = 10.0
     actor_kill_events: int = 12
     """Kill events (some kill two processes at once); at least 10 processes are killed in all."""
@@ -356,6 +356,16 @@ class ChaosRun:
                 strategy = "simple_limit"
                 params = {"price_offset_pct": rng.choice((Decimal(0), Decimal("0.001"), Decimal("-0.001"))),
                           "timeout_seconds": Decimal(rng.choice((2, 3, 4)))}
+            elif variant == "twap":
+                strategy = "twap"
+                qty = Decimal(rng.randint(60, 400)) * Decimal("0.00001")  # slices of >= 0.0002 BTC (>= 5 USDT)
+                params = {"horizon_seconds": Decimal(rng.choice((2, 3, 4))), "slices": rng.choice((2, 3)),
+                          "attempts_per_slice": rng.choice((1, 2, 3)), "fallback": rng.choice(("market", "none"))}
+            elif variant == "iceberg":
+                strategy = "iceberg"
+                display = max(Decimal("0.0001"), (qty / 2).quantize(Decimal("0.00001")))
+                params = {"display_qty": display, "timeout_seconds": Decimal(rng.choice((2, 3, 4))),
+                          "fallback": rng.choice(("market", "none"))}
             elif variant in ("aggressive_fb_market", "aggressive_fb_none"):
                 strategy = "aggressive_limit"
                 params = {"total_timeout_seconds": Decimal(rng.choice((2, 3, 4))), "max_retries": rng.choice((1, 2, 3)),
@@ -842,7 +852,7 @@ def _order_line(o: dict[str, Any]) -> str:
 
 def _params(p: StrategyParams) -> str:
     d = msgspec.structs.asdict(p)
-    default = msgspec.structs.asdict(type(p)())
+    default = {f.name: f.default for f in msgspec.structs.fields(type(p))}
     return "{" + ", ".join(f"{k}={v}" for k, v in d.items() if v != default[k]) + "}"
 
 

@@ -281,6 +281,9 @@ class Cluster:
     async def start(self) -> Cluster:
         self.server = await EmbeddedNats(store_dir=self.workdir / "nats").start()
         self.bus = await Bus.connect(self.url, fast_settings(ack_wait_s=4.0), name="recovery-test")
+        # Every scenario of a campaign places its first order at once: more than the default order budget of
+        # 10 a second, which is not what these tests are about (test_operator_control tests the budget).
+        await (await self.bus.controls()).set_limit("max_orders_per_second", "100")
         self.venue = await HeldVenue(self.url, PaperVenueConfig(speed=0)).start()
         self.recorder = await Recorder().attach(self.bus)
         await asyncio.gather(*(self.start_actor(name) for name in ALL_ACTORS))

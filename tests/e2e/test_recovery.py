@@ -56,6 +56,8 @@ STAGES = {
     "market": ("place", "fills", "cancel"),
     "simple_limit": ("place", "fills", "cancel"),
     "aggressive_limit": ("place", "fills", "cancel", "fallback"),
+    "twap": ("place", "fills", "cancel"),
+    "iceberg": ("place", "fills", "cancel"),
 }
 MATRIX = [(v, s, st) for v in VICTIMS for s, stages in STAGES.items() for st in stages]
 LATE_STAGES = ("place_past_deadline", "place_lost_past_deadline")
@@ -78,6 +80,9 @@ class Scenario:
     placed_ns: int = 0
     report: ExecutionCompleted | None = None
     error: str = ""
+    fill_next: tuple[str, ...] = ()
+    """`place` stage: the later orders (by attempt) the test fills too once they rest (a TWAP slice, an
+    iceberg child)."""
 
     @property
     def cid1(self) -> str:
@@ -292,6 +297,9 @@ async def _run_campaign(cluster: Cluster, victim: str) -> Campaign:
             if s.stage == "place" and s.strategy != "market":
                 await _placed(cluster, s)
                 venue.fill(s.cid1)
+                for attempt in s.fill_next:
+                    await _placed(cluster, s, f"{s.intent.intent_id}-{attempt}")
+                    venue.fill(f"{s.intent.intent_id}-{attempt}")
             await _report(cluster, s, timeout=30)
 
         outcomes = await asyncio.gather(*(finish(s) for s in result.scenarios.values()), return_exceptions=True)
@@ -329,6 +337,28 @@ def _stage_scenario(cluster: Cluster, victim: str, strategy: str, stage: str) ->
             s = make({**at_touch, "timeout_seconds": Decimal(1)}, ["1"], "unfilled")
         else:  # place_(lost_)past_deadline
             s = make({**at_touch, "timeout_seconds": Decimal("1.5")}, ["1"], "unfilled")
+    elif strategy == "twap":
+        # Two slices of one attempt each, at the touch of a frozen book: each slice's order rests until the test
+        # fills it or its interval ends; what the schedule leaves goes to the market fallback.
+        one_each = {"slices": 2, "attempts_per_slice": 1}
+        if stage == "place":
+            s = make({**one_each, "horizon_seconds": Decimal(24)}, ["1", "2"], "filled")
+            s.fill_next = ("2",)
+        elif stage == "fills":
+            s = make({**one_each, "horizon_seconds": 2 * FILLS_TIMEOUT}, ["1", "2", "F"], "filled")
+        else:
+            s = make({**one_each, "horizon_seconds": Decimal(2)}, ["1", "2", "F"], "filled")
+        s.timeout_s = s.intent.params.horizon_seconds / 2  # type: ignore[union-attr]
+    elif strategy == "iceberg":
+        # Children of half the quantity at the touch; no fallback.
+        half = {"display_qty": Decimal("0.005")}
+        if stage == "place":
+            s = make({**half, "timeout_seconds": Decimal(30)}, ["1", "2"], "filled")
+            s.fill_next = ("2",)
+        elif stage == "fills":
+            s = make({**half, "timeout_seconds": FILLS_TIMEOUT}, ["1"], "partially_filled")
+        else:
+            s = make({**half, "timeout_seconds": Decimal(1)}, ["1"], "unfilled")
     else:
         if stage == "place":
             s = make({"attempt_timeout_seconds": Decimal(20), "total_timeout_seconds": Decimal(40), "max_retries": 2}, ["1"], "filled")
@@ -382,13 +412,15 @@ async def _reach(cluster: Cluster, s: Scenario) -> None:
         await _placed(cluster, s)
 
 
-async def _placed(cluster: Cluster, s: Scenario) -> OrderPlaced:
+async def _placed(cluster: Cluster, s: Scenario, cid: str = "") -> OrderPlaced:
+    cid = cid or s.cid1
     found = await cluster.recorder.wait_for(OrderPlaced, s.intent.intent_id, timeout=20)
-    while not any(p.client_order_id == s.cid1 for p in found):
+    while not any(p.client_order_id == cid for p in found):
         found = await cluster.recorder.wait_for(OrderPlaced, s.intent.intent_id, timeout=20, count=len(found) + 1)
-    command = next(c for c in cluster.recorder.of(PlaceOrder, s.intent.intent_id) if c.client_order_id == s.cid1)
-    s.placed_ns = command.ts_event  # the supervisor read its clock just before: the deadline is <= this + budget
-    return next(p for p in found if p.client_order_id == s.cid1)
+    if cid == s.cid1:
+        command = next(c for c in cluster.recorder.of(PlaceOrder, s.intent.intent_id) if c.client_order_id == s.cid1)
+        s.placed_ns = command.ts_event  # the supervisor read its clock just before: the deadline is <= this + budget
+    return next(p for p in found if p.client_order_id == cid)
 
 
 async def _report(cluster: Cluster, s: Scenario, timeout: float) -> ExecutionCompleted:
