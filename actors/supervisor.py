@@ -55,6 +55,8 @@ from messages import (
 from messages.base import Message, routing
 from messages.controls import DENY_NO_PRICE, RiskLimits, ScopeState, TradingStates
 from messages.strategies import FALLBACK_TO_MARKET
+from venues import gateway
+from venues.types import Balance
 
 __all__ = ["Supervisor", "SupervisorState", "OrderRecord"]
 
@@ -524,30 +526,33 @@ class Supervisor(Actor[SupervisorState]):
         scope = states.effective(intent.venue, intent.symbol)
         limits = await controls.limits()
         base, quote = risk.base_and_quote(intent.symbol)
+        balance: Balance | None = None
         try:
             exchange = await self._venues.get(intent.venue)
             if limits.balance_check or scope is not None:
-                balance, book = await asyncio.gather(exchange.fetch_balance(), exchange.fetch_order_book(intent.symbol, 5))
+                balance, book = await asyncio.gather(
+                    gateway.fetch_balance(exchange), gateway.fetch_order_book(exchange, intent.symbol, 5)
+                )
             else:
-                balance, book = {}, await exchange.fetch_order_book(intent.symbol, 5)
+                book = await gateway.fetch_order_book(exchange, intent.symbol, 5)
         except Exception as exc:  # (ccxt's network errors and a venue that is not there)
             raise _VenueUnavailable(f"venue {intent.venue!r} unavailable: {type(exc).__name__}: {exc}") from exc
-        position = _decimal((balance.get("total") or {}).get(base)) if balance else None
+        position = balance.total.get(base) if balance is not None else None
         denial = risk.trading_denial(states, intent.venue, intent.symbol, intent.side, intent.qty, position)
         if denial is not None:
             return _Gate(denied=(denial.code, denial.reason))
-        levels = (book.get("asks") if intent.side == "buy" else book.get("bids")) or []
+        levels = book.asks if intent.side == "buy" else book.bids
         if not levels:
             side = "asks" if intent.side == "buy" else "bids"
             return _Gate(denied=(DENY_NO_PRICE, f"no reference price for the limits: the {intent.symbol} book has no {side}"))
-        ref_price = Decimal(str(levels[0][0]))
+        ref_price = levels[0][0]
         currency = quote if intent.side == "buy" else base
         gate = _Gate(
             limits=limits,
             ref_price=ref_price,
             # What the account holds, not what is free: the venue's free balance already leaves out what our
             # own resting orders lock, which their intents' reservations count as well.
-            free=_decimal((balance.get("total") or {}).get(currency)) if balance else None,
+            free=balance.total.get(currency) if balance is not None else None,
             reservation=risk.reservation_for(
                 limits, intent_id=intent.intent_id, symbol=intent.symbol, side=intent.side, qty=intent.qty,
                 ref_price=ref_price,
@@ -577,9 +582,7 @@ class Supervisor(Actor[SupervisorState]):
             await controls.release(intent.venue, intent.intent_id)
 
     async def _rules(self, intent: SubmitIntent) -> dict[str, Decimal | None]:
-        from venues.gateway import market_rules  # venue knowledge, not another actor
-
-        return market_rules(await self._venues.get(intent.venue), intent.symbol)
+        return gateway.market_rules(await self._venues.get(intent.venue), intent.symbol)
 
     # -- pricing ----------------------------------------------------------------------------------------
 
@@ -1136,10 +1139,6 @@ class _Gate(msgspec.Struct, kw_only=True):
             self.limits, symbol=intent.symbol, qty=intent.qty, ref_price=self.ref_price, reservations=current,
             intent_id=intent.intent_id, now_ns=now_ns,
         ) or risk.reservation_denial(self.limits, self.reservation, self.free, current, now_ns)
-
-
-def _decimal(value: Any) -> Decimal | None:
-    return None if value is None else Decimal(str(value))
 
 
 def _budget_ns(intent: SubmitIntent) -> int:

@@ -44,6 +44,8 @@ import structlog
 
 from bus.bus import Bus
 from bus.kv import list_keys, live_value
+from venues import gateway
+from venues.types import VenueOrder
 from messages import OrderCanceled, OrderPlaced, PlaceOrder, subjects
 
 __all__ = [
@@ -200,9 +202,9 @@ async def _reconcile_venue(
     open_orders = await _list_open_orders(exchange, venue, sorted({s for s, _ in known.values()}), attempts, delay)
     result.open_orders = len(open_orders)
     for order in open_orders:
-        cid = order.get("clientOrderId")
+        cid = order.client_order_id
         parsed = parse_client_order_id(cid)
-        symbol = order.get("symbol")
+        symbol = order.symbol
         if parsed is None or not symbol:
             continue  # not one of ours: someone else's order on the same account is none of our business
         intent_id, attempt = parsed
@@ -213,7 +215,7 @@ async def _reconcile_venue(
             continue
         if verify and not await _accepted_here(bus, venue, intent_id):
             result.unverified.append(cid)
-            log.warning("startup_order_not_verified", venue=venue, client_order_id=cid, order_id=str(order.get("id")))
+            log.warning("startup_order_not_verified", venue=venue, client_order_id=cid, order_id=str(order.id))
             continue
         if await _in_flight(bus, venue, symbol, intent_id):
             result.in_flight.append(cid)
@@ -225,7 +227,7 @@ async def _reconcile_venue(
                 result.canceled.append(cid)
             await bus.publish(
                 OrderCanceled(
-                    intent_id=intent_id, venue=venue, symbol=symbol, client_order_id=cid, order_id=str(order["id"]),
+                    intent_id=intent_id, venue=venue, symbol=symbol, client_order_id=cid, order_id=str(order.id),
                     msg_id=f"{intent_id}.order_canceled.{cid}.startup",
                 )
             )
@@ -255,12 +257,12 @@ async def _watched(bus: Bus, venue: str) -> dict[str, tuple[str, str]]:
     return watched
 
 
-async def _list_open_orders(exchange: Any, venue: str, symbols: list[str], attempts: int, delay: float) -> list[dict[str, Any]]:
+async def _list_open_orders(exchange: Any, venue: str, symbols: list[str], attempts: int, delay: float) -> list[VenueOrder]:
     options = getattr(exchange, "options", None)
     if isinstance(options, dict) and "warnOnFetchOpenOrdersWithoutSymbol" in options:
         options["warnOnFetchOpenOrdersWithoutSymbol"] = False  # binance: listing every symbol at once is intended
     try:
-        return list(await _retry(lambda: exchange.fetch_open_orders(), venue, "list open orders", attempts, delay))
+        return list(await _retry(lambda: gateway.fetch_open_orders(exchange), venue, "list open orders", attempts, delay))
     except StartupReconciliationError as exc:
         if not isinstance(exc.__cause__, (ccxt.ArgumentsRequired, ccxt.NotSupported)):
             raise
@@ -268,9 +270,9 @@ async def _list_open_orders(exchange: Any, venue: str, symbols: list[str], attem
             raise StartupReconciliationError(
                 venue, "the venue lists open orders only per symbol and no symbol of ours is known"
             ) from exc.__cause__
-    orders: list[dict[str, Any]] = []
+    orders: list[VenueOrder] = []
     for symbol in symbols:  # this venue wants a symbol: at least every market we have orders on
-        orders += await _retry(lambda s=symbol: exchange.fetch_open_orders(s), venue, f"list open orders on {symbol}", attempts, delay)
+        orders += await _retry(lambda s=symbol: gateway.fetch_open_orders(exchange, s), venue, f"list open orders on {symbol}", attempts, delay)
     return orders
 
 
@@ -316,23 +318,23 @@ async def _in_flight(bus: Bus, venue: str, symbol: str, intent_id: str) -> bool:
     return False
 
 
-async def _adopt(bus: Bus, venue: str, intent_id: str, attempt: int, order: dict[str, Any]) -> None:
+async def _adopt(bus: Bus, venue: str, intent_id: str, attempt: int, order: VenueOrder) -> None:
     """`OrderPlaced` is what makes the reconciler watch an order (and tell the supervisor and tracker its id).
     The message id is its own, so an earlier `OrderPlaced` of the same order cannot swallow it as a duplicate,
     while a second start-up within the duplicate window does not adopt twice."""
-    cid = str(order["clientOrderId"])
-    price = _decimal(order.get("price"))
+    cid = str(order.client_order_id)
+    price = order.price
     await bus.publish(
         OrderPlaced(
             intent_id=intent_id,
             venue=venue,
-            symbol=str(order["symbol"]),
+            symbol=str(order.symbol),
             client_order_id=cid,
-            order_id=str(order["id"]),
+            order_id=str(order.id),
             attempt=attempt,
-            side=order["side"],
-            order_type="market" if order.get("type") == "market" else "limit",
-            qty=_decimal(order.get("amount")) or Decimal(0),
+            side=order.side,  # type: ignore[arg-type]
+            order_type="market" if order.type == "market" else "limit",
+            qty=order.amount or Decimal(0),
             price=price if price else None,
             recovered=True,
             msg_id=f"{intent_id}.order_placed.{cid}.startup",
@@ -340,19 +342,15 @@ async def _adopt(bus: Bus, venue: str, intent_id: str, attempt: int, order: dict
     )
 
 
-async def _cancel(exchange: Any, venue: str, order: dict[str, Any], attempts: int, delay: float) -> bool:
+async def _cancel(exchange: Any, venue: str, order: VenueOrder, attempts: int, delay: float) -> bool:
     """Cancel at the venue; False when it was no longer open (filled or canceled meanwhile: the reconciler,
     now watching it, reports what it became)."""
     try:
-        await _retry(lambda: exchange.cancel_order(order["id"], order["symbol"]), venue, f"cancel {order['clientOrderId']}", attempts, delay)
+        await _retry(lambda: gateway.cancel_order(exchange, str(order.id), str(order.symbol)), venue,
+                     f"cancel {order.client_order_id}", attempts, delay)
     except StartupReconciliationError as exc:
         if isinstance(exc.__cause__, ccxt.OrderNotFound):
             return False
         raise
     return True
 
-
-def _decimal(value: Any) -> Decimal | None:
-    from venues.gateway import to_decimal  # venue numbers as ccxt gives them (floats) to exact decimals
-
-    return to_decimal(value)

@@ -16,7 +16,7 @@ from messages import (
     AggressiveLimitParams, CancelIntent, CancelIntentAccepted, IcebergParams, MarketParams, PlaceOrder,
     SimpleLimitParams, SubmitIntent, TwapParams,
 )
-from tests.actors.kit import NS, D, ActorKit, ScriptedMarket, order_violations, supervised
+from tests.actors.kit import D, ActorKit, ScriptedMarket, order_violations, supervised
 
 CASES = 40
 """Seeds per strategy and property."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 
 from actors.strategies.base import AllFinal, Arrived, AttemptExpired, CancelWorking, Finish, Place
