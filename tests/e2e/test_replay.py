@@ -12,7 +12,7 @@ from bus.ops.client import execute
 from bus.ops.redrive import compare, redrive_file, redrive_records
 from bus.ops.replay import IMPORT_STREAM, LogRecord, read_file, read_stream, timeline, write_jsonl
 from bus.ops.sim import Arrival, Simulation
-from messages import AggressiveLimitParams, ExecutionCompleted, OrderFilled, SimpleLimitParams
+from messages import AggressiveLimitParams, ExecutionCompleted, IcebergParams, OrderFilled, SimpleLimitParams, TwapParams
 from tests.e2e.conftest import Running
 from tests.helpers import fast_settings, new_intent
 
@@ -102,6 +102,12 @@ async def _simulated_log(tmp_path: Path) -> tuple[Path, dict[str, ExecutionCompl
                 ),
             ),
             Arrival(t0 + 60 * NS, new_intent(intent_id="sim-simple", qty=Decimal("0.3"), strategy="simple_limit", params=SimpleLimitParams(timeout_seconds=Decimal("20")))),
+            Arrival(t0 + 85 * NS, new_intent(intent_id="sim-twap", qty=Decimal("0.4"), params=TwapParams(horizon_seconds=Decimal(8), slices=4))),
+            Arrival(
+                t0 + 100 * NS,
+                new_intent(intent_id="sim-iceberg", qty=Decimal("0.3"), side="sell",
+                           params=IcebergParams(display_qty=Decimal("0.1"), timeout_seconds=Decimal(20), fallback="market")),
+            ),
         ]
         outcomes = await sim.run(arrivals)
         records = [r async for r in read_stream(sim.system.bus)]
@@ -114,8 +120,9 @@ async def _simulated_log(tmp_path: Path) -> tuple[Path, dict[str, ExecutionCompl
 async def test_a_simulation_runs_strategies_over_the_recording_in_virtual_time(tmp_path: Path) -> None:
     log, outcomes = await _simulated_log(tmp_path)
 
-    assert set(outcomes) == {"sim-market", "sim-aggr", "sim-fallback", "sim-simple"}
-    assert all(o.status == "filled" for o in outcomes.values())
+    assert set(outcomes) == {"sim-market", "sim-aggr", "sim-fallback", "sim-simple", "sim-twap", "sim-iceberg"}
+    assert all(o.status == "filled" for o in outcomes.values()), {k: o.reason for k, o in outcomes.items()}
+    assert outcomes["sim-twap"].attempts >= 4 and outcomes["sim-iceberg"].attempts >= 3
     assert outcomes["sim-fallback"].fallback_used and outcomes["sim-fallback"].attempts == 2
     rows = timeline(list(read_file(log, "exec.*.*.*.sim-fallback")))
     timed_out = next(r for r in rows if r["type"] == "ExecutionTimedOut")
@@ -128,7 +135,7 @@ async def test_redrive_of_an_exported_log_reproduces_the_original_outcome_exactl
     rows = await redrive_records(list(read_file(log)))
     code = await redrive_file(log)
 
-    assert [r["differences"] for r in rows] == [[], [], [], []]
+    assert [r["differences"] for r in rows] == [[]] * 6
     assert {r["intent_id"] for r in rows} == set(originals)
     assert code == 0
 
