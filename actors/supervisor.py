@@ -788,6 +788,7 @@ class Supervisor(Actor[SupervisorState]):
                     ctx.log.error("strategy_placed_with_an_order_working", attempt=decision.attempt)
                     return
                 if decision.reason:
+                    ctx.log.info("strategy_places_with_a_reason", attempt=decision.attempt, reason=decision.reason)
                     state.reason = decision.reason
                 state.attempt = decision.attempt
                 await self._place(

@@ -7,13 +7,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import structlog
 from nats import micro
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from messages import subjects
+from messages import encode, subjects
 
 if TYPE_CHECKING:
     from bus.bus import Bus
@@ -23,7 +22,6 @@ __all__ = ["ControlService", "Endpoint", "VERSION"]
 VERSION = "0.1.0"
 Endpoint = Callable[[bytes], Awaitable[bytes]]
 log = structlog.get_logger("execbus.bus.control")
-_json = msgspec.json.Encoder(decimal_format="string")
 
 
 class ControlService:
@@ -50,7 +48,7 @@ class ControlService:
         )
 
         async def status(request: Request) -> None:
-            await request.respond(_json.encode(self._status()))
+            await request.respond(encode(self._status()))
 
         await self._service.add_endpoint(
             name="status", subject=subjects.control(self._actor, "status"), handler=status

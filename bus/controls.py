@@ -28,7 +28,7 @@ import structlog
 from nats.js.kv import KeyValue
 
 from bus.acks import AckMux
-from messages import Message
+from messages import Message, encode
 from messages.base import Symbol, VenueId
 from messages.controls import (
     ANY_SYMBOL,
@@ -64,7 +64,6 @@ RISK_KEYS: dict[str, str] = {
 }
 """Every limit `execbus risk set` knows, with its type."""
 
-_encoder = msgspec.json.Encoder(decimal_format="string")
 
 
 def parse_limit(limits: RiskLimits, key: str, raw: str) -> RiskLimits:
@@ -396,7 +395,7 @@ class ControlStore:
                             break
                         headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
                         try:
-                            ack = await self._acks.publish(self._subject + key, _encoder.encode(value), headers)
+                            ack = await self._acks.publish(self._subject + key, encode(value), headers)
                         except nats.js.errors.KeyWrongLastSequenceError:
                             await asyncio.sleep(random.uniform(0, min(_CAS_BACKOFF_MAX_S, _CAS_BACKOFF_S * 2**attempt)))
                             continue
@@ -433,7 +432,7 @@ class ControlStore:
                     return None
                 headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
                 try:
-                    ack = await self._acks.publish(self._subject + key, _encoder.encode(updated), headers)
+                    ack = await self._acks.publish(self._subject + key, encode(updated), headers)
                 except nats.js.errors.KeyWrongLastSequenceError:
                     self._known.pop(key, None)
                     if known is not None:

@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 
 from bus.acks import AckMux
 from bus.kv import list_keys, live_value
+from messages.codec import encode
 
 __all__ = ["LeaseLapsed", "StateStore", "StaleState"]
 
@@ -70,7 +71,6 @@ class StateStore:
         self._type = state_type
         self._subject_prefix = f"$KV.{kv._name}."
         self._decoder = msgspec.json.Decoder(state_type) if state_type else None
-        self._encoder = msgspec.json.Encoder(decimal_format="string")
         self._cache: dict[str, _Entry] = {}
         self._stored: dict[int, set[str]] = {}
         """Per owned partition: intents that had a key when we took it over and are not cached yet."""
@@ -133,7 +133,7 @@ class StateStore:
                     raise StaleState(key) from exc
             del self._cache[key]
             return
-        data = self._encoder.encode(entry.state)
+        data = encode(entry.state)  # (Decimals in plain notation, as on the wire)
         if data != entry.written or entry.retire:
             entry.revision = await self._write(key, data, entry.revision, retire=entry.retire)
             entry.written = data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Any, Union
 
 import msgspec
@@ -55,8 +56,29 @@ class InvalidMessage(ValueError):
         self.reason = reason
 
 
-def encode(msg: msgspec.Struct) -> bytes:
-    return _encoder.encode(msg)
+_EXPONENT = re.compile(rb'"-?\d+(?:\.\d+)?E[+-]?\d+"')
+"""A JSON string that is a number in exponent notation: how msgspec writes `Decimal("0.00000001")` ("1E-8")."""
+_plain_encoder = msgspec.json.Encoder()
+
+
+def encode(msg: Any) -> bytes:
+    """JSON, with every Decimal as a string in plain notation (`"0.00000001"`, never `"1E-8"`), so a
+    JavaScript or spreadsheet consumer reads it as it is. msgspec writes `str(Decimal)`, which uses exponent
+    notation below 1e-6; such a payload (rare: dust amounts, tiny fees) is written again the exact way."""
+    data = _encoder.encode(msg)
+    if _EXPONENT.search(data) is None:
+        return data
+    return _plain_encoder.encode(_plain_decimals(msgspec.to_builtins(msg, builtin_types=(Decimal,))))
+
+
+def _plain_decimals(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dict):
+        return {k: _plain_decimals(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_decimals(v) for v in value]
+    return value
 
 
 def decode(raw: bytes) -> Message:

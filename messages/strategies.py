@@ -4,8 +4,8 @@ another fails to decode with the field named (`params.horizon_seconds` on a mark
 On the wire the union's tag is `params.strategy`. An intent may give only the top-level `strategy` and leave
 the tag out of `params` (the form clients wrote before the union existed): the codec puts it in.
 
-To add a strategy: a Struct here with `tag="<name>"`, appended to `STRATEGY_PARAMS`, plus its module in
-`actors/strategies/` (its decision core) and its tests.
+To add a strategy: a Struct here, subclass of `StrategyParams` with `tag="<name>"` (it joins the union by
+itself), plus its module in `actors/strategies/` (its decision core) and its tests.
 """
 
 from __future__ import annotations
@@ -158,12 +158,9 @@ class IcebergParams(StrategyParams, frozen=True, kw_only=True, tag="iceberg"):
             raise ValueError("`fallback` market would trade past `limit_price`: set fallback=none")
 
 
-STRATEGY_PARAMS: tuple[type[StrategyParams], ...] = (
-    MarketParams,
-    SimpleLimitParams,
-    AggressiveLimitParams,
-    TwapParams,
-    IcebergParams,
+# (A strategy's params are defined above this line: every tagged subclass of `StrategyParams` is a member.)
+STRATEGY_PARAMS: tuple[type[StrategyParams], ...] = tuple(
+    kind for kind in StrategyParams.__subclasses__() if isinstance(kind.__struct_config__.tag, str)
 )
 PARAMS_BY_STRATEGY: dict[str, type[StrategyParams]] = {
     str(t.__struct_config__.tag): t for t in STRATEGY_PARAMS

@@ -19,6 +19,8 @@ import nats
 import nats.errors
 import structlog
 
+from messages import codec
+
 from messages import subjects
 from venues.chunks import CHUNK, CHUNKS, HANDLE, MORE, SIZE, EventAssembler, is_chunked_reply, is_event_chunk
 from venues.subjects import Subjects
@@ -29,8 +31,7 @@ __all__ = ["EventCallback", "InProcessTransport", "NatsTransport", "Transport", 
 log = structlog.get_logger("execbus.venues.transport")
 
 EventCallback = Callable[[str, dict[str, Any]], None]
-_encoder = msgspec.json.Encoder(decimal_format="string")
-encode = _encoder.encode
+encode = codec.encode  # (Decimals in plain notation, as Binance writes them)
 decode = msgspec.json.Decoder().decode
 
 

@@ -53,3 +53,6 @@ class AggressiveLimit:
     @staticmethod
     def _attempts_left(params: AggressiveLimitParams, view: View) -> bool:
         return view.attempt < params.max_retries and view.now_ns < view.deadline_ns
+
+
+STRATEGY = AggressiveLimit()

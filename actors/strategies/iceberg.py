@@ -71,3 +71,6 @@ class Iceberg:
     @staticmethod
     def _children_needed(params: IcebergParams, qty: Decimal) -> int:
         return int((qty / params.display_qty).to_integral_value(rounding=ROUND_CEILING))
+
+
+STRATEGY = Iceberg()

@@ -54,6 +54,9 @@ class Market:
         return Place(attempt=1, order_type="market", price=None, deadline_ns=view.deadline_ns, with_reference=True)
 
 
+STRATEGY = Market()
+
+
 def cap_price(side: str, quote: PriceQuoted, cap_bps: Decimal) -> Decimal:
     """The worst price `cap_bps` past the touch allows."""
     touch = quote.ask if side == "buy" else quote.bid

@@ -43,6 +43,9 @@ class SimpleLimit:
         return Finish(view.reason or "nothing more to do")
 
 
+STRATEGY = SimpleLimit()
+
+
 def break_even_bound(params: SimpleLimitParams | object, side: str) -> Decimal | None:
     """No limit attempt may price worse than `trigger_fill_price`, give or take `trigger_slippage_bps`."""
     trigger: Decimal | None = getattr(params, "trigger_fill_price", None)

@@ -133,3 +133,6 @@ class Twap:
         if leg < params.slice_count - 1 and view.below_minimum(qty):
             return Decimal(0)
         return qty
+
+
+STRATEGY = Twap()

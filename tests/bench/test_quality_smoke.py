@@ -70,7 +70,7 @@ async def test_quick_run_on_the_shipped_sample_scores_every_strategy_and_size() 
     cells = result.results["cells"]
     assert set(cells) == {"small", "touch", "deep"}
     for size in cells.values():
-        for label in ("market", "aggressive_limit", "aggressive_limit r=1", "simple_limit"):
+        for label in ("market", "aggressive_limit", "aggressive_limit r=1", "simple_limit", "twap"):
             summary = size[label]
             assert summary["n"] == 3
             assert summary["mid_check_failures"] == 0
@@ -79,10 +79,10 @@ async def test_quick_run_on_the_shipped_sample_scores_every_strategy_and_size() 
         assert size["oracle"]["n"] == 3
     main = result.tables[0]
     assert sum(1 for row in main.rows if row[2] == "oracle bound") == 3
-    assert len(main.rows) == 3 * 5
+    assert len(main.rows) == 3 * 6  # five strategies and the oracle, at three sizes
     (target,) = result.targets
     assert target.name == "quality" and isinstance(target.met, bool)
-    assert result.results["runtime"]["simulations"] == 12
+    assert result.results["runtime"]["simulations"] == 15
 
 
 def test_plot_draws_a_png(tmp_path: Path) -> None:

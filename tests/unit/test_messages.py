@@ -645,3 +645,21 @@ def test_json_schema_of_submit_intent_requires_routing_side_and_qty() -> None:
 
     # Assert
     assert {"intent_id", "venue", "symbol", "side", "qty"} <= required
+
+
+def test_decimals_are_written_without_exponent_so_any_consumer_reads_them_as_they_are() -> None:
+    """msgspec writes `str(Decimal)`, which is `1E-8` for 0.00000001: a JavaScript or spreadsheet reader
+    would take that for a float or text. Every Decimal goes out in plain notation; strings are untouched."""
+    from messages import OrderFilled, encode
+
+    fill = OrderFilled(intent_id="I-1E5", venue="paper", symbol="BTC/USDT", client_order_id="1E5", order_id="7",
+                       trade_id="2E-3", attempt=1, side="buy", qty=Decimal("0.00000001"), price=Decimal("64000.5"),
+                       fee=Decimal("-1E-10"), fee_currency="USDT", liquidity="maker", ts_event=1)
+
+    body = json.loads(encode(fill))
+
+    assert body["qty"] == "0.00000001" and body["fee"] == "-0.0000000001" and body["price"] == "64000.5"
+    assert body["client_order_id"] == "1E5" and body["trade_id"] == "2E-3"  # (strings that look like numbers)
+    assert decode(encode(fill)) == fill
+    assert json.loads(encode(new_like := fill))["msg_id"] == new_like.msg_id
+    assert b"E-" not in encode({"a": [Decimal("0E-8"), Decimal("1E+3")]}) and encode({"a": Decimal("1E+3")}) == b'{"a":"1000"}'

@@ -100,3 +100,32 @@ def test_a_strategys_parameter_on_another_strategys_intent_fails_naming_it() -> 
          "qty": "1", "strategy": "twap", "params": {"slices": 4}}
     ))
     assert isinstance(ok, SubmitIntent) and ok.strategy == "twap" and ok.params.slice_count == 4  # type: ignore[union-attr]
+
+
+def test_the_readmes_smallest_strategy_is_a_working_one() -> None:
+    """The example the README gives for adding a strategy runs as it is written."""
+    from decimal import Decimal
+
+    import actors.strategies.base as base
+    import messages.strategies as params_module
+    from messages import PriceQuoted
+
+    text = (ROOT / "README.md").read_text()
+    example = text.split("The smallest one:", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {"Decimal": Decimal, "StrategyParams": params_module.StrategyParams}
+    namespace.update({name: getattr(base, name) for name in base.__all__})
+    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102 - our own README's code
+    hold, params_type = namespace["STRATEGY"], namespace["HoldParams"]
+    try:
+        params = params_type(price=Decimal("100"))  # type: ignore[operator]
+        view = base.View(side="buy", qty=Decimal(1), filled=Decimal(0), now_ns=0, accepted_ns=0,
+                         deadline_ns=hold.budget_ns(params), attempt=0)  # type: ignore[attr-defined]
+        quote = PriceQuoted(intent_id="x", venue="paper", symbol="BTC/USDT", attempt=0, side="buy", mode="arrival",
+                            price=Decimal(100), bid=Decimal(100), ask=Decimal("100.01"), tick_size=Decimal("0.01"))
+        first = hold.decide(params, view, base.Arrived(quote))  # type: ignore[attr-defined]
+        assert first == base.Place(attempt=1, order_type="limit", price=Decimal(100), deadline_ns=30 * base.NS)
+        assert hold.decide(params, view, base.AttemptExpired()) == base.CancelWorking()  # type: ignore[attr-defined]
+        assert isinstance(hold.decide(params, view, base.AllFinal()), base.Finish)  # type: ignore[attr-defined]
+    finally:
+        # The example's params class registered itself as a subclass: it must not leak into other tests.
+        assert params_type not in params_module.STRATEGY_PARAMS  # (the union was built at import, before it)
