@@ -30,7 +30,7 @@ from bus.bus import Bus
 from bus.consumer import ack_info
 from messages import Message, decode, subjects
 
-__all__ = ["LogRecord", "IMPORT_STREAM", "IMPORT_PREFIX", "HEADER_LOGGED_AT", "read_stream", "read_file"]
+__all__ = ["LogRecord", "IMPORT_STREAM", "IMPORT_PREFIX", "HEADER_LOGGED_AT", "read_stream", "follow_stream", "read_file"]
 
 IMPORT_STREAM = "EXEC_IMPORT"
 IMPORT_PREFIX = "import."
@@ -161,6 +161,40 @@ async def read_stream(
     finally:
         await sub.unsubscribe()
         await _delete_consumer(bus, stream, info.name)
+
+
+async def follow_stream(
+    bus: Bus,
+    live_filter: str = "exec.>",
+    *,
+    since_ns: int | None = None,
+    stream: str | None = None,
+) -> AsyncIterator[LogRecord]:
+    """Every stored record matching `live_filter` from `since_ns` (or the start), oldest first, then each new
+    one as it is stored, until the caller stops iterating: what a live view needs — what is in flight, then
+    what happens — with no gap and no duplicate between the two. An ordered consumer (ephemeral, no acks,
+    flow control and heartbeats, recreated by nats-py at the next sequence after a gap or a reconnect)."""
+    stream = stream or bus.settings.stream
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_TIME if since_ns else DeliverPolicy.ALL,
+        opt_start_time=_rfc3339(since_ns) if since_ns else None,
+        mem_storage=True,
+    )
+    sub = await bus.js.subscribe(
+        _stored_filter(live_filter, stream), stream=stream, ordered_consumer=True, config=config,
+        pending_msgs_limit=100_000, pending_bytes_limit=256 * 1024 * 1024,
+    )
+    try:
+        async for msg in sub.messages:
+            _, seq, stamp, _pending = ack_info(msg.reply)
+            headers = dict(msg.headers or {})
+            logged_at = headers.pop(HEADER_LOGGED_AT, None)
+            yield LogRecord(seq, _live(msg.subject), int(logged_at) if logged_at else stamp, msg.data, headers)
+    finally:
+        try:
+            await sub.unsubscribe()
+        except Exception:  # (a closed connection: the ephemeral consumer goes away on its own)
+            pass
 
 
 async def _delete_consumer(bus: Bus, stream: str, name: str) -> None:
