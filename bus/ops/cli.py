@@ -2,6 +2,7 @@
 
     execbus demo                      embedded NATS + paper exchange + all actors; runs a few intents
     execbus up [--nats URL | --port N] [--store DIR] [--profile strict|binance] [--seed N] [--paper-config FILE]
+               [--http PORT [--http-host ADDR]]
     execbus actor NAME [--nats URL]
     execbus venue paper [--nats URL] [--profile strict|binance] [--seed N] [--speed X] [--data FILE ...]
                         [--config FILE]
@@ -14,9 +15,10 @@
     execbus risk set KEY VALUE [--nats URL]
     execbus risk show [--nats URL] [--json]
     execbus cancel ID [--reason TEXT] [--wait] [--timeout S] [--report-timeout S] [--nats URL] [--json]
-    execbus replay show|fills|export|import|redrive ...
+    execbus replay show|fills|export|import|redrive|plot ...
     execbus schema
     execbus bench NAME [--quick] [--out DIR] [-- bench options]
+    execbus web [--nats URL] [--http PORT] [--host ADDR]
 
 `execbus bench` is not defined here: commands of other packages plug in through the `execbus.commands`
 entry points (`COMMANDS_GROUP`; `bench = "bench.cli:command"` in pyproject.toml), so the runtime and its
@@ -114,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=4222, help="port of the embedded server (-1: any free port)")
     p.add_argument("--store", default=None, help="JetStream store directory (default: .execbus/ here)")
     p.add_argument("--no-venue", action="store_true", help="do not serve the paper venue from this process")
+    p.add_argument("--http", type=int, default=None, metavar="PORT",
+                   help="also serve the web page of executions on this port (see `execbus web`)")
+    p.add_argument("--http-host", default="127.0.0.1", help="address of the web page (default 127.0.0.1)")
     _paper_options(p, config_flag="--paper-config")
     p.set_defaults(run=_up)
 
@@ -345,7 +350,7 @@ async def _up(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     store = args.store or os.path.join(os.getcwd(), ".execbus")
     system = System(SystemConfig(nats_url=args.nats, port=args.port, store_dir=store, paper_venue=not args.no_venue,
-                                 paper_config=venue_config))
+                                 paper_config=venue_config, http_port=args.http, http_host=args.http_host))
     stop.on_hard_exit.append(lambda: _terminate_server(system))
     try:
         try:
@@ -356,7 +361,8 @@ async def _up(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         except _Stopped:
             return EXIT_OK
-        print(f"execbus up: NATS at {system.url}  (actors: {', '.join(system.hosts)})", flush=True)
+        web = f"  web at {system.web.url}" if system.web is not None else ""
+        print(f"execbus up: NATS at {system.url}  (actors: {', '.join(system.hosts)}){web}", flush=True)
         await stop.event.wait()
         return EXIT_OK
     finally:
@@ -519,7 +525,7 @@ async def _submit(args: argparse.Namespace) -> int:
 
 
 def _replay_parser(sub: Any) -> None:
-    replay = sub.add_parser("replay", help="read the message log: show, fills, export, import, redrive")
+    replay = sub.add_parser("replay", help="read the message log: show, fills, export, import, redrive, plot")
     rsub = replay.add_subparsers(dest="replay_command", required=True)
 
     def source(p: argparse.ArgumentParser) -> None:
@@ -561,6 +567,14 @@ def _replay_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_replay_redrive)
+
+    p = rsub.add_parser("plot", help="draw one intent's execution as a PNG (needs matplotlib: execbus[bench])")
+    p.add_argument("intent_id")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.png", help="where to write the PNG")
+    p.add_argument("--nats", default=None, help="read the log on this server (default $NATS_URL)")
+    p.add_argument("--file", default=None, help="read an exported JSONL log instead of NATS")
+    p.add_argument("--stream", default=None, help="stream to read (default EXEC; EXEC_IMPORT for imports)")
+    p.set_defaults(run=_replay_plot)
 
 
 async def _log_records(args: argparse.Namespace, live_filter: str, since: int | None = None, until: int | None = None) -> Any:
@@ -639,6 +653,25 @@ async def _replay_redrive(args: argparse.Namespace) -> int:
     from bus.ops.redrive import redrive_file
 
     return await redrive_file(args.log, data=args.data, seed=args.seed, json_lines=args.json)
+
+
+async def _replay_plot(args: argparse.Namespace) -> int:
+    from bus.ops.picture import INSTALL_HINT, MatplotlibMissing, available, picture_of, plot_execution
+
+    if not available():  # say so before reading a whole log for nothing
+        print(f"execbus replay plot: drawing needs matplotlib, which is not installed: {INSTALL_HINT}", file=sys.stderr)
+        return EXIT_FAILED
+    records = await _log_records(args, f"exec.*.*.*.{args.intent_id}")
+    if not records:
+        print(f"execbus replay: nothing logged for intent {args.intent_id}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        path = plot_execution(picture_of(records), args.output)
+    except MatplotlibMissing as exc:
+        print(f"execbus replay plot: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(path)
+    return EXIT_OK
 
 
 def parse_time(text: str | None) -> int | None:

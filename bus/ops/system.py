@@ -59,6 +59,10 @@ class SystemConfig:
     keeps the stored limits, or the safe defaults."""
     reconcile_at_start: bool = True
     """List our open orders at the venues and adopt or cancel those nobody watches (bus/ops/startup.py)."""
+    http_port: int | None = None
+    """Serve the web page of executions (bus/ops/web) on this port beside the system (0: any free port);
+    None: no web server."""
+    http_host: str = "127.0.0.1"
 
 
 def build_actor(name: str, venues: Any, options: dict[str, Any] | None = None) -> Any:
@@ -84,6 +88,8 @@ class System:
         self._venue_stop = asyncio.Event()
         self._venue_task: asyncio.Task[None] | None = None
         self._venues: Any = None
+        self.web: Any = None
+        """The `bus.ops.web.WebServer` when `config.http_port` is set (its `.url` once started)."""
         self.url = ""
 
     async def start(self) -> System:
@@ -113,7 +119,14 @@ class System:
             from bus.ops.startup import reconcile_with_venues
 
             await reconcile_with_venues(self.bus, self._venues)
-        log.info("system_started", nats=self.url, actors=list(self.hosts))
+        if config.http_port is not None:
+            from bus.ops.web.server import WebServer
+
+            try:
+                self.web = await WebServer(nats_url=self.url, host=config.http_host, port=config.http_port).start()
+            except OSError as exc:  # (a ValueError: `execbus up` refuses to run, saying why)
+                raise ValueError(f"cannot serve the web page on {config.http_host}:{config.http_port}: {exc}") from exc
+        log.info("system_started", nats=self.url, actors=list(self.hosts), **({"web": self.web.url} if self.web else {}))
         return self
 
     async def _start_paper_venue(self) -> None:
@@ -143,6 +156,12 @@ class System:
 
     async def stop(self) -> None:
         """Drain: actors finish what they took and hand back partitions, then the venue and server stop."""
+        if self.web is not None:
+            try:
+                await self.web.stop()
+            except Exception as exc:  # the page failing to stop must not hide the rest of shutdown
+                log.warning("web_stop_failed", error=repr(exc))
+            self.web = None
         for host in reversed(list(self.hosts.values())):
             await host.stop()
         self.hosts.clear()
