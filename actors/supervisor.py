@@ -94,6 +94,9 @@ class OrderRecord(msgspec.Struct, kw_only=True):
     """"" | "retryable" | "final": how the venue or placer refused it."""
     fenced: bool = False
     """Sent by an owner that had lost the intent (not by us): it counts until the placer refuses or places it."""
+    refused_stale: bool = False
+    """Ended by the placer's refusal of that owner's copy (`StaleEpoch`): nothing was created, so our own
+    command for the same client order id may still be (`_adopt_record`)."""
 
 
 class SupervisorState(msgspec.Struct, kw_only=True):
@@ -142,6 +145,8 @@ class SupervisorState(msgspec.Struct, kw_only=True):
     """The attempt that began the current leg."""
     wake_ns: int = 0
     """Phase `waiting`: when the strategy is asked again."""
+    closing: str = ""
+    """The strategy is over (this is why) but an order was still working: finish once every order is terminal."""
     arrival_bid: Decimal | None = None
     arrival_ask: Decimal | None = None
     tick_size: Decimal | None = None
@@ -765,6 +770,8 @@ class Supervisor(Actor[SupervisorState]):
             leg_first_attempt=state.leg_first_attempt, arrival_bid=state.arrival_bid, arrival_ask=state.arrival_ask,
             tick_size=state.tick_size, amount_step=state.amount_step, min_amount=state.min_amount,
             min_cost=state.min_cost, working=working,
+            last_filled=max((o for o in state.orders if o.origin == "supervisor"), key=lambda o: o.attempt).filled
+            if any(o.origin == "supervisor" for o in state.orders) else None,
             reason=state.reason,
         )
 
@@ -783,9 +790,7 @@ class Supervisor(Actor[SupervisorState]):
                 qty = state.remaining if decision.qty is None else min(decision.qty, state.remaining)
                 await self._request_price(state, ctx, attempt=decision.attempt, mode=decision.mode, qty=qty, leg=decision.leg)
             case Place():
-                if not state.all_final:
-                    # Never two orders of the strategy at once: the next only once the last is terminal.
-                    ctx.log.error("strategy_placed_with_an_order_working", attempt=decision.attempt)
+                if await self._defer_for_working(state, ctx, keep=f"{state.intent.intent_id}-{decision.attempt}"):
                     return
                 if decision.reason:
                     ctx.log.info("strategy_places_with_a_reason", attempt=decision.attempt, reason=decision.reason)
@@ -804,8 +809,7 @@ class Supervisor(Actor[SupervisorState]):
             case CancelWorking():
                 await self._cancel_working(state, ctx, announce=decision.announce)
             case WaitUntil():
-                if not state.all_final:
-                    ctx.log.error("strategy_waits_with_an_order_working")
+                if await self._defer_for_working(state, ctx, keep=""):
                     return
                 state.phase = "waiting"
                 state.wake_ns = decision.at_ns
@@ -818,6 +822,31 @@ class Supervisor(Actor[SupervisorState]):
                 else:
                     state.reason = decision.reason
                     await self._cancel_working(state, ctx, announce=False)
+
+    async def _defer_for_working(self, state: SupervisorState, ctx: IntentContext[SupervisorState], *, keep: str) -> bool:
+        """Never two orders at once: an order other than `keep` still working (sent by an owner that had lost
+        the intent, a step ahead of us) is canceled first, and the strategy is asked again once every order is
+        terminal. `keep` is the very order the strategy wants placed: an old owner's copy of it is ours to
+        work (the placer placed it once; our command is the same client order id). True if it deferred."""
+        others = [o for o in state.orders if o.status != "final" and o.client_order_id != keep]
+        if not others:
+            return False
+        ctx.log.warning("next_order_waits_for_orders_still_working", orders=[o.client_order_id for o in others])
+        state.quote = None
+        # Past the attempts those orders were sent for: the next attempt has a client order id of its own.
+        state.attempt = max([state.attempt, *(o.attempt for o in state.orders if o.origin == "supervisor")])
+        await self._cancel_all(state, ctx, "an order sent by an owner that had lost the intent: canceled before the next")
+        return True
+
+    async def _cancel_all(self, state: SupervisorState, ctx: IntentContext[SupervisorState], reason: str) -> None:
+        """Cancel every order not yet terminal (the fallback's too) and wait for them in phase `canceling`."""
+        for record in state.orders:
+            if record.status != "final" and not record.cancel:
+                record.cancel = True
+                await self._send_cancel(state, record, ctx, reason)
+        state.phase = "canceling"
+        state.cancel_round = 0
+        ctx.wake_at(ctx.clock.now_ns() + CANCEL_CHECK_NS)
 
     # -- placing ----------------------------------------------------------------------------------------
 
@@ -841,8 +870,15 @@ class Supervisor(Actor[SupervisorState]):
         if state.cancel_requested:
             return  # (never reached: a canceled intent asks for no price)
         cid = f"{intent.intent_id}-{state.attempt}"
-        if state.order(cid) is None:  # (an owner that lost the intent may have sent this very command)
-            state.orders.append(OrderRecord(client_order_id=cid, attempt=state.attempt, origin="supervisor", qty=qty, price=price))
+        existing = state.order(cid)
+        if existing is not None and existing.status == "final" and not existing.refused_stale:
+            # That attempt's order exists and is over: a client order id is never sent twice, so the next free one.
+            while state.order(f"{intent.intent_id}-{state.attempt}") is not None:
+                state.attempt += 1
+            ctx.log.warning("attempt_taken_places_the_next", taken=cid, attempt=state.attempt)
+            cid = f"{intent.intent_id}-{state.attempt}"
+        command_record = OrderRecord(client_order_id=cid, attempt=state.attempt, origin="supervisor", qty=qty, price=price)
+        _adopt_record(state, command_record)  # (an owner that lost the intent may have sent this very command)
         state.phase = "working"
         state.attempt_deadline_ns = attempt_deadline_ns
         leg = state.leg if leg is None else leg
@@ -937,6 +973,7 @@ class Supervisor(Actor[SupervisorState]):
         _learn_cancel(state, msg)
         record.status = "final"
         record.rejected = "retryable" if msg.retryable else "final"
+        record.refused_stale = _refused_as_stale(msg)
         state.reason = f"order {msg.client_order_id} rejected: {msg.error}: {msg.reason}"
         _ended_while_repricing(state, record)
         await self._react_to_final(state, ctx)
@@ -959,8 +996,8 @@ class Supervisor(Actor[SupervisorState]):
         """Every order is terminal: a refused order (not retryable) ends the strategy; otherwise go on."""
         if not state.all_final:
             return
-        if state.cancel_requested:
-            await self._next_step(state, ctx)  # (finishes: filled, or canceled)
+        if state.cancel_requested or state.closing:
+            await self._next_step(state, ctx)  # (finishes: filled, canceled, or why the strategy was over)
             return
         if any(o.rejected == "final" for o in state.orders) and state.remaining > 0:
             if state.phase == "fallback":
@@ -1053,6 +1090,9 @@ class Supervisor(Actor[SupervisorState]):
         if state.cancel_requested:
             await self._finish(state, ctx, f"canceled: {state.cancel_requested}")
             return
+        if state.closing:
+            await self._finish(state, ctx, state.closing)
+            return
         if state.phase == "fallback":
             await self._finish(state, ctx, state.reason or "fallback finished with quantity left")
             return
@@ -1096,6 +1136,13 @@ class Supervisor(Actor[SupervisorState]):
 
     async def _finish(self, state: SupervisorState, ctx: IntentContext[SupervisorState], reason: str) -> None:
         intent = state.intent
+        if not state.all_final:
+            # Never report with an order still working (one an owner that had lost the intent sent, say): it
+            # is canceled, and the intent finishes with this reason once every order is terminal.
+            ctx.log.warning("finish_waits_for_orders_still_working", reason=reason)
+            state.closing = reason
+            await self._cancel_all(state, ctx, f"the strategy is over: {reason}")
+            return
         if state.cancel_requested and not reason.startswith("canceled") and state.remaining > 0:
             reason = f"canceled: {state.cancel_requested} ({reason})"
         await ctx.publish(
@@ -1212,13 +1259,11 @@ def _fold_one(state: SupervisorState, msg: Message) -> None:
             if current and msg.attempt == state.attempt and state.phase in ("arrival", "pricing", "repricing"):
                 state.quote = msg  # not acted on yet, unless a PlaceOrder follows
         case PlaceOrder():
-            if state.order(msg.client_order_id) is None:
-                state.orders.append(
-                    OrderRecord(
-                        client_order_id=msg.client_order_id, attempt=msg.attempt, origin=msg.origin,
-                        qty=msg.qty, price=msg.price,
-                    )
-                )
+            if msg.origin == "market_fallback":
+                if state.order(msg.client_order_id) is None:
+                    state.orders.append(_record_of(msg))
+            else:
+                _adopt_record(state, _record_of(msg))
             if msg.origin != "market_fallback":
                 state.attempt = msg.attempt
                 _note_leg(state, msg.leg, msg.attempt)
@@ -1241,6 +1286,7 @@ def _fold_one(state: SupervisorState, msg: Message) -> None:
                 _learn_cancel(state, msg)
                 record.status = "final"
                 record.rejected = "retryable" if msg.retryable else "final"
+                record.refused_stale = _refused_as_stale(msg)
                 state.reason = f"order {msg.client_order_id} rejected: {msg.error}: {msg.reason}"
                 _ended_while_repricing(state, record)
         case OrderFinalized():
@@ -1297,6 +1343,20 @@ def _record_of(cmd: PlaceOrder, *, fenced: bool = False) -> OrderRecord:
         client_order_id=cmd.client_order_id, attempt=cmd.attempt, origin=cmd.origin, qty=cmd.qty, price=cmd.price,
         fenced=fenced,
     )
+
+
+def _adopt_record(state: SupervisorState, record: OrderRecord) -> None:
+    """Our own command for `record`'s client order id (live, or the newest owner's in the log): a record an
+    owner that had lost the intent made for the same id becomes ours (its refusal as stale no longer closes it),
+    and one that ended only by that refusal is open again — nothing was created for it."""
+    existing = state.order(record.client_order_id)
+    if existing is None:
+        state.orders.append(record)
+        return
+    if existing.fenced:
+        existing.fenced = False
+        if existing.refused_stale:
+            existing.status, existing.rejected, existing.refused_stale = "pending", "", False
 
 
 def _note_leg(state: SupervisorState, leg: int, attempt: int) -> None:

@@ -82,6 +82,8 @@ class View:
     min_cost: Decimal | None = None
     """The venue's minimum order value (quote currency), if it has one."""
     working: Working | None = None
+    last_filled: Decimal | None = None
+    """What the strategy's most recent order filled (None: it has placed none yet)."""
     reason: str = ""
     """Why the last order ended short (a rejection, the slippage cap), if the driver knows."""
 

@@ -8,11 +8,13 @@ from decimal import ROUND_CEILING, Decimal
 from typing import ClassVar
 
 from actors.strategies.base import (
-    AllFinal, Arrived, AskPrice, AttemptExpired, CancelWorking, Decision, Event, HandOff, Place, Quoted, View, Woke,
-    bounded, floor_to_step, ns, to_tick,
+    NS, AllFinal, Arrived, AskPrice, AttemptExpired, CancelWorking, Decision, Event, HandOff, Place, Quoted, View,
+    WaitUntil, Woke, bounded, floor_to_step, ns, to_tick,
 )
 from messages.strategies import IcebergParams
 
+CHILD_PAUSE_NS = NS
+"""After a child that filled nothing, the next is shown this much later."""
 SPARE_CHILDREN = 3
 """Children allowed beyond what the quantity needs (a child refused retryably, or canceled by the venue)."""
 
@@ -54,6 +56,10 @@ class Iceberg:
                     return HandOff("iceberg budget over", fallback=params.fallback == "market")
                 if view.attempt >= self._children_needed(params, view.qty) + SPARE_CHILDREN:
                     return HandOff(f"iceberg stopped after {view.attempt} children", fallback=params.fallback == "market")
+                if isinstance(event, AllFinal) and view.last_filled == 0:
+                    # The child ended with nothing filled (refused, or canceled by the venue): show the next
+                    # after a pause, not at once — a venue refusing every child must not get a burst.
+                    return WaitUntil(min(view.now_ns + CHILD_PAUSE_NS, view.deadline_ns))
                 return self._show(params, view, attempt=view.attempt + 1)
         return HandOff("iceberg budget over", fallback=params.fallback == "market")
 

@@ -47,8 +47,8 @@ class Twap:
                 return self._start(params, view, leg=0, attempt=1)
             case Quoted(quote=quote):
                 qty = self._slice_qty(params, view, view.leg)
-                if qty <= 0:
-                    return self._after_slice(params, view)
+                if qty <= 0 or view.now_ns >= view.deadline_ns:
+                    return self._after_slice(params, view)  # (past the horizon no order is placed)
                 tick = view.tick_size or quote.tick_size
                 price = bounded(to_tick(quote.price, tick, view.side), params.limit_price, view.side, tick)
                 end = self._slice_end(params, view, view.leg)
@@ -56,7 +56,7 @@ class Twap:
                 # The slice's time shared by its attempts left; an attempt that starts late (a cancel took
                 # long to confirm) still gets a fair minimum rather than expiring at once.
                 shortest = self._interval_ns(params) // (2 * params.attempts_per_slice)
-                deadline = view.now_ns + max(shortest, (end - view.now_ns) // left)
+                deadline = min(view.now_ns + max(shortest, (end - view.now_ns) // left), view.deadline_ns)
                 return Place(attempt=view.attempt, order_type="limit", price=price, deadline_ns=deadline, qty=qty)
             case AttemptExpired():
                 index = view.attempt - view.leg_first_attempt + 1
@@ -69,9 +69,10 @@ class Twap:
                     # for a price of nothing would read as "filled" to the driver).
                     return self._after_slice(params, view)
                 index = view.attempt - view.leg_first_attempt + 1
-                if index < params.attempts_per_slice:
+                if index < params.attempts_per_slice and view.now_ns < view.deadline_ns:
                     # Short of the slice's target with attempts left: the next, more aggressive one, even when
-                    # the interval is over (its cancel took long to confirm) — each slice ends aggressively.
+                    # the interval is over (its cancel took long to confirm) — each slice ends aggressively —
+                    # but never past the horizon: the fallback comes after it.
                     return AskPrice(attempt=view.attempt + 1, mode=escalation(index), qty=self._slice_qty(params, view, view.leg))
                 if view.now_ns < self._slice_end(params, view, view.leg):
                     return WaitUntil(self._slice_end(params, view, view.leg))  # (attempts used up early)

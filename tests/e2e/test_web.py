@@ -3,7 +3,8 @@ pointed at Debian's /usr/bin/chromium; `playwright install` is never needed), pl
 `execbus web` / `execbus up --http` commands.
 
 Everything waits on a condition with a bound (the DOM, a line a process prints, an SSE event), never a sleep.
-The screenshots the README shows are written by the browser test: bus/ops/web/screenshots/.
+The screenshots the README shows are written by the browser test (`EXECBUS_UPDATE_SCREENSHOTS=1`):
+bus/ops/web/screenshots/.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ from tests.helpers import new_intent
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = ROOT / "bus" / "ops" / "web" / "screenshots"
+README_SCREENSHOTS = ROOT / "bus" / "ops" / "web" / "screenshots"
+SCREENSHOTS = README_SCREENSHOTS if os.environ.get("EXECBUS_UPDATE_SCREENSHOTS") else Path(
+    os.environ.get("EXECBUS_TEST_ARTIFACTS", "/tmp/execbus-test-artifacts"))
+"""Where the browser test saves its screenshots: a scratch folder, or the README's with
+`EXECBUS_UPDATE_SCREENSHOTS=1` (so a test run does not leave the checkout modified)."""
 DOM_TIMEOUT_MS = 10_000
 
 
