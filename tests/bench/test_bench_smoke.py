@@ -18,8 +18,11 @@ TINY: dict[str, list[str]] = {
     "latency": ["--n", "20", "--block", "10", "--warmup", "5"],
     "throughput": ["--window", "16", "--warmup", "0.5", "--duration", "1", "--open-duration", "1",
                    "--profile", "0.5"],
-    "scale": ["--n", "40"],
+    "scale": ["--n", "20"],
     "fills": ["--modes", "events:5,poll0.1:3"],
+    # Every strategy of the quality benchmark runs in tests/bench/test_quality_smoke.py; here one beside the
+    # baseline, two intents a size, is enough to prove the result file well formed.
+    "quality": ["--n", "2", "--strategies", "aggressive_limit"],
 }
 
 
@@ -39,7 +42,8 @@ async def test_bench_runs_in_quick_mode_and_writes_a_well_formed_result(name: st
     if not _available(name):
         pytest.skip(f"bench {name} is not written yet")
 
-    code = await run_bench(name, quick=True, out=str(tmp_path), extra=TINY.get(name, []))
+    extra = TINY.get(name, []) + (["--plot", str(tmp_path / "sample.png")] if name == "quality" else [])
+    code = await run_bench(name, quick=True, out=str(tmp_path), extra=extra)
 
     assert code == 0
     files = list(tmp_path.glob(f"{name}*-quick.json"))
