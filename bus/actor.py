@@ -79,7 +79,12 @@ class IntentContext(Generic[S]):
 
     async def publish(self, msg: Message) -> None:
         """Put `msg` into the log. It is on its way when this returns; the runtime makes sure JetStream
-        stored it before the state is saved and the input acknowledged."""
+        stored it before the state is saved and the input acknowledged.
+
+        Only while this replica still holds the intent for certain (`ensure_owner`): a step that outlived its
+        lease (a venue call that hung for seconds) must not speak for the intent after the next owner has —
+        its messages' ids are deterministic, so its copy would be the one the log keeps."""
+        self.ensure_owner()
         self.sent.append(await self._send(msg, self.epoch))
 
     def save(self, state: S) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
@@ -448,7 +449,13 @@ class ActorHost:
         lapsed = isinstance(exc, LeaseLapsed)
         delay = self._settings.lease_ttl_s / 3 if lapsed else 0.1 if stale else min(0.05 * 2**delivered, 2.0)
         failed_times = ack_info(failed.reply).delivered if failed is not None else 0
-        dead = failed is not None and not stale and failed_times >= self._settings.max_deliveries
+        # Only a message its handler keeps failing on is dead-lettered: a lease that lapsed, a state another
+        # owner wrote, or the bus itself timing out (a nats-server restarting) says nothing about the message,
+        # which waits for the bus to come back however long that takes.
+        dead = (
+            failed is not None and not stale and not lapsed and not _bus_failure(exc)
+            and failed_times >= self._settings.max_deliveries
+        )
         if dead:
             returning.remove(failed)  # type: ignore[arg-type]
         returning += self._take_queued_messages(intent_id)
@@ -664,3 +671,8 @@ def _retrieve_all(futures: list[asyncio.Future[Any]]) -> None:
     """Consume the outcome of acks nobody awaits any more, so asyncio does not report them as lost."""
     for future in futures:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+def _bus_failure(exc: BaseException) -> bool:
+    """The step failed on the bus (a NATS or JetStream timeout, a connection lost), not on its message."""
+    return isinstance(exc, (nats.errors.Error, asyncio.TimeoutError, ConnectionError))

@@ -8,14 +8,15 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
+import nats.errors
 import pytest
 
 from bus.actor import Actor, IntentContext
 from bus.bus import Bus
 from bus.runtime import ActorHost
 from bus.server import EmbeddedNats
-from messages import DeadLetter, IntentAccepted, SubmitIntent, subjects
-from messages.base import Message
+from messages import DeadLetter, IntentAccepted, IntentRejected, SubmitIntent, subjects
+from messages.base import Message, routing
 from tests.helpers import fast_settings, new_intent, wait_until
 
 
@@ -37,11 +38,20 @@ class Recording(Actor[Count]):
         self.gate = asyncio.Event()
         self.resumed: list[str] = []
         self.timers: list[str] = []
+        self.bus_down = 0
+        self.outlived_lease: list[str] = []
 
     async def handle(self, msg: Message, ctx: IntentContext[Count]) -> None:
         assert isinstance(msg, SubmitIntent)
         if msg.intent_id.startswith("boom"):
             raise RuntimeError("handler bug")
+        if msg.intent_id.startswith("busdown") and self.bus_down > 0:
+            self.bus_down -= 1
+            raise nats.errors.TimeoutError  # (what a JetStream request does while nats-server restarts)
+        if msg.intent_id.startswith("outlived"):
+            self.outlived_lease.append(ctx.intent_id)
+            ctx.owner_valid = lambda: len(self.outlived_lease) > 1  # the lease lapsed while it waited, once
+            await ctx.publish(IntentRejected(**routing(msg), field="", reason="spoken by a step that outlived its lease"))
         if msg.intent_id.startswith("slow"):
             await self.gate.wait()
         state = ctx.state or Count()
@@ -110,6 +120,39 @@ async def test_a_failing_handler_is_retried_then_dead_lettered_without_blocking_
     assert "handler failed 3 times" in letters[0].reason and "handler bug" in letters[0].reason
     assert (other.intent_id, "0.01") in actor.handled
     assert host.stats["failed"] == 3 and host.stats["dead_lettered"] == 1
+
+
+async def test_a_handler_failing_on_the_bus_is_never_dead_lettered_and_runs_once_the_bus_is_back(bus: Bus) -> None:
+    """A nats-server restarting times out JetStream requests (a rebuild from the log, a KV read): that says
+    nothing about the message, which must not be dead-lettered however often it is redelivered meanwhile."""
+    actor = Recording()
+    actor.bus_down = 5  # more than max_deliveries (3)
+    letters = await _dead_letters(bus)
+    async with ActorHost(bus, actor) as host:
+        intent = new_intent(intent_id="busdown-1")
+        await bus.publish(intent)
+        await wait_until(lambda: actor.handled, timeout=20)
+
+    assert actor.handled == [(intent.intent_id, "0.01")]
+    assert letters == [] and host.stats["dead_lettered"] == 0 and host.stats["failed"] == 5
+
+
+async def test_a_step_that_outlived_its_lease_publishes_nothing_and_its_message_is_handled_again(bus: Bus) -> None:
+    """Its messages' ids are deterministic: had it spoken after the next owner, its copy would be the one the
+    log keeps. The runtime hands the message back; the next delivery (lease certain again) publishes."""
+    actor = Recording()
+    published: list[Any] = []
+
+    async def keep(msg: Any) -> None:
+        published.append(msg.data)
+
+    await bus.nc.subscribe("exec.intent_rejected.>", cb=keep)
+    async with ActorHost(bus, actor) as host:
+        await bus.publish(new_intent(intent_id="outlived-1"))
+        await wait_until(lambda: published, timeout=20)
+
+    assert len(actor.outlived_lease) == 2 and host.stats["lapsed"] == 1
+    assert len(published) == 1
 
 
 async def test_messages_of_one_intent_are_handled_in_order_while_other_intents_proceed(bus: Bus) -> None:
