@@ -69,7 +69,11 @@ class Pending(msgspec.Struct, kw_only=True):
     """The placer replica holding the right to create this id, when it is not us: its create may have landed."""
     reason: str = ""
     """Why a create waits in `backoff`: the venue's rate limit (`RateLimitExceeded`) or our own order-rate
-    budget (`risk.order_rate`). Either way nothing of it reached the venue."""
+    budget (`risk.order_rate`). Either way nothing of it reached the venue — as far as this record knows: a
+    placer that took the create out of `backoff` and died before its state was written leaves it here."""
+    unsent_if_absent: bool = False
+    """Canceled while it waited in `backoff` under a claim this process cannot vouch for: if the venue does
+    not have it, it ends unsent instead of being created (`_resolve`)."""
 
 
 class PlacerState(msgspec.Struct, kw_only=True):
@@ -127,6 +131,9 @@ class Placer(Actor[PlacerState]):
             "created": 0, "rejected": 0, "unknown": 0, "recovered": 0, "canceled": 0, "cancel_failed": 0,
             "refused": 0, "rate_limited": 0, "risk_denied": 0, "budget_waits": 0,
         }
+        self._creates_sent: set[str] = set()
+        """Client order ids this process has sent a create for (in any step, failed ones too): a create
+        waiting in `backoff` under our own claim and not in here was certainly never sent."""
 
     def status(self) -> dict[str, Any]:
         return dict(self.stats)
@@ -483,6 +490,7 @@ class Placer(Actor[PlacerState]):
             self.stats["risk_denied"] += 1
             await self._reject(cmd, ctx, halted_now.code, halted_now.reason, state=state)
             return
+        self._creates_sent.add(cid)
         try:
             order = await create_order(exchange, cmd.symbol, cmd.order_type, cmd.side, amount, price, params)
         except ccxt.DuplicateOrderId:
@@ -685,6 +693,17 @@ class Placer(Actor[PlacerState]):
             if pending.cancel_wanted:
                 await self._cancel(cid, state.placed[cid], cmd.venue, cmd.symbol, state, ctx)
             return
+        if ctx.clock.now_ns() - pending.since_ns >= self._absent_grace_ns and pending.unsent_if_absent:
+            # Canceled while it waited for a rate limit, and absent for longer than the venue's lag: never
+            # sent. It ends here, unsent (retryable: nothing of it traded).
+            state.unknown.pop(cid, None)
+            state.qty.pop(cid, None)
+            await self._reject(
+                cmd, ctx, pending.reason or "RateLimitExceeded",
+                f"canceled while it waited out {cmd.venue}'s rate limit or order budget: not at the venue, never sent",
+                retryable=True, state=state,
+            )
+            return
         if ctx.clock.now_ns() - pending.since_ns >= self._absent_grace_ns:
             # Absent for longer than the venue's lag: it was never placed. Create it, taking the claim over
             # from the placer that held it (of several replicas doing so, only one wins the claim).
@@ -713,6 +732,17 @@ class Placer(Actor[PlacerState]):
 
     # -- cancel -----------------------------------------------------------------------------------------
 
+    def _vouch_unsent(self, cid: str, state: PlacerState) -> bool:
+        """The create waiting in `backoff` was certainly never sent: the claim is this process's own and
+        this process never sent a create for the id."""
+        waiting = state.backoff.get(cid)
+        replica = self._services.replica if self._services is not None else ""
+        if waiting is None:
+            return False
+        if self._services is None or self._services.claim is None:
+            return cid not in self._creates_sent  # (no runtime: a handler called directly holds no claims)
+        return waiting.holder.startswith(f"{replica}#") and cid not in self._creates_sent
+
     async def _cancel(
         self,
         cid: str,
@@ -733,6 +763,17 @@ class Placer(Actor[PlacerState]):
             )
             return
         order_id = order_id or state.placed.get(cid)
+        if order_id is None and cid in state.backoff and cid not in state.unknown and not self._vouch_unsent(cid, state):
+            # Waiting in `backoff` as this state says, but under a claim this process cannot vouch for: an
+            # owner before us may have taken it out, sent the create and died before writing that down. Look
+            # at the venue: cancel it if it is there; if it stays absent it ends unsent.
+            waiting = state.backoff.pop(cid)
+            waiting.cancel_wanted = waiting.unsent_if_absent = True
+            waiting.since_ns = ctx.clock.now_ns()
+            state.unknown[cid] = waiting
+            ctx.log.info("backoff_create_canceled_looking_it_up", client_order_id=cid, holder=waiting.holder)
+            await self._resolve(cid, waiting, state, ctx)
+            return
         if order_id is None and cid in state.backoff and cid not in state.unknown:
             # Waiting for a rate limit, so never sent: it ends here, unsent. Retryable: nothing of it traded,
             # so the strategy goes on as after any attempt that ended unfilled.

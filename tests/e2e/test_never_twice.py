@@ -206,6 +206,46 @@ async def test_a_redelivered_place_order_is_looked_up_and_never_created_again(st
     assert [(o["client_order_id"], D(o["filled"])) for o in created] == [(cid, D("0.01"))], created
 
 
+async def test_a_create_an_earlier_owner_took_out_of_backoff_and_sent_is_found_and_canceled_not_called_unsent(
+    stepped: Running,
+) -> None:
+    """Chaos (seed 12): a placer put a create in `backoff` (the order budget was spent), later took it out,
+    sent it and died before its state was written. The next owner's snapshot still has the create waiting;
+    the attempt's `CancelOrder` then came. Calling it "never sent" let the supervisor place the fallback for
+    everything while the order filled: the venue traded more than the intent. It must look at the venue,
+    find the order and cancel it."""
+    from actors.placer import Pending
+
+    intent_id = new_intent().intent_id
+    cid = f"{intent_id}-1"
+    low = (await _bid(stepped)) - D(500)  # rests: nothing moves the stepped market
+    await stepped.bus.buckets.intents.put(f"create.{cid}", b"vm-1-dead#0123456789ab")  # its claim
+    await stepped.exchange.create_order("BTC/USDT", "limit", "buy", "0.01", str(low), {"clientOrderId": cid})
+    await stepped.exchange.paper_control("advance", {"seconds": 1})  # past the venue's indexing lag
+    placer = stepped.system.hosts["placer"].actor
+    ctx = _context(intent_id, delivered=1)
+    command = _place(intent_id, "1", "0.01", low)
+    ctx.state = placer.State(venue="paper", symbol="BTC/USDT", intent_qty=D("0.01"))
+    ctx.state.backoff[cid] = Pending(command=command, since_ns=time.time_ns() + 60 * 10**9,
+                                     holder="vm-1-dead#0123456789ab", reason="risk.order_rate")
+
+    await placer.handle(CancelOrder(**_routing(intent_id), client_order_id=cid, reason="attempt deadline passed"), ctx)
+    for _ in range(200):
+        if [m for m in ctx.published if isinstance(m, OrderRejected)]:
+            break
+        open_ours = [o for o in await stepped.exchange.fetch_open_orders("BTC/USDT") if o["clientOrderId"] == cid]
+        if not open_ours:
+            break
+        await asyncio.sleep(0.05)  # the venue's cancel and indexing lag pass in wall-clock time
+        await placer.on_timer(ctx)
+
+    assert not [m for m in ctx.published if isinstance(m, OrderRejected)], ctx.published  # never "unsent"
+    assert [m.client_order_id for m in ctx.published if isinstance(m, OrderPlaced)] == [cid]  # found it
+    open_ours = [o for o in await stepped.exchange.fetch_open_orders("BTC/USDT") if o["clientOrderId"] == cid]
+    assert open_ours == [], "the order an earlier owner sent is still open"
+    assert [o["client_order_id"] for o in await _created(stepped, intent_id)] == [cid]  # and never created twice
+
+
 async def test_a_place_order_handed_back_after_our_own_create_is_not_created_again(stepped: Running) -> None:
     """Review: this placer claimed the id and created the order, then the step failed (a publish or state
     write) and the same message came back to it. Its own claim proves nothing then: the order, closed and
