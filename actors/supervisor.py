@@ -436,6 +436,10 @@ class Supervisor(Actor[SupervisorState]):
             unavailable = str(exc)
         else:
             unavailable = ""
+        # The venue calls above may have taken seconds (a venue timing out): before the acts that cannot be
+        # taken back — reserving, claiming the intent id, accepting or finishing it — make sure no newer owner
+        # has been running the intent meanwhile.
+        ctx.ensure_owner()
         if problem is not None:
             await self._deny(intent, problem, state, ctx)
             return

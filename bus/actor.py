@@ -68,6 +68,8 @@ class IntentContext(Generic[S]):
         """Lease epoch of the intent's partition at this replica; stamped on everything it publishes."""
         self.owner_valid: Callable[[], bool] = _always
         """Whether this replica still holds the intent's partition for certain (see `ensure_owner`)."""
+        self.owner_unexpired: Callable[[], bool] = _always
+        """Whether no other replica can hold the partition yet (checked by `publish`)."""
 
     def ensure_owner(self) -> None:
         """Raise `LeaseLapsed` unless this replica still holds the intent's partition for certain. The runtime
@@ -81,10 +83,12 @@ class IntentContext(Generic[S]):
         """Put `msg` into the log. It is on its way when this returns; the runtime makes sure JetStream
         stored it before the state is saved and the input acknowledged.
 
-        Only while this replica still holds the intent for certain (`ensure_owner`): a step that outlived its
-        lease (a venue call that hung for seconds) must not speak for the intent after the next owner has —
-        its messages' ids are deterministic, so its copy would be the one the log keeps."""
-        self.ensure_owner()
+        Not from a step that outlived its lease (a venue call that hung for seconds): it must not speak for
+        the intent after the next owner has — its messages' ids are deterministic, so its copy would be the
+        one the log keeps. (The stricter `ensure_owner` is the step's start and the last check before money
+        moves.)"""
+        if not self.owner_unexpired():
+            raise LeaseLapsed(f"partition {self.partition} lease expired while the step ran")
         self.sent.append(await self._send(msg, self.epoch))
 
     def save(self, state: S) -> None:

@@ -91,6 +91,13 @@ class PartitionLeases:
         placer sends nothing to a venue, on a partition that is not `valid`."""
         return time.monotonic() < self._trusted_until.get(partition, 0.0)
 
+    def unexpired(self, partition: int) -> bool:
+        """Nobody else can hold `partition` yet: less than a whole TTL since our last create or renewal of
+        its lease was sent (KV expires it no sooner). Weaker than `valid`: what a step that began while
+        `valid` checks before it speaks (`IntentContext.publish`), so only a step that outlived its lease
+        is silenced, not one that merely ran into the safety margin."""
+        return time.monotonic() < self._trusted_until.get(partition, 0.0) + self._ttl * (1 - LEASE_TRUST)
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"leases-{self._actor}-{self._replica}")
         await self._first_round.wait()

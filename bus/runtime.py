@@ -371,6 +371,7 @@ class ActorHost:
         if self._leases is not None:
             leases = self._leases
             ctx.owner_valid = lambda: leases.valid(partition)
+            ctx.owner_unexpired = lambda: leases.unexpired(partition)
         if kind != "msg":
             batch.unrepeatable = True
         try:

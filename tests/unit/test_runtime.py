@@ -50,7 +50,7 @@ class Recording(Actor[Count]):
             raise nats.errors.TimeoutError  # (what a JetStream request does while nats-server restarts)
         if msg.intent_id.startswith("outlived"):
             self.outlived_lease.append(ctx.intent_id)
-            ctx.owner_valid = lambda: len(self.outlived_lease) > 1  # the lease lapsed while it waited, once
+            ctx.owner_unexpired = lambda: len(self.outlived_lease) > 1  # the lease expired while it waited, once
             await ctx.publish(IntentRejected(**routing(msg), field="", reason="spoken by a step that outlived its lease"))
         if msg.intent_id.startswith("slow"):
             await self.gate.wait()
