@@ -268,6 +268,15 @@ def other_fees(fills: list[Fill]) -> dict[str, Decimal]:
     return out
 
 
+def slippage_bps(side: str, avg_price: Decimal | None, arrival_mid: Decimal | None) -> Decimal | None:
+    """Cost of fills at `avg_price` versus the arrival mid, in bps, signed so that positive is worse (paid more
+    on a buy, received less on a sell). The report's figure; live views show the same of the fills so far."""
+    if avg_price is None or not arrival_mid:
+        return None
+    signed = (avg_price - arrival_mid) if side == "buy" else (arrival_mid - avg_price)
+    return (signed / arrival_mid * BPS).quantize(Decimal("0.0001"))
+
+
 def build_report(state: TrackerState, finished: StrategyFinished, intent_id: str, now_ns: int) -> ExecutionCompleted:
     """Totals from the fills alone; slippage signed so that positive is a cost."""
     fills = state.fills
@@ -276,10 +285,7 @@ def build_report(state: TrackerState, finished: StrategyFinished, intent_id: str
     fees = sum((f.fee_quote for f in fills), Decimal(0))
     avg = notional / filled if filled else None
     mid = (state.arrival_bid + state.arrival_ask) / 2 if state.arrival_bid and state.arrival_ask else None
-    slippage = None
-    if avg is not None and mid:
-        signed = (avg - mid) if state.side == "buy" else (mid - avg)
-        slippage = (signed / mid * BPS).quantize(Decimal("0.0001"))
+    slippage = slippage_bps(state.side, avg, mid)
     all_rejected = bool(state.orders) and all(o.state == "rejected" for o in state.orders.values())
     if filled >= state.qty:
         status = "filled"  # (a cancel that lost the race to the fills)

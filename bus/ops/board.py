@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import msgspec
 
+from actors.tracker import slippage_bps  # (the report's own formula: the live figure is the same)
 from messages import (
     CancelIntentAccepted,
     ExecutionCompleted,
@@ -240,9 +241,7 @@ class Board:
 
 
 def _slippage(row: ExecutionRow) -> Decimal | None:
-    """Live cost of the fills so far versus the arrival mid, in bps (positive = worse), as the report counts it."""
-    if not row.filled or not row.arrival_mid:
+    """Live cost of the fills so far versus the arrival mid, as the report will count it."""
+    if not row.filled:
         return None
-    avg = row.notional / row.filled
-    signed = (avg - row.arrival_mid) if row.side == "buy" else (row.arrival_mid - avg)
-    return (signed / row.arrival_mid * 10_000).quantize(Decimal("0.01"))
+    return slippage_bps(row.side, row.notional / row.filled, row.arrival_mid)
