@@ -19,7 +19,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import PubAck
 
 from bus.acks import AckMux
-from bus.connect import connect
+from bus.connect import ClientAuth, connect
 from bus.controls import ControlStore
 from bus.settings import BusSettings
 from bus.streams import Buckets, ensure_layout
@@ -50,8 +50,13 @@ class Bus:
         self._controls: ControlStore | None = None
 
     @classmethod
-    async def connect(cls, url: str, settings: BusSettings | None = None, *, name: str = "execbus") -> Bus:
-        bus = cls(await connect(url, name=name), settings or BusSettings.from_env())
+    async def connect(
+        cls, url: str, settings: BusSettings | None = None, *, name: str = "execbus", auth: ClientAuth | None = None,
+        role: str | None = None,
+    ) -> Bus:
+        """`url`: one server or a comma-separated list; `auth`: who connects (default: the environment's
+        credentials for `role`, see `bus.connect.ClientAuth`)."""
+        bus = cls(await connect(url, name=name, auth=auth, role=role), settings or BusSettings.from_env())
         await bus.setup()
         return bus
 

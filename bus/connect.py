@@ -9,13 +9,18 @@ on SIGTERM/SIGINT, see `bus.ops.cli`) or closing the connection. Repeated errors
 from __future__ import annotations
 
 import os
+import ssl
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import nats
 import structlog
 from nats.aio.client import Client
 
-__all__ = ["connect", "default_url", "RECONNECT_WAIT_S", "ERROR_LOG_INTERVAL_S"]
+__all__ = ["connect", "connect_options", "ClientAuth", "servers", "default_url", "RECONNECT_WAIT_S",
+           "ERROR_LOG_INTERVAL_S"]
 
 log = structlog.get_logger("execbus.bus")
 
@@ -25,6 +30,97 @@ ERROR_LOG_INTERVAL_S = 30.0
 
 def default_url() -> str | None:
     return os.environ.get("NATS_URL")
+
+
+def servers(url: str) -> list[str]:
+    """A URL or a comma-separated list of them (every server of a cluster: the client fails over between
+    them and learns the rest from the cluster)."""
+    found = [u.strip() for u in url.split(",") if u.strip()]
+    if not found:
+        raise ValueError(f"no NATS server URL in {url!r}")
+    return found
+
+
+@dataclass(frozen=True)
+class ClientAuth:
+    """Who this client is on the bus and how it trusts the server. Never printed: `repr` hides the password.
+
+    From the environment (`from_env`), so a secret never has to be on a command line:
+    `EXECBUS_NATS_USER`, and `EXECBUS_NATS_PASSWORD_FILE` (a file holding the password) or
+    `EXECBUS_NATS_PASSWORD`; or `EXECBUS_AUTH_DIR`, a directory written by `execbus nats-config`, from which
+    the client takes the password of `role` (the user its command runs as). `EXECBUS_NATS_CA` is a CA
+    certificate to trust for `tls://` servers (`EXECBUS_NATS_CERT` / `EXECBUS_NATS_KEY` a client certificate).
+    """
+
+    user: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ClientAuth(user={self.user!r}, password={'***' if self.password else None}, ca_file={self.ca_file!r})"
+
+    __str__ = __repr__
+
+    @classmethod
+    def from_env(cls, role: str | None = None, env: dict[str, str] | None = None) -> ClientAuth:
+        env = dict(os.environ) if env is None else env
+        user = env.get("EXECBUS_NATS_USER") or None
+        password = env.get("EXECBUS_NATS_PASSWORD") or None
+        password_file = env.get("EXECBUS_NATS_PASSWORD_FILE")
+        if password_file:
+            password = _read_secret(Path(password_file))
+        auth_dir = env.get("EXECBUS_AUTH_DIR")
+        if auth_dir and password is None:
+            user = user or role
+            if user is None:
+                raise ValueError("EXECBUS_AUTH_DIR is set but this command has no user: set EXECBUS_NATS_USER")
+            password = _read_secret(Path(auth_dir) / "users" / f"{user}.password")
+        ca = env.get("EXECBUS_NATS_CA") or (
+            str(Path(auth_dir) / "tls" / "ca.pem") if auth_dir and (Path(auth_dir) / "tls" / "ca.pem").is_file() else None
+        )
+        return cls(user=user, password=password, ca_file=ca,
+                   cert_file=env.get("EXECBUS_NATS_CERT") or None, key_file=env.get("EXECBUS_NATS_KEY") or None)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if self.ca_file is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        secret = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read the NATS password file {path}: {exc.strerror}") from None
+    if not secret:
+        raise ValueError(f"the NATS password file {path} is empty")
+    return secret
+
+
+def connect_options(url: str, auth: ClientAuth | None = None, *, role: str | None = None) -> dict[str, Any]:
+    """`nats.connect` keyword arguments for `url` (one or a comma-separated list) as `auth` (default: from the
+    environment for `role`). Each user gets its own inbox prefix, so the server can let it read only its own
+    replies."""
+    auth = auth if auth is not None else ClientAuth.from_env(role)
+    options: dict[str, Any] = {"servers": servers(url)}
+    if auth.user:
+        options["user"] = auth.user
+        options["password"] = auth.password or ""
+        options["inbox_prefix"] = inbox_prefix(auth.user)
+    context = auth.tls_context()
+    if context is not None:
+        options["tls"] = context
+    return options
+
+
+def inbox_prefix(user: str) -> str:
+    """Replies to `user` come to `_INBOX_<user>.>`; the server config lets only that user read them."""
+    return f"_INBOX_{user}"
 
 
 class _ErrorLog:
@@ -51,8 +147,11 @@ class _ErrorLog:
             log.warning("nats_error", error=key, connection=self.name)
 
 
-async def connect(url: str, *, name: str = "execbus") -> Client:
-    """Connect with unlimited reconnects (and unlimited retries of the first connect); cancel to give up."""
+async def connect(url: str, *, name: str = "execbus", auth: ClientAuth | None = None, role: str | None = None) -> Client:
+    """Connect with unlimited reconnects (and unlimited retries of the first connect); cancel to give up.
+
+    `url` may list several servers, comma-separated. `auth` says who connects (default: from the environment,
+    for the user `role`); a server that refuses the credentials is not retried."""
     errors = _ErrorLog(name)
 
     async def on_error(exc: Exception) -> None:
@@ -68,7 +167,7 @@ async def connect(url: str, *, name: str = "execbus") -> Client:
         log.info("nats_reconnected", connection=name)
 
     nc = await nats.connect(
-        url,
+        **connect_options(url, auth, role=role),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=RECONNECT_WAIT_S,
