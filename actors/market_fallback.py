@@ -19,6 +19,7 @@ FALLBACK_ATTEMPT = 0
 class MarketFallback(Actor[None]):
     name = "market_fallback"
     consumes = (ExecutionTimedOut,)
+    produces = (PlaceOrder,)
 
     def __init__(self) -> None:
         self.executed = 0

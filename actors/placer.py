@@ -111,6 +111,7 @@ class PlacerState(msgspec.Struct, kw_only=True):
 class Placer(Actor[PlacerState]):
     name = "placer"
     consumes = (IntentAccepted, PlaceOrder, CancelOrder, OrderFinalized, StrategyFinished, CancelIntent)
+    produces = (OrderPlaced, OrderRejected, OrderOutcomeUnknown, OrderCanceled, CancelRejected)
     begins_intent = (IntentAccepted,)
     State = PlacerState
 

@@ -177,6 +177,7 @@ def sweep_average(levels: list[Level], qty: Decimal) -> Decimal | None:
 class Pricer(Actor[None]):
     name = "pricer"
     consumes = (PriceRequested,)
+    produces = (PriceQuoted, PriceUnavailable)
 
     def __init__(
         self, venues: Any, *, max_age_s: float = 5.0, depth: int = 100, first_book_timeout_s: float = 3.0,

@@ -84,6 +84,7 @@ class ReconcilerState(msgspec.Struct, kw_only=True):
 class Reconciler(Actor[ReconcilerState]):
     name = "reconciler"
     consumes = (PlaceOrder, OrderPlaced, OrderRejected, OrderCanceled, CancelRejected)
+    produces = (OrderFilled, OrderFinalized, OrderPlaced, OrderCanceled)
     State = ReconcilerState
 
     def __init__(

@@ -192,6 +192,19 @@ class Supervisor(Actor[SupervisorState]):
         PlaceOrder,
         CancelIntent,
     )
+    produces = (
+        IntentAccepted,
+        IntentRejected,
+        PriceRequested,
+        PlaceOrder,
+        CancelOrder,
+        AttemptTimedOut,
+        ExecutionTimedOut,
+        StrategyFinished,
+        CancelIntentAccepted,
+        CancelIntentRejected,
+        OrderKept,
+    )
     begins_intent = (SubmitIntent,)
     State = SupervisorState
 

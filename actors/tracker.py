@@ -110,6 +110,7 @@ class Tracker(Actor[TrackerState]):
         OrderFinalized,
         StrategyFinished,
     )
+    produces = (ExecutionCompleted, LateFillRecorded)
     State = TrackerState
 
     def __init__(self) -> None:

@@ -157,6 +157,9 @@ class Actor(Generic[S]):
 
     name: ClassVar[str] = ""
     consumes: ClassVar[tuple[type[Message], ...]] = ()
+    produces: ClassVar[tuple[type[Message], ...]] = ()
+    """Every message kind this actor publishes. The runtime refuses to publish any other, and the bus
+    permissions (`execbus nats-config`) are derived from it: the server refuses them too."""
     State: ClassVar[type[msgspec.Struct] | None] = None
 
     async def start(self, services: Services) -> None:

@@ -85,6 +85,7 @@ class ActorHost:
     def __init__(self, bus: Bus, actor: Actor[Any], *, clock: Clock | None = None, replica: str | None = None) -> None:
         self.bus = bus
         self.actor = actor
+        self._produces = frozenset(actor.produces)
         self.clock = clock or WallClock()
         self.replica = replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.log = structlog.get_logger("execbus.actor").bind(actor=actor.name, replica=self.replica)
@@ -496,6 +497,9 @@ class ActorHost:
         return messages
 
     async def _send(self, msg: Message, epoch: int = 0) -> asyncio.Future[Any]:
+        if type(msg) not in self._produces:
+            # A bug, not bad input: the declaration is what the bus's permissions are made of.
+            raise TypeError(f"{self.actor.name} publishes {type(msg).__name__}, which it does not declare in `produces`")
         if epoch and not msg.epoch:
             rederive = {"msg_id": ""} if type(msg).epoch_in_id else {}  # (replace runs __post_init__ again)
             msg = msgspec.structs.replace(msg, ts_event=msg.ts_event or self.clock.now_ns(), epoch=epoch, **rederive)

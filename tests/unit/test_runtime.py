@@ -30,6 +30,7 @@ class Recording(Actor[Count]):
 
     name = "recording"
     consumes = (SubmitIntent,)
+    produces = (IntentRejected,)
     State = Count
 
     def __init__(self) -> None:

@@ -32,6 +32,7 @@ class Burst(Actor[Seen]):
 
     name = "burst"
     consumes = (SubmitIntent,)
+    produces = (IntentAccepted,)
     State = Seen
 
     def __init__(self) -> None:
