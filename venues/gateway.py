@@ -46,12 +46,15 @@ __all__ = [
 log = structlog.get_logger("execbus.venues")
 
 
-def open_exchange(venue: str, *, nats_url: str | None = None, options: dict[str, Any] | None = None) -> Any:
-    """A ccxt async exchange instance for `venue` (not yet connected; call `load_markets`)."""
+def open_exchange(
+    venue: str, *, nats_url: str | None = None, options: dict[str, Any] | None = None, nats_auth: Any = None
+) -> Any:
+    """A ccxt async exchange instance for `venue` (not yet connected; call `load_markets`). `nats_auth` (a
+    `bus.connect.ClientAuth`) is who the paper exchange's client is on the bus; None: from the environment."""
     if venue == "paper":
         from venues.paper import PaperExchange  # imported lazily: live deployments never load the simulator
 
-        paper_options = {"natsUrl": nats_url or os.environ.get("NATS_URL")}
+        paper_options = {"natsUrl": nats_url or os.environ.get("NATS_URL"), "natsAuth": nats_auth}
         paper_options.update(options or {})
         return PaperExchange({"options": paper_options})
     module: Any = None
@@ -76,8 +79,11 @@ def open_exchange(venue: str, *, nats_url: str | None = None, options: dict[str,
 class VenuePool:
     """One connected exchange per venue id, shared by an actor's handlers; markets loaded once."""
 
-    def __init__(self, *, nats_url: str | None = None, options: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, *, nats_url: str | None = None, options: dict[str, dict[str, Any]] | None = None, nats_auth: Any = None
+    ) -> None:
         self._nats_url = nats_url
+        self._nats_auth = nats_auth
         self._options = options or {}
         self._exchanges: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -96,7 +102,9 @@ class VenuePool:
         lock = self._locks.setdefault(venue, asyncio.Lock())
         async with lock:
             if venue not in self._exchanges:
-                exchange = open_exchange(venue, nats_url=self._nats_url, options=self._options.get(venue))
+                exchange = open_exchange(
+                    venue, nats_url=self._nats_url, options=self._options.get(venue), nats_auth=self._nats_auth
+                )
                 try:
                     await exchange.load_markets()
                 except Exception:

@@ -102,7 +102,9 @@ class PaperExchange(Exchange):
                 self._transport = InProcessTransport(engine)
             else:
                 url = self.options.get("natsUrl") or os.environ.get("NATS_URL") or "nats://127.0.0.1:4222"
-                self._transport = NatsTransport(url, self.subjects, max(self.timeout, 1) / 1000)
+                self._transport = NatsTransport(
+                    url, self.subjects, max(self.timeout, 1) / 1000, auth=self.options.get("natsAuth")
+                )
         return self._transport
 
     async def _rpc(self, method: str, payload: dict[str, Any] | None = None) -> Any:

@@ -28,6 +28,7 @@ import structlog
 from nats.micro import add_service
 from nats.micro.request import Request
 
+from bus.connect import connect_options
 from venues.chunks import CHUNKS, PendingReplies, event_chunks
 from venues.config import PaperVenueConfig
 from venues.simulator import CONTROL_COMMANDS, RPC_METHODS, PaperVenue
@@ -183,9 +184,10 @@ class PaperVenueService:
             log.debug("paper_chunk_reply_failed", exc_info=True)
 
 
-async def run_paper_venue(nats_url: str, config: PaperVenueConfig, *, stop: asyncio.Event) -> None:
-    """Serve a paper venue on `nats_url` until `stop` is set (wired as `execbus venue paper`)."""
-    nc = await nats.connect(nats_url, name=f"execbus-paper-venue-{config.venue}",
+async def run_paper_venue(nats_url: str, config: PaperVenueConfig, *, stop: asyncio.Event, auth: Any = None) -> None:
+    """Serve a paper venue on `nats_url` until `stop` is set (wired as `execbus venue paper`). `auth`: who it
+    is on the bus (`bus.connect.ClientAuth`); None: from the environment, as the `venue` user."""
+    nc = await nats.connect(**connect_options(nats_url, auth, role="venue"), name=f"execbus-paper-venue-{config.venue}",
                             max_reconnect_attempts=-1, allow_reconnect=True)
     try:
         venue = await asyncio.to_thread(PaperVenue, config)

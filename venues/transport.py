@@ -23,6 +23,7 @@ from messages import codec
 
 from messages import subjects
 from venues.chunks import CHUNK, CHUNKS, HANDLE, MORE, SIZE, EventAssembler, is_chunked_reply, is_event_chunk
+from bus.connect import connect_options
 from venues.subjects import Subjects
 
 __all__ = ["EventCallback", "InProcessTransport", "NatsTransport", "Transport", "error_body", "raise_error",
@@ -97,8 +98,10 @@ class InProcessTransport:
 class NatsTransport:
     """Request/reply and subscriptions on a NATS server where `run_paper_venue` is serving."""
 
-    def __init__(self, url: str, subjects: Subjects, timeout_s: float) -> None:
+    def __init__(self, url: str, subjects: Subjects, timeout_s: float, auth: Any = None) -> None:
         self.url = url
+        self.auth = auth
+        """Who this client is on the bus (`bus.connect.ClientAuth`); None: from the environment."""
         self.subjects = subjects
         self.timeout_s = timeout_s
         self._nc: Any = None
@@ -110,7 +113,8 @@ class NatsTransport:
         async with self._lock:
             if self._nc is None or self._nc.is_closed:
                 try:
-                    self._nc = await nats.connect(self.url, name="execbus-paper-client", connect_timeout=2,
+                    options = connect_options(self.url, self.auth)
+                    self._nc = await nats.connect(**options, name="execbus-paper-client", connect_timeout=2,
                                                   max_reconnect_attempts=-1, allow_reconnect=True)
                 except Exception as exc:  # nats raises plain OSError/NoServersError
                     raise ccxt.ExchangeNotAvailable(f"paper venue bus {self.url} unreachable: {exc!r}") from exc

@@ -8,7 +8,6 @@ each gets the venue pool and its settings through its constructor.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import structlog
 
 from bus.bus import Bus
+from bus.ops.actors import ACTORS, USES_VENUES, build_actor
 from messages import encode
 from bus.clock import Clock, WallClock
 from bus.runtime import ActorHost
@@ -27,15 +27,6 @@ __all__ = ["ACTORS", "System", "SystemConfig", "build_actor"]
 
 log = structlog.get_logger("execbus.ops.system")
 
-ACTORS: dict[str, str] = {
-    "supervisor": "actors.supervisor:Supervisor",
-    "pricer": "actors.pricer:Pricer",
-    "placer": "actors.placer:Placer",
-    "reconciler": "actors.reconciler:Reconciler",
-    "tracker": "actors.tracker:Tracker",
-    "market_fallback": "actors.market_fallback:MarketFallback",
-}
-USES_VENUES = {"supervisor", "pricer", "placer", "reconciler"}
 
 
 @dataclass
@@ -63,16 +54,10 @@ class SystemConfig:
     """Serve the web page of executions (bus/ops/web) on this port beside the system (0: any free port);
     None: no web server."""
     http_host: str = "127.0.0.1"
-
-
-def build_actor(name: str, venues: Any, options: dict[str, Any] | None = None) -> Any:
-    if name not in ACTORS:
-        raise ValueError(f"unknown actor {name!r}; one of {', '.join(ACTORS)}")
-    module_name, class_name = ACTORS[name].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    if name in USES_VENUES:
-        return cls(venues, **(options or {}))
-    return cls(**(options or {}))
+    auth_dir: str | None = None
+    """Least privilege on the bus (bus/ops/auth.py): the users' passwords and the server's `authorization`
+    block live here (written if missing); the embedded server enforces them, and every actor, the paper venue,
+    the web page and the system itself connect as their own user. None: no users (anyone may do anything)."""
 
 
 class System:
@@ -88,21 +73,32 @@ class System:
         self._venue_stop = asyncio.Event()
         self._venue_task: asyncio.Task[None] | None = None
         self._venues: Any = None
+        self.auth: Any = None
+        """The `bus.ops.auth.AuthDir` when `config.auth_dir` is set."""
+        self._actor_buses: list[Bus] = []
+        self._actor_venues: list[Any] = []
         self.web: Any = None
         """The `bus.ops.web.WebServer` when `config.http_port` is set (its `.url` once started)."""
         self.url = ""
 
     async def start(self) -> System:
         config = self.config
+        settings = config.settings or BusSettings.from_env()
+        if config.auth_dir:
+            from bus.ops.auth import write_auth_dir
+
+            self.auth = write_auth_dir(config.auth_dir, settings)
         if config.nats_url:
             self.url = config.nats_url
         else:
             store = config.store_dir or os.environ.get("EXECBUS_STORE")
-            self.server = EmbeddedNats(store_dir=Path(store) if store else None, port=config.port)
+            self.server = EmbeddedNats(
+                store_dir=Path(store) if store else None, port=config.port,
+                config_file=str(self.auth.config) if self.auth else None,
+            )
             await self.server.start()
             self.url = self.server.url
-        settings = config.settings or BusSettings.from_env()
-        self.bus = await Bus.connect(self.url, settings, name="execbus-system")
+        self.bus = await Bus.connect(self.url, settings, name="execbus-system", auth=self.credentials("ops"))
         self.bus.activity = self.activity
         if config.risk_limits is not None:
             await self.bus.buckets.controls.put("risk", encode(config.risk_limits))
@@ -112,18 +108,29 @@ class System:
         from venues.gateway import VenuePool
 
         self._venues = VenuePool(nats_url=self.url, options=config.venue_options)
+        pools: dict[str, Any] = {}
         for name in config.actors:
-            actor = build_actor(name, self._venues, config.actor_options.get(name))
-            self.hosts[name] = await ActorHost(self.bus, actor, clock=self.clock).start()
+            bus, venues = self.bus, self._venues
+            if self.auth is not None:  # each actor on its own connection, as its own user
+                bus = await Bus.connect(self.url, settings, name=f"execbus-{name}", auth=self.credentials(name))
+                bus.activity = self.activity
+                venues = VenuePool(nats_url=self.url, options=config.venue_options, nats_auth=self.credentials(name))
+                self._actor_buses.append(bus)
+                self._actor_venues.append(venues)
+            pools[name] = venues
+            actor = build_actor(name, venues, config.actor_options.get(name))
+            self.hosts[name] = await ActorHost(bus, actor, clock=self.clock).start()
         if config.reconcile_at_start and "reconciler" in self.hosts:
             from bus.ops.startup import reconcile_with_venues
 
-            await reconcile_with_venues(self.bus, self._venues)
+            await reconcile_with_venues(self.hosts["reconciler"].bus, pools["reconciler"])
         if config.http_port is not None:
             from bus.ops.web.server import WebServer
 
             try:
-                self.web = await WebServer(nats_url=self.url, host=config.http_host, port=config.http_port).start()
+                self.web = await WebServer(
+                    nats_url=self.url, host=config.http_host, port=config.http_port, auth=self.credentials("monitor")
+                ).start()
             except OSError as exc:  # (a ValueError: `execbus up` refuses to run, saying why)
                 raise ValueError(f"cannot serve the web page on {config.http_host}:{config.http_port}: {exc}") from exc
         log.info("system_started", nats=self.url, actors=list(self.hosts), **({"web": self.web.url} if self.web else {}))
@@ -136,7 +143,7 @@ class System:
         assert self.bus is not None
         config = self.config.paper_config or PaperVenueConfig()
         self._venue_task = asyncio.create_task(
-            run_paper_venue(self.url, config, stop=self._venue_stop), name="paper-venue"
+            run_paper_venue(self.url, config, stop=self._venue_stop, auth=self.credentials("venue")), name="paper-venue"
         )
         # Ready when it answers a ping on its control subject.
         for _ in range(200):
@@ -149,6 +156,11 @@ class System:
             except Exception:  # not subscribed yet
                 await asyncio.sleep(0.02)
         raise TimeoutError("paper venue did not answer its ping within 5 s")
+
+    def credentials(self, user: str) -> Any:
+        """The `bus.connect.ClientAuth` of `user` when the system runs with users; None (no credentials, or the
+        environment's) otherwise."""
+        return self.auth.auth(user) if self.auth is not None else None
 
     @property
     def venue_pool(self) -> Any:
@@ -165,6 +177,12 @@ class System:
         for host in reversed(list(self.hosts.values())):
             await host.stop()
         self.hosts.clear()
+        for pool in self._actor_venues:
+            await pool.close()
+        self._actor_venues.clear()
+        for bus in self._actor_buses:
+            await bus.close()
+        self._actor_buses.clear()
         if self._venues is not None:
             await self._venues.close()
         if self._venue_task is not None:

@@ -32,12 +32,14 @@ class WebServer:
     then `.url`; `await .stop()`."""
 
     def __init__(self, bus: Any = None, *, nats_url: str | None = None, host: str = "127.0.0.1",
-                 port: int = 0, lookback_s: float | None = DEFAULT_LOOKBACK_S) -> None:
+                 port: int = 0, lookback_s: float | None = DEFAULT_LOOKBACK_S, auth: Any = None) -> None:
         if bus is None and not nats_url:
             raise ValueError("WebServer needs a bus or a NATS URL")
         self._own_bus = bus is None
         self.bus = bus
         self.nats_url = nats_url
+        self.auth = auth
+        """Who the page's connection is (`bus.connect.ClientAuth`); None: the environment's `monitor` user."""
         self.host = host
         self.port = port
         self.lookback_s = lookback_s
@@ -53,7 +55,7 @@ class WebServer:
 
         if self.bus is None:
             assert self.nats_url is not None
-            self.bus = await Bus.connect(self.nats_url, name="execbus-web")
+            self.bus = await Bus.connect(self.nats_url, name="execbus-web", auth=self.auth, role="monitor")
         self.hub = await Hub(self.bus, lookback_s=self.lookback_s).start()
         self._runner = web.AppRunner(make_app(self.bus, self.hub), access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()

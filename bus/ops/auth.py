@@ -1,0 +1,237 @@
+"""Least privilege on the bus: one NATS user per actor kind, plus the paper venue, upstream services, monitors
+and ops, each allowed only the subjects its job needs.
+
+An actor's permissions are derived from its class, never written by hand:
+
+- publish the subjects of the message kinds it declares in `produces` (and its own dead-letter subject);
+- pull only from its own durable consumers (`<actor>-p<k>`, one per partition), which carry the kinds it
+  declares in `consumes`;
+- write only its own keys of the state and lease buckets;
+- what JetStream, the KV buckets and the `nats.micro` control service need to work, and requests to the
+  paper venue's subjects when it trades through venues.
+
+Upstream may publish `SubmitIntent` and `CancelIntent` and read the answers and reports; a monitor may only
+read (live subjects, the log, the buckets, the control services' status); ops administers everything.
+Every user reads replies only on its own inbox prefix (`bus.connect.inbox_prefix`), so nobody sees another's
+answers. A client with the wrong user publishing anything else gets a permissions violation from the server.
+
+`write_auth_dir` keeps passwords across runs (the files are the source of truth) and writes the server's
+`authorization` block; passwords live in files of mode 0600 and go to clients through the environment
+(`EXECBUS_AUTH_DIR`, `EXECBUS_NATS_PASSWORD_FILE`), never on a command line or in a log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bus.connect import ClientAuth, inbox_prefix
+from bus.ops.actors import ACTORS, USES_VENUES, actor_class
+from bus.settings import BusSettings
+from messages import CancelIntent, SubmitIntent, subjects
+from messages.base import Message
+
+__all__ = [
+    "Permissions",
+    "User",
+    "AuthDir",
+    "users",
+    "authorization_block",
+    "write_auth_dir",
+    "actor_classes",
+    "VENUE_USER",
+    "UPSTREAM_USER",
+    "MONITOR_USER",
+    "OPS_USER",
+]
+
+VENUE_USER = "venue"
+UPSTREAM_USER = "upstream"
+MONITOR_USER = "monitor"
+OPS_USER = "ops"
+
+#: The answers and reports an upstream service may read: what it needs to follow what it submitted.
+UPSTREAM_READS = ("intent_accepted", "intent_rejected", "cancel_intent_accepted", "cancel_intent_rejected",
+                  "execution_completed", "order_filled")
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    allow_responses: bool = False
+    """May answer requests it received (micro services, the venue), whatever their reply subject."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+    permissions: Permissions
+
+
+@dataclass
+class AuthDir:
+    """What `write_auth_dir` wrote: `auth.conf` (the server's `authorization` block) and one password file
+    per user under `users/`."""
+
+    path: Path
+    users: list[User] = field(default_factory=list)
+
+    @property
+    def config(self) -> Path:
+        return self.path / "auth.conf"
+
+    def password_file(self, user: str) -> Path:
+        return self.path / "users" / f"{user}.password"
+
+    def auth(self, user: str, ca_file: str | None = None) -> ClientAuth:
+        """Credentials of `user`, read from its file (in memory only)."""
+        return ClientAuth(user=user, password=self.password_file(user).read_text().strip(), ca_file=ca_file)
+
+
+def actor_classes() -> dict[str, type]:
+    """Every actor kind of the registry (`bus.ops.actors.ACTORS`), loaded by name."""
+    return {name: actor_class(name) for name in ACTORS}
+
+
+def _kind_subjects(kinds: Iterable[type[Message] | str]) -> list[str]:
+    return [subjects.kind_filter(k if isinstance(k, str) else k.kind) for k in kinds]
+
+
+def _stream_read(stream: str) -> list[str]:
+    """Reading a stream through ephemeral consumers and direct gets (nats-py's and our own `read_stream`)."""
+    api = "$JS.API"
+    return [
+        f"{api}.STREAM.INFO.{stream}",
+        f"{api}.STREAM.MSG.GET.{stream}",
+        f"{api}.DIRECT.GET.{stream}",
+        f"{api}.DIRECT.GET.{stream}.>",
+        f"{api}.CONSUMER.CREATE.{stream}",
+        f"{api}.CONSUMER.CREATE.{stream}.>",
+        f"{api}.CONSUMER.INFO.{stream}.*",
+        f"{api}.CONSUMER.DELETE.{stream}.*",
+        f"{api}.CONSUMER.MSG.NEXT.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
+def _buckets(settings: BusSettings) -> list[str]:
+    return [settings.state_bucket, settings.lease_bucket, settings.intent_bucket, settings.control_bucket]
+
+
+def _reading(settings: BusSettings) -> list[str]:
+    """Publish rights every client that reads the log and the buckets needs (they are API requests)."""
+    allowed = ["$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST"]
+    for stream in [settings.stream, *(f"KV_{b}" for b in _buckets(settings))]:
+        allowed += _stream_read(stream)
+    return allowed
+
+
+def _services_read() -> list[str]:
+    """Asking the actors' control services (`nats micro ls`, `execbus.ctl.<actor>.status`)."""
+    return ["$SRV.>", subjects.control("*", "*")]
+
+
+def _actor(name: str, cls: type, settings: BusSettings) -> User:
+    api = "$JS.API"
+    stream = settings.stream
+    durables = [f"{name}-p{k}" for k in range(settings.partitions)]
+    publish = [*_kind_subjects(cls.produces), subjects.dead_letter(name), *_reading(settings)]
+    # The layout is created by whoever starts first: creating what exists with the same config changes nothing,
+    # and nobody but ops may update or delete it.
+    publish += [f"{api}.STREAM.CREATE.{stream}", *(f"{api}.STREAM.CREATE.KV_{b}" for b in _buckets(settings))]
+    for durable in durables:
+        publish += [f"{api}.CONSUMER.CREATE.{stream}.{durable}", f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+                    f"{api}.CONSUMER.CREATE.{stream}.{durable}.>"]
+    publish += [f"$JS.ACK.{stream}.>"]
+    publish += [
+        f"$KV.{settings.state_bucket}.{name}.>",
+        f"$KV.{settings.lease_bucket}.*.{name}.>",  # lease.<actor>.<partition>, member.<actor>.<replica>
+        f"$KV.{settings.intent_bucket}.>",
+        f"$KV.{settings.control_bucket}.>",
+    ]
+    subscribe = [f"{inbox_prefix(name)}.>", "$SRV.>", f"{subjects.control(name, '>')}"]
+    if name in USES_VENUES:
+        publish += ["venue.*.rpc.*", "venue.*.chunk.*"]
+        subscribe += ["venue.*.evt.>"]
+    return User(name, "actor", Permissions(tuple(publish), tuple(subscribe), allow_responses=True))
+
+
+def users(settings: BusSettings | None = None) -> list[User]:
+    """Every user of a deployment with these settings (partition count and bucket names shape the lists)."""
+    settings = settings or BusSettings.from_env()
+    found = [_actor(name, cls, settings) for name, cls in actor_classes().items()]
+    found.append(User(VENUE_USER, "venue", Permissions(
+        publish=("venue.*.evt.>", "venue.*.chunk.*"),
+        subscribe=(f"{inbox_prefix(VENUE_USER)}.>", "venue.*.rpc.*", "venue.*.ctl.*", "venue.*.chunk.*", "$SRV.>"),
+        allow_responses=True,
+    )))
+    found.append(User(UPSTREAM_USER, "upstream", Permissions(
+        publish=(*_kind_subjects([SubmitIntent, CancelIntent]), *_reading_log(settings)),
+        subscribe=(f"{inbox_prefix(UPSTREAM_USER)}.>", *_kind_subjects(UPSTREAM_READS)),
+    )))
+    found.append(User(MONITOR_USER, "monitor", Permissions(
+        publish=(*_reading(settings), *_services_read()),
+        subscribe=(f"{inbox_prefix(MONITOR_USER)}.>", subjects.STREAM_SUBJECTS),
+    )))
+    found.append(User(OPS_USER, "ops", Permissions(publish=(">",), subscribe=(">",), allow_responses=True)))
+    return found
+
+
+def _reading_log(settings: BusSettings) -> list[str]:
+    """Upstream finds an intent it wants to cancel in the log (its venue and symbol make the subject)."""
+    return ["$JS.API.INFO", *_stream_read(settings.stream)]
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text)  # a JSON string is a valid NATS config string, escapes included
+
+
+def authorization_block(entries: list[tuple[User, str]]) -> str:
+    """The server's `authorization { users = [...] }` for (user, password) pairs."""
+    lines = ["authorization {", "  users = ["]
+    for user, password in entries:
+        perms = user.permissions
+        lines.append("    {")
+        lines.append(f"      user: {_quote(user.name)}")
+        lines.append(f"      password: {_quote(password)}")
+        lines.append("      permissions: {")
+        lines.append(f"        publish: {{ allow: [{', '.join(_quote(s) for s in perms.publish)}] }}")
+        lines.append(f"        subscribe: {{ allow: [{', '.join(_quote(s) for s in perms.subscribe)}] }}")
+        if perms.allow_responses:
+            lines.append("        allow_responses: true")
+        lines.append("      }")
+        lines.append("    }")
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create (or replace) a file only its owner can read, without a moment where it is readable by others."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_auth_dir(path: str | os.PathLike[str], settings: BusSettings | None = None) -> AuthDir:
+    """Write `auth.conf` and a password file per user under `path`; a user's existing password is kept."""
+    auth = AuthDir(Path(path), users(settings))
+    auth.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    entries: list[tuple[User, str]] = []
+    for user in auth.users:
+        file = auth.password_file(user.name)
+        password = file.read_text().strip() if file.is_file() else ""
+        if not password:
+            password = secrets.token_urlsafe(32)
+            _write_private(file, password + "\n")
+        entries.append((user, password))
+    _write_private(auth.config, authorization_block(entries))
+    return auth
