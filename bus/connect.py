@@ -8,6 +8,7 @@ on SIGTERM/SIGINT, see `bus.ops.cli`) or closing the connection. Repeated errors
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import time
@@ -19,7 +20,7 @@ import nats
 import structlog
 from nats.aio.client import Client
 
-__all__ = ["connect", "connect_options", "ClientAuth", "servers", "default_url", "RECONNECT_WAIT_S",
+__all__ = ["connect", "connect_options", "ClientAuth", "CredentialsRefused", "servers", "default_url", "RECONNECT_WAIT_S",
            "ERROR_LOG_INTERVAL_S"]
 
 log = structlog.get_logger("execbus.bus")
@@ -48,7 +49,8 @@ class ClientAuth:
     From the environment (`from_env`), so a secret never has to be on a command line:
     `EXECBUS_NATS_USER`, and `EXECBUS_NATS_PASSWORD_FILE` (a file holding the password) or
     `EXECBUS_NATS_PASSWORD`; or `EXECBUS_AUTH_DIR`, a directory written by `execbus nats-config`, from which
-    the client takes the password of `role` (the user its command runs as). `EXECBUS_NATS_CA` is a CA
+    the client takes the password of `role` (the user its command runs as; default `EXECBUS_NATS_ROLE`, which
+    the CLI sets per command). `EXECBUS_NATS_CA` is a CA
     certificate to trust for `tls://` servers (`EXECBUS_NATS_CERT` / `EXECBUS_NATS_KEY` a client certificate).
     """
 
@@ -73,7 +75,7 @@ class ClientAuth:
             password = _read_secret(Path(password_file))
         auth_dir = env.get("EXECBUS_AUTH_DIR")
         if auth_dir and password is None:
-            user = user or role
+            user = user or role or env.get("EXECBUS_NATS_ROLE")
             if user is None:
                 raise ValueError("EXECBUS_AUTH_DIR is set but this command has no user: set EXECBUS_NATS_USER")
             password = _read_secret(Path(auth_dir) / "users" / f"{user}.password")
@@ -151,10 +153,18 @@ async def connect(url: str, *, name: str = "execbus", auth: ClientAuth | None = 
     """Connect with unlimited reconnects (and unlimited retries of the first connect); cancel to give up.
 
     `url` may list several servers, comma-separated. `auth` says who connects (default: from the environment,
-    for the user `role`); a server that refuses the credentials is not retried."""
+    for the user `role`); a server that refuses the credentials raises `CredentialsRefused` at once."""
     errors = _ErrorLog(name)
+    options = connect_options(url, auth, role=role)
+    refused: list[BaseException] = []
+    connecting: asyncio.Future[Client] | None = None
 
     async def on_error(exc: Exception) -> None:
+        if _refused_credentials(exc) and connecting is not None and not connecting.done():
+            # Retrying cannot help a client the server does not let in: say so now instead of hanging.
+            refused.append(exc)
+            connecting.cancel()
+            return
         errors(exc)
 
     client: list[Client] = []
@@ -166,8 +176,8 @@ async def connect(url: str, *, name: str = "execbus", auth: ClientAuth | None = 
     async def on_reconnect() -> None:
         log.info("nats_reconnected", connection=name)
 
-    nc = await nats.connect(
-        **connect_options(url, auth, role=role),
+    connecting = asyncio.ensure_future(nats.connect(
+        **options,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=RECONNECT_WAIT_S,
@@ -176,6 +186,22 @@ async def connect(url: str, *, name: str = "execbus", auth: ClientAuth | None = 
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         pending_size=64 * 1024 * 1024,
-    )
+    ))
+    try:
+        nc = await connecting
+    except asyncio.CancelledError:
+        if refused:
+            who = f"user {options['user']!r}" if options.get("user") else "a client without credentials"
+            raise CredentialsRefused(f"NATS at {url} refused {who}: {refused[0]}") from None
+        raise
     client.append(nc)
     return nc
+
+
+class CredentialsRefused(ConnectionRefusedError):
+    """The server does not accept who this client says it is (or that it says nothing)."""
+
+
+def _refused_credentials(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in text

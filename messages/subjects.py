@@ -34,6 +34,8 @@ __all__ = [
     "control",
     "partition_transform",
     "matches",
+    "ANSWER_KINDS",
+    "answer_filters",
 ]
 
 PREFIX = "exec"
@@ -117,6 +119,17 @@ def kind_filter(kind: str) -> str:
 
 def dead_letter(actor: str) -> str:
     return f"{PREFIX}.dead_letter.{actor}"
+
+
+ANSWER_KINDS = ("intent_accepted", "intent_rejected", "cancel_intent_accepted", "cancel_intent_rejected",
+                "order_filled", "execution_completed")
+"""What an upstream service hears about its intents: the answers to what it published, the fills, the report.
+(It may read nothing else live; see bus/ops/auth.py.)"""
+
+
+def answer_filters(intent_id: str) -> list[str]:
+    """Live subjects of the answers about one intent."""
+    return [f"{PREFIX}.{kind}.*.*.{intent_id}" for kind in ANSWER_KINDS]
 
 
 def control(actor: str, endpoint: str) -> str:

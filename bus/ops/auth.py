@@ -42,6 +42,7 @@ __all__ = [
     "users",
     "authorization_block",
     "write_auth_dir",
+    "write_private",
     "actor_classes",
     "VENUE_USER",
     "UPSTREAM_USER",
@@ -54,9 +55,6 @@ UPSTREAM_USER = "upstream"
 MONITOR_USER = "monitor"
 OPS_USER = "ops"
 
-#: The answers and reports an upstream service may read: what it needs to follow what it submitted.
-UPSTREAM_READS = ("intent_accepted", "intent_rejected", "cancel_intent_accepted", "cancel_intent_rejected",
-                  "execution_completed", "order_filled")
 
 
 @dataclass(frozen=True)
@@ -173,7 +171,7 @@ def users(settings: BusSettings | None = None) -> list[User]:
     )))
     found.append(User(UPSTREAM_USER, "upstream", Permissions(
         publish=(*_kind_subjects([SubmitIntent, CancelIntent]), *_reading_log(settings)),
-        subscribe=(f"{inbox_prefix(UPSTREAM_USER)}.>", *_kind_subjects(UPSTREAM_READS)),
+        subscribe=(f"{inbox_prefix(UPSTREAM_USER)}.>", *_kind_subjects(subjects.ANSWER_KINDS)),
     )))
     found.append(User(MONITOR_USER, "monitor", Permissions(
         publish=(*_reading(settings), *_services_read()),
@@ -184,8 +182,10 @@ def users(settings: BusSettings | None = None) -> list[User]:
 
 
 def _reading_log(settings: BusSettings) -> list[str]:
-    """Upstream finds an intent it wants to cancel in the log (its venue and symbol make the subject)."""
-    return ["$JS.API.INFO", *_stream_read(settings.stream)]
+    """Upstream finds an intent it wants to cancel in the log (its venue and symbol make the subject), and its
+    client checks the layout is there (stream info of the buckets, never their contents)."""
+    return ["$JS.API.INFO", *_stream_read(settings.stream),
+            *(f"$JS.API.STREAM.INFO.KV_{b}" for b in _buckets(settings))]
 
 
 def _quote(text: str) -> str:
@@ -211,7 +211,7 @@ def authorization_block(entries: list[tuple[User, str]]) -> str:
     return "\n".join(lines)
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Create (or replace) a file only its owner can read, without a moment where it is readable by others."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(path.name + ".tmp")
@@ -231,7 +231,7 @@ def write_auth_dir(path: str | os.PathLike[str], settings: BusSettings | None = 
         password = file.read_text().strip() if file.is_file() else ""
         if not password:
             password = secrets.token_urlsafe(32)
-            _write_private(file, password + "\n")
+            write_private(file, password + "\n")
         entries.append((user, password))
-    _write_private(auth.config, authorization_block(entries))
+    write_private(auth.config, authorization_block(entries))
     return auth

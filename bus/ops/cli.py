@@ -62,6 +62,7 @@ from typing import Any
 
 import msgspec
 
+from bus.connect import CredentialsRefused
 from bus.loop import run as run_loop
 from bus.logging import configure_logging
 from bus.ops.report import format_report, progress_line
@@ -86,12 +87,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The demo and the benchmarks print their own results; the actors' info logs would bury them.
     quiet = "warning" if getattr(args, "quiet", False) else None
     configure_logging(args.log_level or quiet)
+    _client_identity(args)
     try:
         return int(run_loop(args.run(args)) or 0)
     except KeyboardInterrupt:
         return 130
+    except CredentialsRefused as exc:  # (bad input: said clearly, never a traceback)
+        print(f"execbus {args.command}: {exc}. Credentials come from EXECBUS_AUTH_DIR, or EXECBUS_NATS_USER and "
+              "EXECBUS_NATS_PASSWORD_FILE (see `execbus nats-config`)", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         _Stop.disarm()
+
+
+DEFAULT_AUTH_DIR = os.path.join(".execbus", "auth")
+"""Where `execbus up` keeps its users' passwords by default (under its default store); clients started in the
+same directory find them there."""
+
+#: The bus user each command connects as when credentials come from an auth dir (bus/ops/auth.py).
+COMMAND_USERS = {"submit": "upstream", "cancel": "upstream", "watch": "monitor", "web": "monitor",
+                 "replay": "monitor", "venue": "venue"}
+
+
+def _client_identity(args: argparse.Namespace) -> None:
+    """Tell `bus.connect.ClientAuth.from_env` who this command is: its user (`EXECBUS_NATS_ROLE`) and, when
+    `EXECBUS_AUTH_DIR` is not set, the auth dir of an `execbus up` run from this directory."""
+    command = getattr(args, "command", None)
+    user = args.name if command == "actor" else COMMAND_USERS.get(command or "", "ops")
+    if getattr(args, "run", None) is _replay_import:
+        user = "ops"  # (it creates the EXEC_IMPORT stream)
+    os.environ.setdefault("EXECBUS_NATS_ROLE", user)
+    if command != "up" and "EXECBUS_AUTH_DIR" not in os.environ and os.path.isfile(
+        os.path.join(DEFAULT_AUTH_DIR, "auth.conf")
+    ):
+        os.environ["EXECBUS_AUTH_DIR"] = os.path.abspath(DEFAULT_AUTH_DIR)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,8 +148,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--http", type=int, default=None, metavar="PORT",
                    help="also serve the web page of executions on this port (see `execbus web`)")
     p.add_argument("--http-host", default="127.0.0.1", help="address of the web page (default 127.0.0.1)")
+    p.add_argument("--cluster", type=int, default=1, metavar="N",
+                   help="embed N nats-servers forming one JetStream cluster (3 survives losing one; default 1)")
+    p.add_argument("--replicas", type=int, default=None,
+                   help="copies of the log and buckets (default: 3 on a cluster of 3 or more, else 1)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="no users on the bus (anyone reaching it may do anything): for experiments only")
+    p.add_argument("--tls", action="store_true",
+                   help="TLS between clients and servers and between cluster nodes, with a CA generated for the run")
+    p.add_argument("--tls-ca", default=None, metavar="CERT", help="sign the server certificate with this CA (with --tls-ca-key)")
+    p.add_argument("--tls-ca-key", default=None, metavar="KEY")
     _paper_options(p, config_flag="--paper-config")
     p.set_defaults(run=_up)
+
+    p = sub.add_parser("nats-config", help="write the bus's users and permissions (and TLS files) for nats-server")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="auth.conf (the server's authorization block), users/<user>.password, nats.conf")
+    p.add_argument("--tls", action="store_true", help="also a CA and server certificate under DIR/tls")
+    p.add_argument("--tls-host", action="append", default=None, metavar="HOST",
+                   help="a name or address clients dial (repeatable; default 127.0.0.1, localhost, ::1)")
+    p.add_argument("--json", action="store_true", help="print every user's permissions as JSON")
+    p.set_defaults(run=_nats_config)
 
     p = sub.add_parser("actor", help="run one actor alone (scale by starting several)")
     p.add_argument("name", help="supervisor, pricer, placer, reconciler, tracker or market_fallback")
@@ -349,8 +397,22 @@ async def _up(args: argparse.Namespace) -> int:
         print(f"execbus up: {exc}", file=sys.stderr)
         return EXIT_USAGE
     store = args.store or os.path.join(os.getcwd(), ".execbus")
-    system = System(SystemConfig(nats_url=args.nats, port=args.port, store_dir=store, paper_venue=not args.no_venue,
-                                 paper_config=venue_config, http_port=args.http, http_host=args.http_host))
+    if bool(args.tls_ca) != bool(args.tls_ca_key):
+        print("execbus up: --tls-ca and --tls-ca-key go together", file=sys.stderr)
+        return EXIT_USAGE
+    # Joining a server: its users are someone else's, and ours come from the environment (EXECBUS_AUTH_DIR).
+    auth_dir = None if args.no_auth else (os.environ.get("EXECBUS_AUTH_DIR") if args.nats else os.path.join(store, "auth"))
+    tls_dir = os.path.join(auth_dir or store, "tls") if args.tls or args.tls_ca else None
+    settings = None
+    if args.replicas is not None:
+        from bus.settings import BusSettings
+
+        settings = BusSettings.from_env(replicas=args.replicas)
+    system = System(SystemConfig(
+        nats_url=args.nats, port=args.port, store_dir=store, paper_venue=not args.no_venue, paper_config=venue_config,
+        http_port=args.http, http_host=args.http_host, cluster=args.cluster, auth_dir=auth_dir, tls_dir=tls_dir,
+        tls_ca=(args.tls_ca, args.tls_ca_key) if args.tls_ca else None, settings=settings,
+    ))
     stop.on_hard_exit.append(lambda: _terminate_server(system))
     try:
         try:
@@ -363,12 +425,46 @@ async def _up(args: argparse.Namespace) -> int:
             return EXIT_OK
         web = f"  web at {system.web.url}" if system.web is not None else ""
         print(f"execbus up: NATS at {system.url}  (actors: {', '.join(system.hosts)}){web}", flush=True)
+        if system.auth is not None:  # where clients find their credentials (the passwords are never printed)
+            print(f"execbus up: users in {system.auth.path} (clients: EXECBUS_AUTH_DIR={system.auth.path})", flush=True)
+        else:
+            print("execbus up: no users on the bus (--no-auth): anyone who reaches it may trade", flush=True)
         await stop.event.wait()
         return EXIT_OK
     finally:
         await stop.bounded(system.stop(), "execbus up: shutdown")
         if system.server is not None:  # the shutdown was cut short: never leave our nats-server behind
             await stop.bounded(system.server.stop(), "execbus up: stopping nats-server", floor=1.0)
+
+
+async def _nats_config(args: argparse.Namespace) -> int:
+    from bus import tls
+    from bus.ops.auth import write_auth_dir, write_private
+    from bus.settings import BusSettings
+
+    try:
+        auth = write_auth_dir(args.out, BusSettings.from_env())
+        text = 'include "auth.conf"\n'
+        if args.tls:
+            files = tls.ensure(auth.path / "tls", hosts=tuple(args.tls_host) if args.tls_host else tls.DEFAULT_HOSTS)
+            text += tls.server_block(files) + "\n"
+            print(f"execbus nats-config: TLS: CA {files.ca_cert}, server certificate {files.cert}")
+        write_private(auth.path / "nats.conf", text)
+    except (OSError, ValueError) as exc:
+        print(f"execbus nats-config: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps({u.name: {"role": u.role, "publish": u.permissions.publish, "subscribe": u.permissions.subscribe,
+                                   "allow_responses": u.permissions.allow_responses} for u in auth.users}, indent=2))
+        return EXIT_OK
+    print(f"execbus nats-config: {auth.config} (include it, or run nats-server -c {auth.path / 'nats.conf'})")
+    for user in auth.users:
+        perms = user.permissions
+        print(f"  {user.name:<16} {user.role:<9} publish {len(perms.publish):>3} subjects, subscribe "
+              f"{len(perms.subscribe):>2}  password: {auth.password_file(user.name)}")
+    print("clients: EXECBUS_AUTH_DIR=DIR (the command picks its user), or EXECBUS_NATS_USER and "
+          "EXECBUS_NATS_PASSWORD_FILE")
+    return EXIT_OK
 
 
 def _terminate_server(system: Any) -> None:
@@ -507,7 +603,7 @@ async def _submit(args: argparse.Namespace) -> int:
             print(progress_line(msg), flush=True)
 
     try:
-        final = await execute(bus, intent, timeout=args.timeout, on_message=follow)
+        final = await execute(bus, intent, timeout=args.timeout, on_message=follow, answers_only=True)
     except (asyncio.TimeoutError, TimeoutError):
         print(f"execbus submit: no report for {intent.intent_id} after {args.timeout}s", file=sys.stderr)
         return EXIT_TIMEOUT

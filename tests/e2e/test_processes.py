@@ -32,8 +32,12 @@ async def test_execbus_up_serves_intents_and_drains_on_sigterm(tmp_path: Path) -
         line = (await asyncio.wait_for(up.stdout.readline(), 30)).decode()
         url = re.search(r"NATS at (nats://\S+)", line)
         assert url, line
+        users = (await asyncio.wait_for(up.stdout.readline(), 30)).decode()
+        auth_dir = re.search(r"users in (\S+)", users)
+        assert auth_dir, users  # users on the bus by default
 
-        submit = await _spawn("submit", "--symbol", "BTC/USDT", "--side", "buy", "--qty", "0.01", "--nats", url.group(1), "--json")
+        submit = await _spawn("submit", "--symbol", "BTC/USDT", "--side", "buy", "--qty", "0.01", "--nats", url.group(1), "--json",
+                              env={"EXECBUS_AUTH_DIR": auth_dir.group(1)})
         out, err = await asyncio.wait_for(submit.communicate(), 30)
         assert submit.returncode == 0, err.decode()
         assert '"status":"filled"' in out.decode()
