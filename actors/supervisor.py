@@ -203,6 +203,7 @@ class Supervisor(Actor[SupervisorState]):
         StrategyFinished,
         CancelIntentAccepted,
         CancelIntentRejected,
+        CancelIntent,  # one per working intent when a halt cancels them
         OrderKept,
     )
     begins_intent = (SubmitIntent,)
