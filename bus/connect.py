@@ -20,7 +20,7 @@ import nats
 import structlog
 from nats.aio.client import Client
 
-__all__ = ["connect", "connect_options", "ClientAuth", "CredentialsRefused", "servers", "default_url", "RECONNECT_WAIT_S",
+__all__ = ["connect", "connect_options", "ClientAuth", "CredentialsRefused", "CredentialsMissing", "servers", "default_url", "RECONNECT_WAIT_S",
            "ERROR_LOG_INTERVAL_S"]
 
 log = structlog.get_logger("execbus.bus")
@@ -77,7 +77,7 @@ class ClientAuth:
         if auth_dir and password is None:
             user = user or role or env.get("EXECBUS_NATS_ROLE")
             if user is None:
-                raise ValueError("EXECBUS_AUTH_DIR is set but this command has no user: set EXECBUS_NATS_USER")
+                raise CredentialsMissing("EXECBUS_AUTH_DIR is set but this command has no user: set EXECBUS_NATS_USER")
             password = _read_secret(Path(auth_dir) / "users" / f"{user}.password")
         ca = env.get("EXECBUS_NATS_CA") or (
             str(Path(auth_dir) / "tls" / "ca.pem") if auth_dir and (Path(auth_dir) / "tls" / "ca.pem").is_file() else None
@@ -94,13 +94,17 @@ class ClientAuth:
         return context
 
 
+class CredentialsMissing(ValueError):
+    """The environment names credentials this client cannot read."""
+
+
 def _read_secret(path: Path) -> str:
     try:
         secret = path.read_text().strip()
     except OSError as exc:
-        raise ValueError(f"cannot read the NATS password file {path}: {exc.strerror}") from None
+        raise CredentialsMissing(f"cannot read the NATS password file {path}: {exc.strerror}") from None
     if not secret:
-        raise ValueError(f"the NATS password file {path} is empty")
+        raise CredentialsMissing(f"the NATS password file {path} is empty")
     return secret
 
 

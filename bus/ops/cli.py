@@ -62,7 +62,7 @@ from typing import Any
 
 import msgspec
 
-from bus.connect import CredentialsRefused
+from bus.connect import CredentialsMissing, CredentialsRefused
 from bus.loop import run as run_loop
 from bus.logging import configure_logging
 from bus.ops.report import format_report, progress_line
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(run_loop(args.run(args)) or 0)
     except KeyboardInterrupt:
         return 130
-    except CredentialsRefused as exc:  # (bad input: said clearly, never a traceback)
+    except (CredentialsRefused, CredentialsMissing) as exc:  # (bad input: said clearly, never a traceback)
         print(f"execbus {args.command}: {exc}. Credentials come from EXECBUS_AUTH_DIR, or EXECBUS_NATS_USER and "
               "EXECBUS_NATS_PASSWORD_FILE (see `execbus nats-config`)", file=sys.stderr)
         return EXIT_FAILED
@@ -1113,8 +1113,9 @@ async def _cancel(args: argparse.Namespace) -> int:
             elif isinstance(msg, ExecutionCompleted) and not report.done():
                 report.set_result(msg)
 
-        # Subscribed (and the subscription known to the server) before the cancel goes out: no answer is missed.
-        sub = await bus.subscribe(f"{subjects.PREFIX}.*.{venue}.{subjects.symbol_token(symbol)}.{intent_id}", on_message)
+        # Subscribed (and the subscriptions known to the server) before the cancel goes out: no answer is missed.
+        # Only the answers and the report: all an upstream user may read (bus/ops/auth.py).
+        subs = [await bus.subscribe(pattern, on_message) for pattern in subjects.answer_filters(intent_id)]
         try:
             await bus.nc.flush()
             await bus.publish(CancelIntent(
@@ -1150,7 +1151,8 @@ async def _cancel(args: argparse.Namespace) -> int:
             print(encode(final).decode() if args.json else format_report(final), flush=True)
             return EXIT_FAILED if final.status == "failed" else EXIT_OK
         finally:
-            await sub.unsubscribe()
+            for sub in subs:
+                await sub.unsubscribe()
 
     return await _with_bus(args, "cancel", body)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import io
 import json
 import os
@@ -114,12 +115,17 @@ class ActorHealth:
 
 async def _collect(nc: Any, subject: str, *, requests: int, timeout: float, enough: Any = None,
                    settle: float = 0.05) -> list[bytes]:
-    """Publish `requests` requests to `subject` with one reply inbox and gather the answers: until
+    """Publish `requests` requests to `subject` and gather the answers under one inbox: until
     `enough(answers)` is true (`requests` more go out every `settle` s meanwhile: a queue group answers each
     from one member picked at random), or `settle` s after the first answer when `enough` is None (every
     subscriber of a ping answers at once), or `timeout`. Empty answers (the server's "no responders") are
-    dropped."""
+    dropped.
+
+    Each request has its own reply subject (`<inbox>.<n>`): a responder on a bus with users may answer a
+    request once (`allow_responses`), so a second request to the same replica with the same reply subject
+    would get no answer, only a permissions violation."""
     inbox = nc.new_inbox()
+    sent = itertools.count()
     answers: list[bytes] = []
     got: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -127,10 +133,10 @@ async def _collect(nc: Any, subject: str, *, requests: int, timeout: float, enou
         if msg.data:
             got.put_nowait(msg.data)
 
-    sub = await nc.subscribe(inbox, cb=on_msg)
+    sub = await nc.subscribe(f"{inbox}.*", cb=on_msg)
     try:
         for _ in range(requests):
-            await nc.publish(subject, b"", reply=inbox)
+            await nc.publish(subject, b"", reply=f"{inbox}.{next(sent)}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         resend = loop.time() + settle
@@ -140,7 +146,7 @@ async def _collect(nc: Any, subject: str, *, requests: int, timeout: float, enou
                 break
             if enough is not None and now >= resend:
                 for _ in range(requests):
-                    await nc.publish(subject, b"", reply=inbox)
+                    await nc.publish(subject, b"", reply=f"{inbox}.{next(sent)}")
                 resend = now + settle
             wait = deadline - now if enough is None else min(deadline, resend) - now
             try:
