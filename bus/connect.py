@@ -26,6 +26,11 @@ __all__ = ["connect", "connect_options", "ClientAuth", "CredentialsRefused", "Cr
 log = structlog.get_logger("execbus.bus")
 
 RECONNECT_WAIT_S = 0.25
+PING_INTERVAL_S = 2.0
+MAX_OUTSTANDING_PINGS = 3
+"""A server that answers no ping for ~6-8 s is given up for another of the cluster's: one frozen (SIGSTOP, a
+stalled VM) keeps its TCP connections open, and nats-py's default (two minutes) would leave its clients
+stuck with it for that long."""
 ERROR_LOG_INTERVAL_S = 30.0
 
 
@@ -113,7 +118,9 @@ def connect_options(url: str, auth: ClientAuth | None = None, *, role: str | Non
     environment for `role`). Each user gets its own inbox prefix, so the server can let it read only its own
     replies."""
     auth = auth if auth is not None else ClientAuth.from_env(role)
-    options: dict[str, Any] = {"servers": servers(url)}
+    options: dict[str, Any] = {
+        "servers": servers(url), "ping_interval": PING_INTERVAL_S, "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
+    }
     if auth.user:
         options["user"] = auth.user
         options["password"] = auth.password or ""

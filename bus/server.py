@@ -3,11 +3,16 @@
 Nothing has to be installed system-wide: the wheel drops `nats-server` next to the Python interpreter's
 scripts. The server picks a free port itself (`-p -1`) and reports it through a ports file, so two test
 processes can never race for the same port.
+
+One class serves a single server and a cluster node alike (`bus.cluster.EmbeddedCluster` builds the nodes):
+a node adds its name, a config text (its `cluster {}` block and whatever else) and a monitoring port, and
+fault tests freeze it with `pause()` (SIGSTOP: alive, connections open, answering nothing) and `resume()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import shutil
@@ -56,7 +61,13 @@ class EmbeddedNats:
 
     Use as `async with EmbeddedNats() as server: server.url`. `stop()` sends SIGTERM (the server flushes
     JetStream) and `kill()` sends SIGKILL, for crash tests. Restarting with the same `store_dir` (and
-    `port`) brings JetStream state back from disk.
+    `port`) brings JetStream state back from disk; after the first start `port` (and `http_port`) hold the
+    ports the server picked, so a `start()` after `stop()`/`kill()` comes back on the same ones.
+
+    `config_text` is written to `<store_dir>/nats-server.conf` (mode 0600: it may hold passwords) and passed
+    with `-c` (instead of `config_file`, not with it); the command line (`-js -sd -a -p`) still wins over it. `http_port` turns on
+    the monitoring endpoint (`-1`: any free port; None: off). `die_with_parent` (Linux) has the kernel
+    SIGKILL the server when this process dies, so a test run killed outright leaves no server behind.
     """
 
     def __init__(
@@ -67,7 +78,13 @@ class EmbeddedNats:
         host: str = "127.0.0.1",
         config_file: str | None = None,
         ready_timeout: float = 10.0,
+        server_name: str | None = None,
+        config_text: str | None = None,
+        http_port: int | None = None,
+        die_with_parent: bool = False,
     ) -> None:
+        if config_file is not None and config_text is not None:
+            raise ValueError("give config_file or config_text, not both")
         self._owned_tmp: tempfile.TemporaryDirectory[str] | None = None
         if store_dir is None:
             self._owned_tmp = tempfile.TemporaryDirectory(prefix="execbus-nats-")
@@ -77,7 +94,12 @@ class EmbeddedNats:
         self.port = port
         self.config_file = config_file
         self.ready_timeout = ready_timeout
+        self.server_name = server_name
+        self.config_text = config_text
+        self.http_port = http_port
+        self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
+        self._paused = False
 
     @property
     def url(self) -> str:
@@ -86,6 +108,26 @@ class EmbeddedNats:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (paused included), else None."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
+    def paused(self) -> bool:
+        return self._paused and self.running
+
+    @property
+    def monitor_url(self) -> str | None:
+        """`http://host:port` of the monitoring endpoint once started with `http_port`, else None."""
+        if self.http_port is None or self.http_port < 0:
+            return None
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.store_dir / "nats-server.log"
 
     async def start(self) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -101,13 +143,25 @@ class EmbeddedNats:
             "-p", str(self.port),
             "--ports_file_dir", str(ports_dir),
         ]
-        if self.config_file:
+        if self.server_name:
+            cmd += ["--server_name", self.server_name]
+        if self.http_port is not None:
+            cmd += ["-m", str(self.http_port)]
+        if self.config_text is not None:
+            config_path = self.store_dir / "nats-server.conf"
+            _write_private(config_path, self.config_text)
+            cmd += ["-c", str(config_path)]
+        elif self.config_file:
             cmd += ["-c", self.config_file]
-        log_path = self.store_dir / "nats-server.log"
+        log_path = self.log_path
         with open(log_path, "ab") as log_file:
-            self._proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+            self._proc = subprocess.Popen(
+                cmd, stdout=log_file, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
+            )
+        self._paused = False
         self.port = await self._wait_for_port(ports_dir, log_path)
-        log.debug("nats_server_started", url=self.url, pid=self._proc.pid)
+        log.debug("nats_server_started", url=self.url, pid=self._proc.pid, name=self.server_name)
         return self
 
     async def _wait_for_port(self, ports_dir: Path, log_path: Path) -> int:
@@ -124,6 +178,8 @@ class EmbeddedNats:
                     info = json.loads(ports_file.read_text())
                     url = info["nats"][0]
                     port = int(url.rsplit(":", 1)[1])
+                    if self.http_port is not None and self.http_port < 0:
+                        self.http_port = int(info["monitoring"][0].rsplit(":", 1)[1])
                     if await _accepts(self.host, port):
                         return port
                 except (ValueError, KeyError, IndexError):
@@ -137,12 +193,15 @@ class EmbeddedNats:
             return
         if self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
+            if self._paused:  # a stopped process only acts on SIGTERM once it runs again
+                self._proc.send_signal(signal.SIGCONT)
             try:
                 await asyncio.to_thread(self._proc.wait, 10)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 await asyncio.to_thread(self._proc.wait)
         self._proc = None
+        self._paused = False
 
     def kill(self) -> None:
         """SIGKILL, no flush: what a crash looks like."""
@@ -150,6 +209,22 @@ class EmbeddedNats:
             self._proc.kill()
             self._proc.wait()
         self._proc = None
+        self._paused = False
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stays, its sockets stay open, it answers nothing (a hung or partitioned host,
+        as its peers and clients see it)."""
+        if not self.running:
+            raise RuntimeError(f"nats-server {self.server_name or self.url} is not running")
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after `pause()`."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
+        self._paused = False
 
     def cleanup(self) -> None:
         if self._owned_tmp is not None:
@@ -162,6 +237,26 @@ class EmbeddedNats:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
         self.cleanup()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Written readable by its owner only (0600, also when it existed): a config may hold passwords."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGKILL when the parent dies (Linux; elsewhere nothing).
+    "The parent" is the thread that started it, so start such a server from the event loop's thread, never
+    from `asyncio.to_thread`: the server would die with the worker thread."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 async def _accepts(host: str, port: int) -> bool:

@@ -34,6 +34,12 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """Trading states, risk limits, balance reservations and the order-rate budget (`bus.controls`)."""
     intent_bucket: str = "execbus_intents"
     """Every intent id ever accepted: the duplicate guard that outlives the stream's duplicate window."""
+    replicas: int = 1
+    """The EXEC stream and every KV bucket are kept on this many servers (JetStream replicas). 3 on a three-node
+    cluster survives the loss of any one server; it must not exceed the cluster's size (JetStream refuses
+    the stream otherwise); 1 on a single server. Changing it later rescales the existing stream and buckets
+    at the next start (upward only: a process with fewer never scales the log down). On a cluster a lost leader is replaced in 4-10 s (sometimes a second round): a
+    `lease_ttl_s` much shorter makes every actor lose its leases at each election of the lease bucket."""
     fetch_batch: int = 256
     retired_state_ttl_s: float = 86_400.0
     """How long KV keeps what is left of a finished intent: the tracker's last state (so a late fill still

@@ -1,8 +1,16 @@
 """JetStream layout: the `EXEC` stream (every `exec.>` message, partitioned by intent) and the KV buckets
-actors keep their recoverable state, partition leases and the intent-id guard in."""
+actors keep their recoverable state, partition leases and the intent-id guard in.
+
+Each is kept on `BusSettings.replicas` servers. A stream or bucket found with another replica count is
+rescaled in place (JetStream moves the data itself), so going from one server to a cluster is a setting,
+not a migration."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import nats.errors
 import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
@@ -22,6 +30,10 @@ from messages import subjects
 __all__ = ["ensure_layout", "Buckets"]
 
 log = structlog.get_logger("execbus.bus")
+
+WRITABLE_TIMEOUT_S = 10.0
+"""How long a process waits for a stream it just created on several servers to take writes (see
+`_until_writable`) before it goes on anyway, saying so."""
 
 
 class Buckets:
@@ -46,6 +58,7 @@ def stream_config(settings: BusSettings) -> StreamConfig:
         discard=DiscardPolicy.OLD,
         max_age=settings.max_age_s,
         duplicate_window=settings.duplicate_window_s,
+        num_replicas=settings.replicas,
     )
 
 
@@ -56,7 +69,9 @@ async def ensure_layout(js: JetStreamContext, settings: BusSettings) -> Buckets:
         info = await js.stream_info(settings.stream)
     except nats.js.errors.NotFoundError:
         await js.add_stream(config)
-        log.info("stream_created", stream=settings.stream, partitions=settings.partitions)
+        log.info("stream_created", stream=settings.stream, partitions=settings.partitions, replicas=settings.replicas)
+        if settings.replicas > 1:
+            await _until_writable(js, settings.stream, subjects.subject("layout_probe", "execbus", "PROBE", "layout"))
     else:
         existing = info.config.subject_transform
         if existing is None or existing.dest != config.subject_transform.dest:  # type: ignore[union-attr]
@@ -64,17 +79,23 @@ async def ensure_layout(js: JetStreamContext, settings: BusSettings) -> Buckets:
                 f"stream {settings.stream} was created with a different partition count "
                 f"({existing.dest if existing else 'none'}); use the same EXECBUS_PARTITIONS everywhere"
             )
-    state = await _bucket(js, KeyValueConfig(bucket=settings.state_bucket, history=1, storage=StorageType.FILE))
+        if (info.config.num_replicas or 1) != settings.replicas:
+            await _rescale(js, info.config, settings.replicas)
+    replicas = settings.replicas
+    state = await _bucket(
+        js, KeyValueConfig(bucket=settings.state_bucket, history=1, storage=StorageType.FILE, replicas=replicas)
+    )
     leases = await _bucket(
         js,
         # File storage: a memory bucket would vanish with a nats-server restart, and with it every lease.
-        KeyValueConfig(bucket=settings.lease_bucket, history=1, ttl=settings.lease_ttl_s, storage=StorageType.FILE),
+        KeyValueConfig(bucket=settings.lease_bucket, history=1, ttl=settings.lease_ttl_s, storage=StorageType.FILE,
+                       replicas=replicas),
     )
     intents = await _bucket(
-        js, KeyValueConfig(bucket=settings.intent_bucket, history=1, storage=StorageType.FILE)
+        js, KeyValueConfig(bucket=settings.intent_bucket, history=1, storage=StorageType.FILE, replicas=replicas)
     )
     controls = await _bucket(
-        js, KeyValueConfig(bucket=settings.control_bucket, history=1, storage=StorageType.FILE)
+        js, KeyValueConfig(bucket=settings.control_bucket, history=1, storage=StorageType.FILE, replicas=replicas)
     )
     return Buckets(state, leases, intents, controls)
 
@@ -84,19 +105,69 @@ async def _bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
         kv = await js.key_value(config.bucket)
     except nats.js.errors.BucketNotFoundError:
         try:
-            return await js.create_key_value(config)
+            kv = await js.create_key_value(config)
         except nats.js.errors.BadRequestError:
             kv = await js.key_value(config.bucket)  # another process created it first
-    await _allow_message_ttl(js, config.bucket)
+        else:
+            if config.replicas > 1:
+                await _until_writable(js, f"KV_{config.bucket}", f"$KV.{config.bucket}._layout_probe")
+            return kv
+    await _align_bucket(js, config.bucket, config.replicas)
     return kv
+
+
+async def _until_writable(js: JetStreamContext, stream: str, subject: str) -> None:
+    """Wait until a write to `subject` reaches the stream just created on several servers.
+
+    Its new leader answers the creation and, separately, tells the other servers it now listens on the
+    stream's subjects; the answer can arrive first, and a write sent at once from a client on another server
+    then finds nobody listening (503 "no responders": a few creations in a thousand on a loopback cluster,
+    and it stopped `System.start`'s first write of the risk limits). The probe is a write the stream refuses unstored (it expects
+    another stream's name); any answer from the stream means writes arrive. Core subscribers of `subject` do
+    see the empty probe (only at creation)."""
+    deadline = time.monotonic() + WRITABLE_TIMEOUT_S
+    while True:
+        try:
+            await js._nc.request(subject, b"", timeout=1.0, headers={"Nats-Expected-Stream": "execbus-layout-probe"})
+            return
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            log.warning("stream_not_writable_yet", stream=stream, waited_s=WRITABLE_TIMEOUT_S)
+            return
+        await asyncio.sleep(0.02)
+
+
+async def _align_bucket(js: JetStreamContext, bucket: str, replicas: int | None) -> None:
+    """An existing bucket's stream made to match what this process would have created, in one update:
+    per-message TTL allowed (`_allow_message_ttl`) and, unless `replicas` is None, that many copies."""
+    config = (await js.stream_info(f"KV_{bucket}")).config
+    ttl_added = not config.allow_msg_ttl
+    if ttl_added:
+        config.allow_msg_ttl = True
+        log.info("bucket_allows_message_ttl", bucket=bucket)
+    if replicas is not None and (config.num_replicas or 1) < replicas:
+        await _rescale(js, config, replicas, bucket=bucket)  # (the same update turns the TTL on)
+    elif ttl_added:
+        await js.update_stream(config)
 
 
 async def _allow_message_ttl(js: JetStreamContext, bucket: str) -> None:
     """Finished intents' state expires by per-message TTL (`Nats-TTL`), which the bucket's stream must allow.
     nats-py sets that when it creates a bucket; a bucket made by an older client gets it here (the server
     lets a stream turn it on, never off)."""
-    info = await js.stream_info(f"KV_{bucket}")
-    if not info.config.allow_msg_ttl:
-        info.config.allow_msg_ttl = True
-        await js.update_stream(info.config)
-        log.info("bucket_allows_message_ttl", bucket=bucket)
+    await _align_bucket(js, bucket, None)
+
+
+async def _rescale(js: JetStreamContext, config: StreamConfig, replicas: int, **context: str) -> None:
+    """Another process (or an earlier setting) made this stream with fewer replicas: scale it up rather than
+    refuse to start (JetStream copies the data to the new peers by itself). Never down: a client started
+    without `EXECBUS_REPLICAS` (an operator's `execbus submit`) must not strip the log of its copies; fewer
+    copies is an operator's explicit `nats stream edit`."""
+    was = config.num_replicas or 1
+    if replicas < was:
+        log.info("stream_keeps_replicas", stream=config.name, replicas=was, configured=replicas, **context)
+        return
+    config.num_replicas = replicas
+    await js.update_stream(config)
+    log.warning("stream_rescaled", stream=config.name, replicas=replicas, was=was, **context)

@@ -87,6 +87,15 @@ class AuthDir:
     def password_file(self, user: str) -> Path:
         return self.path / "users" / f"{user}.password"
 
+    def route_password(self) -> str:
+        """The password cluster nodes give each other (`routes.password`, made once, kept like the users')."""
+        file = self.path / "routes.password"
+        password = file.read_text().strip() if file.is_file() else ""
+        if not password:
+            password = secrets.token_urlsafe(32)
+            write_private(file, password + "\n")
+        return password
+
     def auth(self, user: str, ca_file: str | None = None) -> ClientAuth:
         """Credentials of `user`, read from its file (in memory only)."""
         return ClientAuth(user=user, password=self.password_file(user).read_text().strip(), ca_file=ca_file)

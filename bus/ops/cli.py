@@ -100,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _Stop.disarm()
 
 
+CLUSTER_LEASE_TTL_S = 15.0
 DEFAULT_AUTH_DIR = os.path.join(".execbus", "auth")
 """Where `execbus up` keeps its users' passwords by default (under its default store); clients started in the
 same directory find them there."""
@@ -404,10 +405,14 @@ async def _up(args: argparse.Namespace) -> int:
     auth_dir = None if args.no_auth else (os.environ.get("EXECBUS_AUTH_DIR") if args.nats else os.path.join(store, "auth"))
     tls_dir = os.path.join(auth_dir or store, "tls") if args.tls or args.tls_ca else None
     settings = None
-    if args.replicas is not None:
+    if args.replicas is not None or args.cluster > 1:
         from bus.settings import BusSettings
 
-        settings = BusSettings.from_env(replicas=args.replicas)
+        # On a cluster a lost leader is replaced in 4-10 s: leases trusted for less would all lapse at each
+        # election of the lease bucket (every actor handing back every partition), so 15 s unless told.
+        ttl = None if os.environ.get("EXECBUS_LEASE_TTL_S") or args.cluster <= 1 else CLUSTER_LEASE_TTL_S
+        replicas = args.replicas or (None if os.environ.get("EXECBUS_REPLICAS") else min(3, args.cluster))
+        settings = BusSettings.from_env(replicas=replicas, lease_ttl_s=ttl)
     system = System(SystemConfig(
         nats_url=args.nats, port=args.port, store_dir=store, paper_venue=not args.no_venue, paper_config=venue_config,
         http_port=args.http, http_host=args.http_host, cluster=args.cluster, auth_dir=auth_dir, tls_dir=tls_dir,

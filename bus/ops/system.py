@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from bus.bus import Bus
+from bus.connect import ClientAuth
 from bus.ops.actors import ACTORS, USES_VENUES, build_actor
 from messages import encode
 from bus.clock import Clock, WallClock
 from bus.runtime import ActorHost
+from bus.ops.auth import write_private
 from bus.server import EmbeddedNats
 from bus.settings import BusSettings
 
@@ -58,6 +62,14 @@ class SystemConfig:
     """Least privilege on the bus (bus/ops/auth.py): the users' passwords and the server's `authorization`
     block live here (written if missing); the embedded server enforces them, and every actor, the paper venue,
     the web page and the system itself connect as their own user. None: no users (anyone may do anything)."""
+    tls_dir: str | None = None
+    """TLS between clients and the embedded server(s), and between cluster nodes: a CA and a server certificate
+    are generated here for the run (kept while valid; bus/tls.py). None: plain text."""
+    tls_ca: tuple[str, str] | None = None
+    """(certificate, key) of one's own CA to sign the server certificate with, instead of a generated one."""
+    cluster: int = 1
+    """Embedded servers: 1 is one nats-server; 3 is a JetStream cluster on loopback whose stream and buckets
+    have `settings.replicas` copies (3 unless the settings say otherwise)."""
 
 
 class System:
@@ -74,6 +86,12 @@ class System:
         self._venue_task: asyncio.Task[None] | None = None
         self._venues: Any = None
         self.auth: Any = None
+        self.tls: Any = None
+        """The `bus.tls.TlsFiles` when `config.tls_dir` is set."""
+        self.cluster: Any = None
+        """The `bus.cluster.EmbeddedCluster` when `config.cluster` > 1."""
+        self.settings: BusSettings | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         """The `bus.ops.auth.AuthDir` when `config.auth_dir` is set."""
         self._actor_buses: list[Bus] = []
         self._actor_venues: list[Any] = []
@@ -84,20 +102,22 @@ class System:
     async def start(self) -> System:
         config = self.config
         settings = config.settings or BusSettings.from_env()
+        if config.cluster > 1 and settings.replicas == 1 and not config.nats_url:
+            settings = msgspec.structs.replace(settings, replicas=min(3, config.cluster))
+        self.settings = settings
         if config.auth_dir:
             from bus.ops.auth import write_auth_dir
 
             self.auth = write_auth_dir(config.auth_dir, settings)
+        if config.tls_dir:
+            from bus import tls
+
+            ca_cert, ca_key = config.tls_ca or (None, None)
+            self.tls = tls.ensure(config.tls_dir, ca_cert=ca_cert, ca_key=ca_key)
         if config.nats_url:
             self.url = config.nats_url
         else:
-            store = config.store_dir or os.environ.get("EXECBUS_STORE")
-            self.server = EmbeddedNats(
-                store_dir=Path(store) if store else None, port=config.port,
-                config_file=str(self.auth.config) if self.auth else None,
-            )
-            await self.server.start()
-            self.url = self.server.url
+            await self._start_servers(config)
         self.bus = await Bus.connect(self.url, settings, name="execbus-system", auth=self.credentials("ops"))
         self.bus.activity = self.activity
         if config.risk_limits is not None:
@@ -158,9 +178,45 @@ class System:
         raise TimeoutError("paper venue did not answer its ping within 5 s")
 
     def credentials(self, user: str) -> Any:
-        """The `bus.connect.ClientAuth` of `user` when the system runs with users; None (no credentials, or the
-        environment's) otherwise."""
-        return self.auth.auth(user) if self.auth is not None else None
+        """The `bus.connect.ClientAuth` of `user` (with the run's CA under TLS) when the system runs with users
+        or TLS; None (the environment's credentials) otherwise."""
+        ca = str(self.tls.ca_cert) if self.tls is not None else None
+        if self.auth is not None:
+            return self.auth.auth(user, ca_file=ca)
+        return ClientAuth(ca_file=ca) if ca else None
+
+    async def _start_servers(self, config: SystemConfig) -> None:
+        """One embedded nats-server, or a cluster of them, configured with the users and TLS of the run. The
+        configuration holds the passwords: it is written mode 0600 and handed to the server as a file, never
+        on its command line."""
+        from bus import tls
+
+        named = config.store_dir or os.environ.get("EXECBUS_STORE")
+        if named is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="execbus-")
+        store = Path(named or self._tmp.name)  # type: ignore[union-attr]
+        extra = self.auth.config.read_text() if self.auth is not None else ""
+        if self.tls is not None:
+            extra += "\n" + tls.server_block(self.tls)
+        if config.cluster > 1:
+            from bus.cluster import EmbeddedCluster
+
+            self.cluster = EmbeddedCluster(
+                config.cluster, store_dir=store / "cluster", config_extra=extra,
+                cluster_extra=tls.cluster_block(self.tls) if self.tls is not None else "",
+                route_password=self.auth.route_password() if self.auth is not None else None,
+            )
+            await self.cluster.start()
+            self.url = self.cluster.url
+            return
+        config_file = None
+        if extra:
+            config_file = store / "execbus-server.conf"
+            store.mkdir(parents=True, exist_ok=True)
+            write_private(config_file, extra)
+        self.server = EmbeddedNats(store_dir=store, port=config.port, config_file=str(config_file) if config_file else None)
+        await self.server.start()
+        self.url = self.server.url
 
     @property
     def venue_pool(self) -> Any:
@@ -196,6 +252,12 @@ class System:
         if self.server is not None:
             await self.server.stop()
             self.server.cleanup()
+        if self.cluster is not None:
+            await self.cluster.stop()
+            self.cluster.cleanup()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
         log.info("system_stopped")
 
     async def __aenter__(self) -> System:

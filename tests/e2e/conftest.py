@@ -31,7 +31,7 @@ async def start_running(config: SystemConfig) -> Running:
     system = await System(config).start()
     assert system.bus is not None
     recorder = await Recorder().attach(system.bus)
-    exchange = PaperExchange({"options": {"natsUrl": system.url}})
+    exchange = PaperExchange({"options": {"natsUrl": system.url, "natsAuth": system.credentials("ops")}})
     await exchange.load_markets()
     return Running(system, recorder, exchange)
 
