@@ -42,6 +42,7 @@ __all__ = [
     "users",
     "authorization_block",
     "write_auth_dir",
+    "cluster_block",
     "write_private",
     "actor_classes",
     "VENUE_USER",
@@ -228,6 +229,23 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def cluster_block(routes: list[str], password: str, *, name: str = "execbus", listen: str = "0.0.0.0:6222") -> str:
+    """The `cluster { }` block of a node of a cluster whose nodes are at `routes` (host:port each, the node's
+    own included: a server ignores the route to itself, so every node can load the same file). Routes give
+    and ask the password of the user `route`, so no process may join as a node without it."""
+    login = f"route:{password}@"
+    lines = [
+        "cluster {",
+        f"  name: {_quote(name)}",
+        f"  listen: {_quote(listen)}",
+        f"  authorization {{ user: \"route\", password: {_quote(password)} }}",
+        f"  routes: [{', '.join(_quote(f'nats-route://{login}{r}') for r in routes)}]",
+        "}",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def write_auth_dir(path: str | os.PathLike[str], settings: BusSettings | None = None) -> AuthDir:

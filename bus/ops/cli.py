@@ -168,6 +168,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls", action="store_true", help="also a CA and server certificate under DIR/tls")
     p.add_argument("--tls-host", action="append", default=None, metavar="HOST",
                    help="a name or address clients dial (repeatable; default 127.0.0.1, localhost, ::1)")
+    p.add_argument("--routes", default=None, metavar="HOST:PORT,...",
+                   help="every node of a cluster: also write cluster.conf, the users plus a `cluster` block whose "
+                        "routes log in with a generated password (the same file for every node)")
     p.add_argument("--json", action="store_true", help="print every user's permissions as JSON")
     p.set_defaults(run=_nats_config)
 
@@ -455,6 +458,15 @@ async def _nats_config(args: argparse.Namespace) -> int:
             text += tls.server_block(files) + "\n"
             print(f"execbus nats-config: TLS: CA {files.ca_cert}, server certificate {files.cert}")
         write_private(auth.path / "nats.conf", text)
+        if args.routes:
+            from bus.ops.auth import cluster_block
+
+            routes = [r.strip() for r in args.routes.split(",") if r.strip()]
+            if not routes or any(":" not in r for r in routes):
+                raise ValueError(f"--routes wants HOST:PORT,HOST:PORT,...; got {args.routes!r}")
+            write_private(auth.path / "cluster.conf",
+                          auth.config.read_text() + "\n" + cluster_block(routes, auth.route_password()))
+            print(f"execbus nats-config: {auth.path / 'cluster.conf'} (each node: nats-server -c it --server_name NAME)")
     except (OSError, ValueError) as exc:
         print(f"execbus nats-config: {exc}", file=sys.stderr)
         return EXIT_FAILED
