@@ -30,6 +30,7 @@ BENCHES: dict[str, str] = {
     "replay_speed": "bench.cli:_replay_speed",
     "quality": "bench.quality",
     "replay": "bench.replay",
+    "clients": "bench.clients",
 }
 """Name -> module (with `run`) or `module:function`."""
 

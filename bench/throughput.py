@@ -253,6 +253,44 @@ async def _verify(cluster: Cluster, load: Load) -> dict[str, Any]:
     }
 
 
+async def _work_per_intent(cluster: Cluster, intents: int) -> dict[str, Any]:
+    """What one market intent costs the bus: messages stored in the log by kind, and deliveries to each actor
+    (an actor's consumers carry exactly the kinds it consumes, so its deliveries are the sum of those kinds'
+    counts; redeliveries, from the consumers' own figures, come on top)."""
+    from bus.ops.actors import actor_class
+    from messages.codec import MESSAGE_TYPES
+
+    js = cluster.nc.jetstream()
+    stream = cluster.settings.stream
+    stored: dict[str, int] = {}
+    for kind in sorted({t.kind for t in MESSAGE_TYPES}):
+        # An ephemeral consumer's pending count is the number of stored messages of the kind: O(1) on the server.
+        info = await js.add_consumer(stream, ConsumerConfig(
+            filter_subject=subjects.kind_filter(kind), ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.ALL, inactive_threshold=5.0, mem_storage=True))
+        if info.num_pending:
+            stored[kind] = info.num_pending
+        await js.delete_consumer(stream, info.name)
+    deliveries = {name: sum(stored.get(k.kind, 0) for k in actor_class(name).consumes) for name in ACTORS}
+    redelivered = 0
+    for name in ACTORS:
+        for p in range(cluster.settings.partitions):
+            try:
+                c = await js.consumer_info(stream, f"{name}-p{p}")
+            except Exception:  # (a consumer that was never created: the actor had no partition there)
+                continue
+            redelivered += c.num_redelivered or 0
+    per = (lambda n: round(n / intents, 2)) if intents else (lambda n: 0.0)
+    return {
+        "intents": intents,
+        "stored_per_intent": per(sum(stored.values())),
+        "stored_by_kind_per_intent": {k: per(v) for k, v in sorted(stored.items(), key=lambda kv: -kv[1])},
+        "deliveries_per_intent": per(sum(deliveries.values())),
+        "deliveries_by_actor_per_intent": {k: per(v) for k, v in deliveries.items()},
+        "redelivered": redelivered,
+    }
+
+
 async def _start(cluster: Cluster, layout: str, replicas: int, history: int) -> None:
     await cluster.spawn("venue", venue="realtime", speed=1.0, history=history)
     if layout == "set":
@@ -314,9 +352,10 @@ async def _one(layout: str, replicas: int, args: argparse.Namespace) -> dict[str
                            "latency_ms": stats})
         profile = await _profile(cluster, load, args.profile, args.window) if args.profile and replicas == 1 else {}
         verify = await _verify(cluster, load)
+        work = await _work_per_intent(cluster, len(load.sent))
         verify["example_logs"] = {iid: await intent_log(cluster, iid) for iid in verify["examples"][:3]}
     return {"layout": layout, "replicas": replicas, "closed_loop": closed, "open_loop": opened,
-            "profile": profile, "verify": verify, "worker_log_warnings": cluster.log_summary,
+            "profile": profile, "verify": verify, "work_per_intent": work, "worker_log_warnings": cluster.log_summary,
             "worker_log_errors": cluster.log_examples[:4]}
 
 
@@ -359,6 +398,13 @@ def _result(args: argparse.Namespace, configs: list[dict[str, Any]]) -> BenchRes
         Table(f"open loop ({args.open_duration:g} s per rate)",
               ["config", "offered/s", "intents", "achieved/s", "p50 ms", "p99 ms", "sustained"], open_rows),
         Table("CPU per completed intent by process (closed loop)", ["config", "process", "CPU ms"], cpu_rows),
+        Table("work per market intent: messages stored in the log, and deliveries to each actor",
+              ["config", "what", "per intent"],
+              [[f"{c['layout']} x{c['replicas']}", what, n] for c in configs for what, n in
+               [("stored (all kinds)", c["work_per_intent"]["stored_per_intent"]),
+                *((f"stored {k}", v) for k, v in c["work_per_intent"]["stored_by_kind_per_intent"].items()),
+                ("delivered to actors", c["work_per_intent"]["deliveries_per_intent"]),
+                *((f"delivered to {a}", v) for a, v in c["work_per_intent"]["deliveries_by_actor_per_intent"].items())]]),
     ]
     for c in configs:
         for wid, prof in c["profile"].items():
