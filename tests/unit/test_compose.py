@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,14 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 NATS_NODES = ("nats-1", "nats-2", "nats-3")
 AUTH_DIR = ROOT / ".execbus" / "auth"
-"""Where `execbus nats-config --out .execbus/auth` writes auth.conf and users/<user>.password."""
+"""Where `execbus nats-config --out .execbus/auth --routes ...` writes cluster.conf, auth.conf and
+users/<user>.password."""
+CLUSTER_SECRET = "nats-cluster"
+"""The one secret of every node: cluster.conf, the users' `authorization` block plus the `cluster` block."""
+ROUTE_PORT = 6222
+CLUSTER_FLAGS = ("cluster", "cluster_name", "routes", "cluster_advertise", "no_advertise", "connect_retries")
+"""nats-server's cluster flags (one dash or two): the file sets the cluster; they would override it, and a route
+URL on a command line either carries no password or shows it."""
 SERVICE_USERS = {**{actor.replace("_", "-"): actor for actor in ACTORS}, "paper-venue": "venue"}
 """The long-running execbus services and the NATS user each logs in as."""
 TOOL_USERS = {"upstream": "upstream", "ops": "ops", "monitor": "monitor"}
@@ -424,7 +432,7 @@ def test_the_services_are_three_nats_nodes_the_execbus_processes_and_the_one_off
 
 def test_three_nats_nodes_form_one_jetstream_cluster(compose: dict[str, Any]) -> None:
     top_volumes = compose.get("volumes") or {}
-    volumes, names, clusters = [], [], set()
+    volumes, names = [], []
     for node in NATS_NODES:
         service = compose["services"][node]
         command = _command(service)
@@ -438,31 +446,75 @@ def test_three_nats_nodes_form_one_jetstream_cluster(compose: dict[str, Any]) ->
 
         names.append(_flag(command, "--server_name", "-n"))
         assert names[-1] == node, f"{node}: server name {names[-1]!r} (JetStream peers need distinct names)"
-        clusters.add(_flag(command, "--cluster_name"))
-
-        listen = urlsplit(_flag(command, "--cluster") or "")
-        assert (listen.scheme, listen.port) == ("nats", 6222), (node, command)
-        routes = [urlsplit(url) for url in (_flag(command, "--routes") or "").split(",") if url]
-        assert all(r.username is None and r.password is None for r in routes), f"{node}: credentials in a route URL"
-        others = {(other, 6222) for other in NATS_NODES if other != node}
-        assert {(r.hostname, r.port) for r in routes} - {(node, 6222)} == others, (node, command)
-
         assert _flag(command, "-m", "--http_port") == "8222", (node, command)
         check = " ".join(str(part) for part in (service.get("healthcheck") or {}).get("test") or [])
         assert "8222" in check and "/healthz" in check, (node, service.get("healthcheck"))
         assert service.get("restart") == "unless-stopped", node
 
     assert len(set(volumes)) == len(NATS_NODES), f"the nodes share a JetStream volume: {volumes}"
-    assert len(clusters) == 1 and None not in clusters, f"one cluster name for every node: {clusters}"
+    generic = {tuple("NODE" if part == node else part for part in _command(compose["services"][node]))
+               for node in NATS_NODES}
+    assert len(generic) == 1, f"the nodes' commands differ in more than their name: {generic}"
 
 
-def test_every_nats_node_loads_the_authorization_config_and_nothing_else(compose: dict[str, Any]) -> None:
+def test_no_node_sets_its_routes_or_cluster_on_the_command_line(compose: dict[str, Any]) -> None:
+    """The cluster (name, listen address, routes, the route password) is in cluster.conf: a route flag would
+    override the file's routes with ones that carry no password, and a password there would be visible."""
+    for node in NATS_NODES:
+        command = _command(compose["services"][node])
+        flags = {part.lstrip("-").split("=", 1)[0] for part in command if part.startswith("-")}
+        assert not flags & set(CLUSTER_FLAGS), f"{node}: cluster flags on the command line: {command}"
+        assert not any(re.search(r"(?i)route|cluster_name|:6222", part) for part in command), (node, command)
+        assert not any("@" in part or "://" in part for part in command), f"{node}: a URL (credentials?) in {command}"
+        assert not any(re.match(r"--?(user|pass|password|auth|token)(=|$)", part) for part in command), (node, command)
+
+
+def test_every_nats_node_loads_the_cluster_config_and_nothing_else(compose: dict[str, Any]) -> None:
     for node in NATS_NODES:
         service = compose["services"][node]
         refs = _secret_refs(service)
-        assert set(refs) == {"nats-auth"}, f"{node} mounts {sorted(refs)}: only the server config"
-        assert _flag(_command(service), "-c", "--config") == refs["nats-auth"], (node, _command(service))
-    assert _secret_file(compose, "nats-auth") == (AUTH_DIR / "auth.conf").resolve()
+        assert set(refs) == {CLUSTER_SECRET}, f"{node} mounts {sorted(refs)}: only the server config"
+        command = _command(service)
+        assert _flag(command, "-c", "--config") == refs[CLUSTER_SECRET], (node, command)
+        assert sum(part in ("-c", "--config") for part in command) == 1, (node, command)
+    assert _secret_file(compose, CLUSTER_SECRET) == (AUTH_DIR / "cluster.conf").resolve()
+    assert "nats-auth" not in (compose.get("secrets") or {}), "auth.conf alone has no cluster: nothing mounts it"
+
+
+def _setup_routes(compose: dict[str, Any]) -> list[str]:
+    """The `--routes` value the nats-config service passes to `execbus nats-config`, split at commas."""
+    service = compose["services"][SETUP_SERVICE]
+    words = [word for part in (*_command(service, "entrypoint"), *_command(service)) for word in shlex.split(part)]
+    assert words.count("--routes") == 1, f"nats-config must pass --routes once: {words}"
+    return _flag(words, "--routes").split(",")  # type: ignore[union-attr]
+
+
+def test_nats_config_writes_the_cluster_config_naming_every_node_on_the_route_port(compose: dict[str, Any]) -> None:
+    routes = _setup_routes(compose)
+    assert sorted(routes) == sorted(f"{node}:{ROUTE_PORT}" for node in NATS_NODES), (
+        f"cluster.conf must route to exactly nats-1..3 on {ROUTE_PORT}: {routes}")
+    assert not any("@" in r or "://" in r for r in routes), routes
+
+
+def test_the_setup_routes_make_the_cluster_conf_the_nodes_load(compose: dict[str, Any], tmp_path: Path) -> None:
+    """`execbus nats-config` given the service's own --routes writes the file the nodes' secret names."""
+    out = tmp_path / "auth"
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from bus.ops.cli import main; sys.exit(main())",
+         "nats-config", "--out", str(out), "--routes", ",".join(_setup_routes(compose))],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**_clean_env(), **_environment(compose["services"][SETUP_SERVICE])},
+    )
+    assert done.returncode == 0, done.stderr
+    conf = out / _secret_file(compose, CLUSTER_SECRET).relative_to(AUTH_DIR.resolve())
+    assert conf.is_file() and conf.stat().st_mode & 0o077 == 0, conf
+    text = conf.read_text()
+    password = (out / "routes.password").read_text().strip()
+    assert "authorization" in text and re.search(r"(?m)^cluster \{", text), text[-400:]
+    assert f'authorization {{ user: "route", password: "{password}" }}' in text
+    assert f'listen: "0.0.0.0:{ROUTE_PORT}"' in text
+    for node in NATS_NODES:
+        assert f"nats-route://route:{password}@{node}:{ROUTE_PORT}" in text, (node, text[-400:])
 
 
 def test_only_the_client_and_monitoring_ports_are_published_and_only_on_loopback(compose: dict[str, Any]) -> None:
@@ -543,7 +595,7 @@ def test_each_service_logs_in_as_its_own_user_with_only_its_own_password(compose
 def test_every_secret_is_a_file_in_the_auth_directory_and_each_is_used(compose: dict[str, Any]) -> None:
     secrets = compose.get("secrets") or {}
     users = {*SERVICE_USERS.values(), *TOOL_USERS.values()}
-    assert set(secrets) == {"nats-auth"} | {f"{u.replace('_', '-')}-password" for u in users}, sorted(secrets)
+    assert set(secrets) == {CLUSTER_SECRET} | {f"{u.replace('_', '-')}-password" for u in users}, sorted(secrets)
     for name in secrets:
         path = _secret_file(compose, name)
         assert path.is_relative_to(AUTH_DIR.resolve()), f"secret {name} is outside {AUTH_DIR}: {path}"
@@ -563,8 +615,9 @@ def test_no_literal_password_in_the_deployment_files(compose: dict[str, Any]) ->
             text = line.split(" #", 1)[0].strip()
             if not text or text.startswith("#"):
                 continue
-            if re.search(r"(?i)pass(word|wd)?|secret|token", text) and "/run/secrets/nats-auth" not in text:
-                assert any(p.fullmatch(text) for p in allowed) or text in ("secrets:", "- nats-auth", "nats-auth:"), (
+            if re.search(r"(?i)pass(word|wd)?|secret|token", text) and f"/run/secrets/{CLUSTER_SECRET}" not in text:
+                assert any(p.fullmatch(text) for p in allowed) or text in (
+                    "secrets:", f"- {CLUSTER_SECRET}", f"{CLUSTER_SECRET}:"), (
                     f"{path.name}:{number}: {line.strip()!r} looks like a credential")
             assert not re.search(r"[a-z]+://[^/\s@,\"']*@", text), f"{path.name}:{number}: credentials in a URL"
 
@@ -616,7 +669,9 @@ def test_the_header_says_how_to_create_the_credentials_and_scale() -> None:
             break
         header.append(line)
     text = "\n".join(header)
-    for needed in ("execbus nats-config --out .execbus/auth", "docker compose run --rm nats-config",
+    for needed in ("execbus nats-config --out .execbus/auth --routes nats-1:6222,nats-2:6222,nats-3:6222",
+                   "docker compose run --rm nats-config", "cluster.conf", "/run/secrets/nats-cluster",
+                   "no route without the password can join",
                    "--scale placer=2", "docker compose run --rm upstream submit", "EXECBUS_UID", "random"):
         assert needed in text, f"the header comment does not mention {needed!r}"
 
