@@ -231,10 +231,13 @@ def write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def cluster_block(routes: list[str], password: str, *, name: str = "execbus", listen: str = "0.0.0.0:6222") -> str:
+def cluster_block(
+    routes: list[str], password: str, *, name: str = "execbus", listen: str = "0.0.0.0:6222", extra: str = ""
+) -> str:
     """The `cluster { }` block of a node of a cluster whose nodes are at `routes` (host:port each, the node's
     own included: a server ignores the route to itself, so every node can load the same file). Routes give
-    and ask the password of the user `route`, so no process may join as a node without it."""
+    and ask the password of the user `route`, so no process may join as a node without it. `extra` goes inside
+    the block (a `tls { }` for the routes)."""
     login = f"route:{password}@"
     lines = [
         "cluster {",
@@ -242,6 +245,7 @@ def cluster_block(routes: list[str], password: str, *, name: str = "execbus", li
         f"  listen: {_quote(listen)}",
         f"  authorization {{ user: \"route\", password: {_quote(password)} }}",
         f"  routes: [{', '.join(_quote(f'nats-route://{login}{r}') for r in routes)}]",
+        *(f"  {line}" for line in extra.strip().splitlines()),
         "}",
         "",
     ]

@@ -453,6 +453,7 @@ async def _nats_config(args: argparse.Namespace) -> int:
     try:
         auth = write_auth_dir(args.out, BusSettings.from_env())
         text = 'include "auth.conf"\n'
+        files = None
         if args.tls:
             files = tls.ensure(auth.path / "tls", hosts=tuple(args.tls_host) if args.tls_host else tls.DEFAULT_HOSTS)
             text += tls.server_block(files) + "\n"
@@ -464,8 +465,11 @@ async def _nats_config(args: argparse.Namespace) -> int:
             routes = [r.strip() for r in args.routes.split(",") if r.strip()]
             if not routes or any(":" not in r for r in routes):
                 raise ValueError(f"--routes wants HOST:PORT,HOST:PORT,...; got {args.routes!r}")
-            write_private(auth.path / "cluster.conf",
-                          auth.config.read_text() + "\n" + cluster_block(routes, auth.route_password()))
+            node = auth.config.read_text() + "\n"
+            if files is not None:  # clients and routes over TLS (the certificate must name every node's host)
+                node += tls.server_block(files) + "\n"
+            node += cluster_block(routes, auth.route_password(), extra=tls.cluster_block(files) if files else "")
+            write_private(auth.path / "cluster.conf", node)
             print(f"execbus nats-config: {auth.path / 'cluster.conf'} (each node: nats-server -c it --server_name NAME)")
     except (OSError, ValueError) as exc:
         print(f"execbus nats-config: {exc}", file=sys.stderr)
