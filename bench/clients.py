@@ -459,7 +459,7 @@ async def run(quick: bool, args: list[str]) -> BenchResult:
     python, why = _python313()
     if python is None:
         print(f"{SKIP_MESSAGE}{why}", flush=True)
-        return BenchResult(params={"skipped": True}, results={}, notes=[SKIP_MESSAGE + why])
+        return BenchResult(params={"skipped": True}, results={"skipped": SKIP_MESSAGE + why}, notes=[SKIP_MESSAGE + why])
     with tempfile.TemporaryDirectory() as out:
         argv = (["--quick"] if quick else []) + ["--out", out] + args
         code = await asyncio.to_thread(subprocess.call, [python, "-m", "bench.clients", *argv], env=_child_env())
