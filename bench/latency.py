@@ -127,7 +127,47 @@ def _args(quick: bool, argv: list[str]) -> argparse.Namespace:
     p.add_argument("--layout", choices=["system", "procs"], default="system")
     p.add_argument("--venue-history", type=int, default=VENUE_HISTORY,
                    help="trades/closed orders the paper venue keeps per account (its own default: 100000)")
+    p.add_argument("--stall-watch", action="store_true",
+                   help="also time-stamp the EXEC stream's block rollovers (a new N.blk in its store) and every "
+                        "market sample, and report how many slow samples start within 1 s of a rollover "
+                        "(bench/stall.py has the cause)")
     return p.parse_args(argv)
+
+
+class _StallWatch:
+    """EXEC block rollovers and market sample times, for `--stall-watch` (additive: changes nothing else)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        from bench.stall import StoreWatch
+
+        self.store = StoreWatch(cluster.server.store_dir / "jetstream", "EXEC")
+        self.samples: list[tuple[float, float]] = []  # (send time, ms to OrderPlaced)
+
+    def wrap(self, runner: Runner) -> None:
+        inner = runner.execbus_market
+
+        async def timed(i: int) -> tuple[float, float] | None:
+            t = time.monotonic()
+            out = await inner(i)
+            if out is not None and i >= 0:
+                self.samples.append((t, out[0]))
+            return out
+
+        runner.execbus_market = timed  # type: ignore[method-assign]
+
+    def report(self, slow_ms: float = 10.0, near_s: float = 1.0) -> dict[str, Any]:
+        self.store.stop()
+        rolls = [t for t, _ in self.store.blocks]
+        gaps = sorted(b - a for a, b in zip(rolls, rolls[1:]))
+        slow = [(t, ms) for t, ms in self.samples if ms >= slow_ms]
+        near = [(t, ms) for t, ms in slow if any(-0.2 <= t - r <= near_s for r in rolls)]
+        span = (self.samples[-1][0] - self.samples[0][0]) if len(self.samples) > 1 else 0.0
+        share = min(1.0, len(rolls) * (near_s + 0.2) / span) if span else None
+        return {"block_rollovers": len(rolls), "rollover_gap_s_median": round(gaps[len(gaps) // 2], 2) if gaps else None,
+                f"market_samples_over_{slow_ms:g}ms": len(slow),
+                f"of_them_within_-0.2..{near_s:g}s_of_a_rollover": len(near),
+                "share_of_time_within_that_window": round(share, 3) if share is not None else None,
+                "slowest": sorted((round(ms, 1) for _, ms in slow), reverse=True)[:10]}
 
 
 async def _start(cluster: Cluster, layout: str, history: int) -> None:
@@ -307,6 +347,10 @@ async def run(quick: bool, argv: list[str]) -> BenchResult:
         floor = await FloorClient(cluster.nc).start()
         runner = Runner(cluster, watch, control, mono, floor)
         runner.aggressive_every = args.aggressive_every
+        stall_watch = _StallWatch(cluster) if args.stall_watch else None
+        if stall_watch is not None:
+            stall_watch.store.start()
+            stall_watch.wrap(runner)
         await runner.block(-args.warmup, args.warmup, {k: [] for k in SERIES})  # warm-up, discarded
         await floor.one_way_samples()
         cpu0 = cluster.stats()
@@ -327,6 +371,10 @@ async def run(quick: bool, argv: list[str]) -> BenchResult:
         status = {w.wid: (await cluster.call(w.wid, "status"))["actors"] for w in cluster.workers.values()
                   if w.actors}
     result = _result(args, samples, runner.failures, logs, wall, cpu0, cpu1)
+    if stall_watch is not None:
+        result.results["stall_watch"] = stall_watch.report()
+        result.tables.append(Table("EXEC block rollovers vs slow market samples (--stall-watch)", ["measure", "value"],
+                                   [[k, v] for k, v in result.results["stall_watch"].items()]))
     result.results["worker_log_warnings"] = cluster.log_summary
     result.results["worker_log_errors"] = cluster.log_examples[:6]
     result.results["breakdown"] = where
