@@ -112,6 +112,8 @@ class Placer(Actor[PlacerState]):
     name = "placer"
     consumes = (IntentAccepted, PlaceOrder, CancelOrder, OrderFinalized, StrategyFinished, CancelIntent)
     produces = (OrderPlaced, OrderRejected, OrderOutcomeUnknown, OrderCanceled, CancelRejected)
+    claims = {"intents": ("create",), "controls": ("rate",)}  # one create per client order id; the order budget
+    moves_money = True
     begins_intent = (IntentAccepted,)
     State = PlacerState
 

@@ -85,6 +85,7 @@ class Reconciler(Actor[ReconcilerState]):
     name = "reconciler"
     consumes = (PlaceOrder, OrderPlaced, OrderRejected, OrderCanceled, CancelRejected)
     produces = (OrderFilled, OrderFinalized, OrderPlaced, OrderCanceled)
+    moves_money = True  # start-up reconciliation cancels open orders nobody watches
     State = ReconcilerState
 
     def __init__(

@@ -206,6 +206,7 @@ class Supervisor(Actor[SupervisorState]):
         CancelIntent,  # one per working intent when a halt cancels them
         OrderKept,
     )
+    claims = {"intents": ("intent",), "controls": ("reserve",)}  # the intent-id guard; balance reservations
     begins_intent = (SubmitIntent,)
     State = SupervisorState
 

@@ -160,6 +160,12 @@ class Actor(Generic[S]):
     produces: ClassVar[tuple[type[Message], ...]] = ()
     """Every message kind this actor publishes. The runtime refuses to publish any other, and the bus
     permissions (`execbus nats-config`) are derived from it: the server refuses them too."""
+    claims: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """Keys this actor writes in the shared buckets, by bucket (`intents`, `controls`) and key prefix, e.g.
+    {"intents": ("intent",)} for `intent.<id>` claims. Its own state and lease keys need no declaration. The
+    bus permissions allow these and no other key: an actor cannot resume a halted venue or pre-claim an id."""
+    moves_money: ClassVar[bool] = False
+    """Creates or cancels orders at a venue. Only such an actor may send the paper venue those requests."""
     State: ClassVar[type[msgspec.Struct] | None] = None
 
     async def start(self, services: Services) -> None:

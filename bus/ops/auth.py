@@ -63,7 +63,10 @@ class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     allow_responses: bool = False
-    """May answer requests it received (micro services, the venue), whatever their reply subject."""
+    """May answer requests it received, whatever their reply subject (ops only: a responder told to reply on
+    an `exec.` subject would write into the log, so the others may reply only to the inboxes of who asks)."""
+    deny_publish: tuple[str, ...] = ()
+    """Exceptions to `publish` (deny wins): every other actor's durable consumers."""
 
 
 @dataclass(frozen=True)
@@ -145,10 +148,38 @@ def _services_read() -> list[str]:
     return ["$SRV.>", subjects.control("*", "*")]
 
 
+def _durables(actor: str, settings: BusSettings) -> list[str]:
+    return [f"{actor}-p{k}" for k in range(settings.partitions)]
+
+
+def _others_durables(user: str, settings: BusSettings) -> list[str]:
+    """What no user may do to a durable consumer that is not its own: re-create it with another filter, delete
+    it, pull from it, acknowledge its messages."""
+    api, stream = "$JS.API", settings.stream
+    denied: list[str] = []
+    for actor in ACTORS:
+        if actor == user:
+            continue
+        for durable in _durables(actor, settings):
+            denied += [f"{api}.CONSUMER.CREATE.{stream}.{durable}", f"{api}.CONSUMER.CREATE.{stream}.{durable}.>",
+                       f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{durable}", f"{api}.CONSUMER.DELETE.{stream}.{durable}",
+                       f"{api}.CONSUMER.MSG.NEXT.{stream}.{durable}", f"$JS.ACK.{stream}.{durable}.>"]
+    return denied
+
+
+#: Paper venue requests that create or cancel orders: only actors that move money may send them.
+MONEY_METHODS = ("create_order", "cancel_order")
+
+
+def _replies_to(*users: str) -> list[str]:
+    """Answering requests from these users: their inboxes, and nowhere else."""
+    return [f"{inbox_prefix(u)}.>" for u in users]
+
+
 def _actor(name: str, cls: type, settings: BusSettings) -> User:
     api = "$JS.API"
     stream = settings.stream
-    durables = [f"{name}-p{k}" for k in range(settings.partitions)]
+    durables = _durables(name, settings)
     publish = [*_kind_subjects(cls.produces), subjects.dead_letter(name), *_reading(settings)]
     # The layout is created by whoever starts first: creating what exists with the same config changes nothing,
     # and nobody but ops may update or delete it.
@@ -156,36 +187,45 @@ def _actor(name: str, cls: type, settings: BusSettings) -> User:
     for durable in durables:
         publish += [f"{api}.CONSUMER.CREATE.{stream}.{durable}", f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
                     f"{api}.CONSUMER.CREATE.{stream}.{durable}.>"]
-    publish += [f"$JS.ACK.{stream}.>"]
+    publish += [f"$JS.ACK.{stream}.{durable}.>" for durable in durables]
     publish += [
         f"$KV.{settings.state_bucket}.{name}.>",
         f"$KV.{settings.lease_bucket}.*.{name}.>",  # lease.<actor>.<partition>, member.<actor>.<replica>
-        f"$KV.{settings.intent_bucket}.>",
-        f"$KV.{settings.control_bucket}.>",
     ]
+    buckets = {"intents": settings.intent_bucket, "controls": settings.control_bucket}
+    for bucket, prefixes in cls.claims.items():
+        publish += [f"$KV.{buckets[bucket]}.{prefix}.>" for prefix in prefixes]
+    # Its control service answers the monitors and ops (status, `nats micro`), on their inboxes only.
+    publish += _replies_to(MONITOR_USER, OPS_USER)
     subscribe = [f"{inbox_prefix(name)}.>", "$SRV.>", f"{subjects.control(name, '>')}"]
+    deny = _others_durables(name, settings)
     if name in USES_VENUES:
         publish += ["venue.*.rpc.*", "venue.*.chunk.*"]
         subscribe += ["venue.*.evt.>"]
-    return User(name, "actor", Permissions(tuple(publish), tuple(subscribe), allow_responses=True))
+        if not cls.moves_money:
+            deny += [f"venue.*.rpc.{method}" for method in MONEY_METHODS]
+    return User(name, "actor", Permissions(tuple(publish), tuple(subscribe), deny_publish=tuple(deny)))
 
 
 def users(settings: BusSettings | None = None) -> list[User]:
     """Every user of a deployment with these settings (partition count and bucket names shape the lists)."""
     settings = settings or BusSettings.from_env()
     found = [_actor(name, cls, settings) for name, cls in actor_classes().items()]
+    trading = [name for name in ACTORS if name in USES_VENUES]
     found.append(User(VENUE_USER, "venue", Permissions(
-        publish=("venue.*.evt.>", "venue.*.chunk.*"),
+        # It answers the trading actors, the operators and monitors, and nobody else.
+        publish=("venue.*.evt.>", "venue.*.chunk.*", *_replies_to(*trading, OPS_USER, MONITOR_USER)),
         subscribe=(f"{inbox_prefix(VENUE_USER)}.>", "venue.*.rpc.*", "venue.*.ctl.*", "venue.*.chunk.*", "$SRV.>"),
-        allow_responses=True,
     )))
     found.append(User(UPSTREAM_USER, "upstream", Permissions(
         publish=(*_kind_subjects([SubmitIntent, CancelIntent]), *_reading_log(settings)),
         subscribe=(f"{inbox_prefix(UPSTREAM_USER)}.>", *_kind_subjects(subjects.ANSWER_KINDS)),
+        deny_publish=tuple(_others_durables(UPSTREAM_USER, settings)),
     )))
     found.append(User(MONITOR_USER, "monitor", Permissions(
         publish=(*_reading(settings), *_services_read()),
         subscribe=(f"{inbox_prefix(MONITOR_USER)}.>", subjects.STREAM_SUBJECTS),
+        deny_publish=tuple(_others_durables(MONITOR_USER, settings)),
     )))
     found.append(User(OPS_USER, "ops", Permissions(publish=(">",), subscribe=(">",), allow_responses=True)))
     return found
@@ -211,7 +251,8 @@ def authorization_block(entries: list[tuple[User, str]]) -> str:
         lines.append(f"      user: {_quote(user.name)}")
         lines.append(f"      password: {_quote(password)}")
         lines.append("      permissions: {")
-        lines.append(f"        publish: {{ allow: [{', '.join(_quote(s) for s in perms.publish)}] }}")
+        deny = f", deny: [{', '.join(_quote(s) for s in perms.deny_publish)}]" if perms.deny_publish else ""
+        lines.append(f"        publish: {{ allow: [{', '.join(_quote(s) for s in perms.publish)}]{deny} }}")
         lines.append(f"        subscribe: {{ allow: [{', '.join(_quote(s) for s in perms.subscribe)}] }}")
         if perms.allow_responses:
             lines.append("        allow_responses: true")

@@ -30,7 +30,7 @@ from nats.aio.client import Client
 from bus.bus import Bus, subject_of
 from bus.connect import ClientAuth, CredentialsRefused, connect, connect_options
 from bus.msglog import read_stream
-from bus.ops.actors import ACTORS
+from bus.ops.actors import ACTORS, actor_class
 from bus.ops.auth import AuthDir, write_auth_dir
 from bus.ops.system import System
 from bus.server import EmbeddedNats
@@ -48,6 +48,7 @@ from messages import (
     decode,
     encode,
     headers_for,
+    subjects,
 )
 from messages.base import routing
 from tests.e2e.conftest import Running, stop_running, system_config
@@ -583,3 +584,80 @@ async def test_execbus_up_with_tls_refuses_plain_text_and_serves_the_command_lin
     assert isinstance(report, ExecutionCompleted) and report.status == "filled"
     assert code == 0
     assert violations(up.server_log) == []
+
+
+# -- 7. what a review found users could do through JetStream, KV, the venue and responses ---------------------------
+
+
+async def test_no_user_may_pull_from_acknowledge_redefine_or_delete_another_actors_durable_consumer(
+    running: Running,
+) -> None:
+    url, stream = running.system.url, running.system.settings.stream
+    for user in ("pricer", "monitor", "upstream"):
+        client = await RawClient().connect(url, running.system.credentials(user))
+        try:
+            assert client.nc is not None
+            for subject in (f"$JS.API.CONSUMER.MSG.NEXT.{stream}.placer-p0",
+                            f"$JS.API.CONSUMER.DELETE.{stream}.placer-p1",
+                            f"$JS.API.CONSUMER.CREATE.{stream}.placer-p2.exec.nothing.*.*.*.2",
+                            f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.placer-p3"):
+                await client.nc.publish(subject, b'{"batch": 5}', reply=client.nc.new_inbox())
+                await client.nc.flush()
+                await client.refused(subject)
+        finally:
+            await client.close()
+    ops = running.system.bus
+    assert ops is not None
+    placer = actor_class("placer")
+    for p in range(4):  # every durable is still there, with exactly the placer's filters
+        info = await ops.js.consumer_info(stream, f"placer-p{p}")
+        assert set(info.config.filter_subjects or []) == {subjects.partition_filter(k.kind, p) for k in placer.consumes}
+
+
+async def test_an_actor_writes_only_the_shared_keys_it_declares(running: Running) -> None:
+    controls, intents = running.system.settings.control_bucket, running.system.settings.intent_bucket
+    client = await RawClient().connect(running.system.url, running.system.credentials("pricer"))
+    try:
+        assert client.nc is not None
+        for subject in (f"$KV.{controls}.trading", f"$KV.{controls}.risk", f"$KV.{intents}.intent.I-pre-claimed"):
+            await client.nc.publish(subject, b"{}")
+            await client.nc.flush()
+            await client.refused(subject)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("method", ["create_order", "cancel_order"])
+async def test_only_actors_that_move_money_may_ask_the_venue_to(running: Running, method: str) -> None:
+    for user in ("pricer", "supervisor"):
+        client = await RawClient().connect(running.system.url, running.system.credentials(user))
+        try:
+            assert client.nc is not None
+            subject = f"venue.paper.rpc.{method}"
+            await client.nc.publish(subject, b'{"account": "main", "symbol": "BTC/USDT"}', reply=client.nc.new_inbox())
+            await client.nc.flush()
+            await client.refused(subject)
+        finally:
+            await client.close()
+    assert await running.exchange.fetch_open_orders("BTC/USDT") == []
+
+
+async def test_a_request_whose_reply_subject_is_in_the_log_writes_nothing_there(running: Running) -> None:
+    """Responders answer on their askers' inboxes only: a monitor cannot use an actor's status answer, or the
+    venue's, to put a message into the log."""
+    bus = running.system.bus
+    assert bus is not None
+    before = (await bus.js.stream_info(running.system.settings.stream)).state.messages
+    client = await RawClient().connect(running.system.url, running.system.credentials("monitor"))
+    try:
+        assert client.nc is not None
+        forged = "exec.submit_intent.paper.BTC-USDT.forged-reply"
+        await client.nc.publish("execbus.ctl.pricer.status", b"", reply=forged)
+        await client.nc.publish("$SRV.PING", b"", reply=forged)
+        # An answer that reaches its asker proves the responders are up and answering meanwhile.
+        answer = await client.nc.request("execbus.ctl.pricer.status", b"", timeout=5)
+        assert b"replica" in answer.data
+    finally:
+        await client.close()
+    assert (await bus.js.stream_info(running.system.settings.stream)).state.messages == before
+    assert any("Publish Violation" in line and "forged-reply" in line for line in violations(server_log(running)))
