@@ -19,7 +19,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import PubAck
 
 from bus.acks import AckMux
-from bus.connect import ClientAuth, connect
+from bus.connect import ADMIN_USER, ClientAuth, connect
 from bus.controls import ControlStore
 from bus.settings import BusSettings
 from bus.streams import Buckets, ensure_layout
@@ -57,13 +57,20 @@ class Bus:
         """`url`: one server or a comma-separated list; `auth`: who connects (default: the environment's
         credentials for `role`, see `bus.connect.ClientAuth`)."""
         bus = cls(await connect(url, name=name, auth=auth, role=role), settings or BusSettings.from_env())
-        await bus.setup()
+        try:
+            await bus.setup()
+        except BaseException:  # (e.g. a layout this user may not change): no connection left reconnecting forever
+            await bus.acks.stop()
+            await bus.nc.close()
+            raise
         return bus
 
     async def setup(self) -> Buckets:
         if self._buckets is None:
             await self.acks.start()
-            self._buckets = await ensure_layout(self.js, self.settings)
+            user = self.nc.options.get("user")
+            # Only a user that may publish anywhere probes a stream it created (see `ensure_layout`).
+            self._buckets = await ensure_layout(self.js, self.settings, probe=not user or user == ADMIN_USER)
         return self._buckets
 
     async def controls(self) -> ControlStore:

@@ -20,12 +20,14 @@ import nats
 import structlog
 from nats.aio.client import Client
 
-__all__ = ["connect", "connect_options", "ClientAuth", "CredentialsRefused", "CredentialsMissing", "servers", "default_url", "RECONNECT_WAIT_S",
+__all__ = ["ADMIN_USER", "connect", "connect_options", "ClientAuth", "CredentialsRefused", "CredentialsMissing", "servers", "default_url", "RECONNECT_WAIT_S",
            "ERROR_LOG_INTERVAL_S"]
 
 log = structlog.get_logger("execbus.bus")
 
 RECONNECT_WAIT_S = 0.25
+ADMIN_USER = "ops"
+"""The user that may do anything on a bus with users (bus/ops/auth.py): it creates and changes the layout."""
 PING_INTERVAL_S = 2.0
 MAX_OUTSTANDING_PINGS = 3
 """A server that answers no ping for ~6-8 s is given up for another of the cluster's: one frozen (SIGSTOP, a

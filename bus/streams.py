@@ -62,15 +62,35 @@ def stream_config(settings: BusSettings) -> StreamConfig:
     )
 
 
-async def ensure_layout(js: JetStreamContext, settings: BusSettings) -> Buckets:
-    """Create the stream and buckets if missing; idempotent, so every process may call it at start."""
+class LayoutNeedsOps(RuntimeError):
+    """The layout exists but needs a change (more replicas, per-message TTL) this client's user may not make."""
+
+
+async def _update(js: JetStreamContext, config: StreamConfig) -> None:
+    """`update_stream`, saying what to do when this user may not: on a bus with users only ops may change the
+    layout (the server answers nothing to a request it refuses, so the refusal arrives as a timeout)."""
+    try:
+        await js.update_stream(config)
+    except (nats.errors.TimeoutError, nats.js.errors.APIError) as exc:
+        raise LayoutNeedsOps(
+            f"stream {config.name} needs an update ({exc!r}) that only ops may make on a bus with users: "
+            "start `execbus up` (it connects as ops) or run `nats stream edit` as ops, then this process again"
+        ) from None
+
+
+async def ensure_layout(js: JetStreamContext, settings: BusSettings, *, probe: bool = True) -> Buckets:
+    """Create the stream and buckets if missing; idempotent, so every process may call it at start.
+
+    `probe`: after creating a replicated stream, wait until it takes writes (`_until_writable`). Only for a
+    user that may publish the probe subjects (ops, or a bus without users); others go on at once (a first
+    write that races the new leader is retried like any bus failure)."""
     config = stream_config(settings)
     try:
         info = await js.stream_info(settings.stream)
     except nats.js.errors.NotFoundError:
         await js.add_stream(config)
         log.info("stream_created", stream=settings.stream, partitions=settings.partitions, replicas=settings.replicas)
-        if settings.replicas > 1:
+        if settings.replicas > 1 and probe:
             await _until_writable(js, settings.stream, subjects.subject("layout_probe", "execbus", "PROBE", "layout"))
     else:
         existing = info.config.subject_transform
@@ -83,24 +103,24 @@ async def ensure_layout(js: JetStreamContext, settings: BusSettings) -> Buckets:
             await _rescale(js, info.config, settings.replicas)
     replicas = settings.replicas
     state = await _bucket(
-        js, KeyValueConfig(bucket=settings.state_bucket, history=1, storage=StorageType.FILE, replicas=replicas)
+        js, probe, KeyValueConfig(bucket=settings.state_bucket, history=1, storage=StorageType.FILE, replicas=replicas)
     )
     leases = await _bucket(
-        js,
+        js, probe,
         # File storage: a memory bucket would vanish with a nats-server restart, and with it every lease.
         KeyValueConfig(bucket=settings.lease_bucket, history=1, ttl=settings.lease_ttl_s, storage=StorageType.FILE,
                        replicas=replicas),
     )
     intents = await _bucket(
-        js, KeyValueConfig(bucket=settings.intent_bucket, history=1, storage=StorageType.FILE, replicas=replicas)
+        js, probe, KeyValueConfig(bucket=settings.intent_bucket, history=1, storage=StorageType.FILE, replicas=replicas)
     )
     controls = await _bucket(
-        js, KeyValueConfig(bucket=settings.control_bucket, history=1, storage=StorageType.FILE, replicas=replicas)
+        js, probe, KeyValueConfig(bucket=settings.control_bucket, history=1, storage=StorageType.FILE, replicas=replicas)
     )
     return Buckets(state, leases, intents, controls)
 
 
-async def _bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+async def _bucket(js: JetStreamContext, probe: bool, config: KeyValueConfig) -> KeyValue:
     try:
         kv = await js.key_value(config.bucket)
     except nats.js.errors.BucketNotFoundError:
@@ -109,7 +129,7 @@ async def _bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
         except nats.js.errors.BadRequestError:
             kv = await js.key_value(config.bucket)  # another process created it first
         else:
-            if config.replicas > 1:
+            if config.replicas > 1 and probe:
                 await _until_writable(js, f"KV_{config.bucket}", f"$KV.{config.bucket}._layout_probe")
             return kv
     await _align_bucket(js, config.bucket, config.replicas)
@@ -149,7 +169,7 @@ async def _align_bucket(js: JetStreamContext, bucket: str, replicas: int | None)
     if replicas is not None and (config.num_replicas or 1) < replicas:
         await _rescale(js, config, replicas, bucket=bucket)  # (the same update turns the TTL on)
     elif ttl_added:
-        await js.update_stream(config)
+        await _update(js, config)
 
 
 async def _allow_message_ttl(js: JetStreamContext, bucket: str) -> None:
@@ -169,5 +189,5 @@ async def _rescale(js: JetStreamContext, config: StreamConfig, replicas: int, **
         log.info("stream_keeps_replicas", stream=config.name, replicas=was, configured=replicas, **context)
         return
     config.num_replicas = replicas
-    await js.update_stream(config)
+    await _update(js, config)
     log.warning("stream_rescaled", stream=config.name, replicas=replicas, was=was, **context)

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bus.connect import ClientAuth, inbox_prefix
+from bus.connect import ADMIN_USER, ClientAuth, inbox_prefix
 from bus.ops.actors import ACTORS, USES_VENUES, actor_class
 from bus.settings import BusSettings
 from messages import CancelIntent, SubmitIntent, subjects
@@ -54,7 +54,7 @@ __all__ = [
 VENUE_USER = "venue"
 UPSTREAM_USER = "upstream"
 MONITOR_USER = "monitor"
-OPS_USER = "ops"
+OPS_USER = ADMIN_USER
 
 
 
@@ -98,6 +98,7 @@ class AuthDir:
         if not password:
             password = secrets.token_urlsafe(32)
             write_private(file, password + "\n")
+        file.chmod(0o600)
         return password
 
     def auth(self, user: str, ca_file: str | None = None) -> ClientAuth:
@@ -263,13 +264,19 @@ def authorization_block(entries: list[tuple[User, str]]) -> str:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Create (or replace) a file only its owner can read, without a moment where it is readable by others."""
+    """Create (or replace) a file only its owner can read, without a moment where it is readable by others: a
+    fresh temporary name (O_EXCL, so a leftover file of another mode is never reused), then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # (the umask cannot widen it, but say so)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def cluster_block(
@@ -297,6 +304,9 @@ def write_auth_dir(path: str | os.PathLike[str], settings: BusSettings | None = 
     """Write `auth.conf` and a password file per user under `path`; a user's existing password is kept."""
     auth = AuthDir(Path(path), users(settings))
     auth.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    auth.path.chmod(0o700)  # (kept files and folders too: whatever made them, only the owner reads them)
+    (auth.path / "users").mkdir(exist_ok=True, mode=0o700)
+    (auth.path / "users").chmod(0o700)
     entries: list[tuple[User, str]] = []
     for user in auth.users:
         file = auth.password_file(user.name)
@@ -304,6 +314,7 @@ def write_auth_dir(path: str | os.PathLike[str], settings: BusSettings | None = 
         if not password:
             password = secrets.token_urlsafe(32)
             write_private(file, password + "\n")
+        file.chmod(0o600)
         entries.append((user, password))
     write_private(auth.config, authorization_block(entries))
     return auth

@@ -404,6 +404,10 @@ async def _up(args: argparse.Namespace) -> int:
     if bool(args.tls_ca) != bool(args.tls_ca_key):
         print("execbus up: --tls-ca and --tls-ca-key go together", file=sys.stderr)
         return EXIT_USAGE
+    if args.nats and (args.tls or args.tls_ca or args.cluster > 1):
+        print("execbus up: --tls and --cluster make the embedded servers; joining --nats, trust its CA with "
+              "EXECBUS_NATS_CA", file=sys.stderr)
+        return EXIT_USAGE
     # Joining a server: its users are someone else's, and ours come from the environment (EXECBUS_AUTH_DIR).
     auth_dir = None if args.no_auth else (os.environ.get("EXECBUS_AUTH_DIR") if args.nats else os.path.join(store, "auth"))
     tls_dir = os.path.join(auth_dir or store, "tls") if args.tls or args.tls_ca else None

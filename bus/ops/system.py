@@ -106,9 +106,11 @@ class System:
             settings = msgspec.structs.replace(settings, replicas=min(3, config.cluster))
         self.settings = settings
         if config.auth_dir:
-            from bus.ops.auth import write_auth_dir
+            from bus.ops.auth import AuthDir, users, write_auth_dir
 
-            self.auth = write_auth_dir(config.auth_dir, settings)
+            # Joining a server: its users are whatever its config says, so read ours and write nothing.
+            self.auth = AuthDir(Path(config.auth_dir), users(settings)) if config.nats_url else write_auth_dir(
+                config.auth_dir, settings)
         if config.tls_dir:
             from bus import tls
 
