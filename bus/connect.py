@@ -130,6 +130,9 @@ def connect_options(url: str, auth: ClientAuth | None = None, *, role: str | Non
     context = auth.tls_context()
     if context is not None:
         options["tls"] = context
+        # TLS before anything else: a server (or someone in between) that does not ask for TLS never gets the
+        # credentials in plain text. `EXECBUS_NATS_TLS_FIRST=0` for servers configured without handshake_first.
+        options["tls_handshake_first"] = os.environ.get("EXECBUS_NATS_TLS_FIRST", "1") != "0"
     return options
 
 

@@ -110,6 +110,9 @@ def server_block(files: TlsFiles, *, verify_clients: bool = False) -> str:
     """The top-level `tls { }` of a nats-server config: clients must speak TLS. With `verify_clients`, they
     must also present a certificate signed by the CA (`EXECBUS_NATS_CERT` / `EXECBUS_NATS_KEY`)."""
     lines = _tls_lines(files)
+    # Our clients start TLS before the server says anything (`bus.connect`: so a fake plain-text server never
+    # hears a password); a client that waits for the server's INFO first still gets it after this long.
+    lines.append(f"  handshake_first: {HANDSHAKE_FIRST_FALLBACK}")
     if verify_clients:
         lines.append("  verify: true")
     return "tls {\n" + "\n".join(lines) + "\n}\n"
@@ -357,6 +360,9 @@ def _lasts(cert: x509.Certificate, days: int) -> bool:
     now = _now()
     margin = min(RENEW_BEFORE, dt.timedelta(days=days) / 2)
     return cert.not_valid_before_utc <= now and cert.not_valid_after_utc - now > margin
+
+
+HANDSHAKE_FIRST_FALLBACK = "300ms"
 
 
 def _tls_lines(files: TlsFiles) -> list[str]:

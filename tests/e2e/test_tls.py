@@ -188,3 +188,37 @@ async def test_cluster_routes_speak_tls_and_refuse_a_node_of_another_ca(tmp_path
     assert "Route connection created" in second_log
     assert "certificate signed by unknown authority" in foreign_log
     assert "Route connection created" not in foreign_log
+
+
+async def test_a_client_trusting_a_ca_never_sends_its_password_to_a_server_that_does_not_ask_for_tls(
+    files: TlsFiles,
+) -> None:
+    """A fake (or downgraded) server that offers plain text: our client starts TLS first, so the server hears a
+    TLS ClientHello and nothing else — never the CONNECT with the password."""
+    heard = bytearray()
+    info = json.dumps({"server_id": "fake", "version": "2.15.1", "proto": 1, "max_payload": 1048576,
+                       "auth_required": True}).encode()
+
+    async def fake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"INFO " + info + b"\r\n")
+        await writer.drain()
+        try:
+            while chunk := await asyncio.wait_for(reader.read(4096), 3):
+                heard.extend(chunk)
+        except (TimeoutError, ConnectionError):
+            pass
+        writer.close()
+
+    fake_server = await asyncio.start_server(fake, "127.0.0.1", 0)
+    port = fake_server.sockets[0].getsockname()[1]
+    try:
+        auth = ClientAuth(user="ops", password="S3CRET-never-in-clear", ca_file=str(files.ca_cert))
+        with pytest.raises((TimeoutError, asyncio.TimeoutError)):
+            await asyncio.wait_for(connect(f"nats://127.0.0.1:{port}", auth=auth), 4)
+        await wait_until(lambda: len(heard) > 0, timeout=5)
+    finally:
+        fake_server.close()
+        await fake_server.wait_closed()
+
+    assert b"S3CRET" not in heard and b"CONNECT" not in heard
+    assert heard[:1] == b"\x16", f"the client spoke first, and not TLS: {bytes(heard[:40])!r}"  # a TLS handshake record
