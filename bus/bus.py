@@ -71,7 +71,18 @@ class Bus:
             user = self.nc.options.get("user")
             # Only a user that may publish anywhere probes a stream it created (see `ensure_layout`).
             self._buckets = await ensure_layout(self.js, self.settings, probe=not user or user == ADMIN_USER)
+            await self._lease_ttl_of_the_bucket()
         return self._buckets
+
+    async def _lease_ttl_of_the_bucket(self) -> None:
+        """The lease bucket's key lifetime is the lease TTL every replica must use: one that trusted its lease
+        for 80 % of a longer TTL than the bucket keeps the key would share its partition with the next owner.
+        Whoever created the bucket set it; a process configured otherwise follows the bucket, saying so."""
+        info = await self.js.stream_info(f"KV_{self.settings.lease_bucket}")
+        kept = info.config.max_age or 0.0
+        if kept and abs(kept - self.settings.lease_ttl_s) > 1e-3:
+            log.warning("lease_ttl_from_bucket", configured_s=self.settings.lease_ttl_s, bucket_s=kept)
+            self.settings = msgspec.structs.replace(self.settings, lease_ttl_s=kept)
 
     async def controls(self) -> ControlStore:
         """The controls bucket's store (trading states, risk limits, ...), watching from the first call on."""
