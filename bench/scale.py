@@ -16,12 +16,18 @@ The reconciler polls every open order as a safety net behind the venue's event s
 this benchmark runs it at `--poll-interval 60` (167/s) by default. `--poll-interval 2` measures the default
 (see bench/README.md for what happens). Intents are submitted with at most `--window` not yet placed (as
 fast as the system accepts them); `--window 0` publishes all of them at once.
+
+nats-server memory trials (bench/server_memory.py): `--server-memory` records, at each phase, the server's
+RSS, Go heap (MemStats and the heap profile by allocation site) and per-stream msgs/subjects/consumers;
+`--nats-env GOMEMLIMIT=96MiB`, `--nats-config TEXT` and `--duplicate-window S` change the server or the EXEC
+stream for one run; `--label` names the result file so a trial does not overwrite `scale.json`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from decimal import Decimal
 from typing import Any
@@ -52,6 +58,16 @@ def _args(quick: bool, argv: list[str]) -> argparse.Namespace:
     p.add_argument("--venue-history", type=int, default=VENUE_HISTORY,
                    help="trades/closed orders the paper venue keeps per account (its own default: 100000)")
     p.add_argument("--timeout", type=float, default=120.0 if quick else 240.0, help="give up accepting/draining")
+    # nats-server memory trials (bench/server_memory.py); none of them changes the default run.
+    p.add_argument("--server-memory", action="store_true",
+                   help="record where nats-server's memory goes (/varz, /jsz, Go heap profile) at each phase")
+    p.add_argument("--nats-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment of the nats-server child only, e.g. GOMEMLIMIT=64MiB or GOGC=50 (repeatable)")
+    p.add_argument("--nats-config", action="append", default=[], metavar="TEXT",
+                   help="extra nats-server config text, e.g. 'jetstream { max_memory_store: 64MB }' (repeatable)")
+    p.add_argument("--duplicate-window", type=float, default=None, metavar="S",
+                   help="EXEC stream duplicate_window_s for this run (EXECBUS_DUPLICATE_WINDOW_S, workers too)")
+    p.add_argument("--label", default="", help="appended to the result's variant (a trial's name)")
     return p.parse_args(argv)
 
 
@@ -170,10 +186,31 @@ async def _drain(cluster: Cluster, watch: Watch, mover: Any, ids: list[str], pri
     }
 
 
+def _cluster(args: argparse.Namespace) -> Cluster:
+    """The run's cluster; with a memory trial's options, its nats-server is a `MonitoredNats`."""
+    if args.duplicate_window is not None:  # read by BusSettings.from_env here and in the worker processes
+        os.environ["EXECBUS_DUPLICATE_WINDOW_S"] = str(args.duplicate_window)
+    cluster = Cluster()
+    if args.server_memory or args.nats_env or args.nats_config:
+        from bench.server_memory import MonitoredNats
+
+        env = dict(kv.split("=", 1) for kv in args.nats_env)
+        cluster.server = MonitoredNats.make(cluster.dir / "nats", env=env, config="\n".join(args.nats_config),
+                                            profile=args.server_memory)
+    return cluster
+
+
+async def _server_snapshot(cluster: Cluster, args: argparse.Namespace, phase: str,
+                           into: dict[str, Any]) -> None:
+    if args.server_memory:
+        into[phase] = await cluster.server.snapshot()  # type: ignore[attr-defined]
+
+
 async def run(quick: bool, argv: list[str]) -> BenchResult:
     args = _args(quick, argv)
     options: dict[str, Any] = {"pricer": {"max_age_s": 3600.0}, "reconciler": {"poll_interval_s": args.poll_interval}}
-    async with Cluster() as cluster:
+    server_memory: dict[str, Any] = {}
+    async with _cluster(args) as cluster:
         await cluster.spawn("sys", actors="all", venue="stepped", options=options, history=args.venue_history)
         await cluster.wait_partitions()
         assert cluster.bus is not None
@@ -184,6 +221,7 @@ async def run(quick: bool, argv: list[str]) -> BenchResult:
         await _warm(cluster, watch, control)
         await _idle(cluster, "sys", settle=2.0)
         base = _mem(cluster)
+        await _server_snapshot(cluster, args, "baseline", server_memory)
         progress(f"scale: baseline {base}; accepting {args.n}")
         accept = await _accept(cluster, watch, args.n, args.window, args.timeout)
         progress(f"scale: accepted in {accept['accept_all_s']} s")
@@ -197,20 +235,57 @@ async def run(quick: bool, argv: list[str]) -> BenchResult:
                     for k in cpu_idle if k in cpu_open}
         status_open["idle_reached"] = all(s["intents_in_flight"] == 0 for s in status_open["actors"].values())
         profile = await _profile_open(cluster, 5.0)
+        await _server_snapshot(cluster, args, "open", server_memory)
         # Thousands of open orders make a reply of several MB: the venue splits it (venues/chunks.py).
         venue_open = len(await control.fetch_open_orders(SYMBOL))
         progress(f"scale: open {open_mem}; draining")
         drain = await _drain(cluster, watch, mover, accept.pop("ids"), accept["resting_prices"], args.timeout)
         await _idle(cluster, "sys", settle=2.0, timeout=60)
         after = _mem(cluster)
+        await _server_snapshot(cluster, args, "after_drain", server_memory)
     result = _result(args, base, accept, open_mem, status_open, idle_cpu, venue_open, drain, after)
     result.results["worker_log_warnings"] = cluster.log_summary
     result.results["worker_log_errors"] = cluster.log_examples[:6]
     result.results["profile_while_open"] = profile
+    if args.nats_env or args.nats_config or args.duplicate_window is not None:
+        result.params["nats_server_trial"] = {"env": args.nats_env, "config": args.nats_config,
+                                              "duplicate_window_s": args.duplicate_window}
+    if server_memory:
+        result.results["nats_server_memory"] = server_memory
+        result.tables.append(_server_table(server_memory))
+    if args.label:
+        result.variant = "-".join(v for v in (result.variant, args.label) if v)
     result.tables.append(Table("CPU of the actors + venue process while all are open (cProfile, 5 s): own time by "
                                f"area ({profile['busy_s']} s busy)", ["area", "own s", "share"],
                                [[a["area"], a["own_s"], a["share_of_busy"]] for a in profile["by_area"][:8]]))
     return result
+
+
+def _server_table(snaps: dict[str, Any]) -> Table:
+    """nats-server's memory by phase: RSS, Go heap, and the heap's largest allocation sites while open."""
+    phases = list(snaps)
+
+    def row(name: str, get: Any) -> list[Any]:
+        return [name] + [get(snaps[p]) for p in phases]
+
+    open_heap = snaps.get("open", snaps[phases[-1]]).get("heap", {})
+    rows = [
+        row("RSS, MB", lambda s: s["rss"].get("rss_mb")),
+        row("Go HeapInuse, MB", lambda s: s.get("heap", {}).get("memstats_mb", {}).get("HeapInuse")),
+        row("Go HeapIdle - HeapReleased (held, unused), MB", lambda s: round(
+            s.get("heap", {}).get("memstats_mb", {}).get("HeapIdle", 0)
+            - s.get("heap", {}).get("memstats_mb", {}).get("HeapReleased", 0), 1)),
+        row("Go Sys, MB", lambda s: s.get("heap", {}).get("memstats_mb", {}).get("Sys")),
+    ]
+    for st in snaps[phases[-1]].get("streams", []):
+        name = st["stream"]
+
+        def pick(s: dict[str, Any], name: str = name) -> str:
+            x = next((t for t in s.get("streams", []) if t["stream"] == name), None)
+            return f"{x['msgs']} msgs / {x['num_subjects']} subj / {x['bytes_mb']} MB" if x else ""
+        rows.append(row(f"stream {name}", pick))
+    rows += [[f"heap (open): {site}", mb] + [""] * (len(phases) - 1) for site, mb in open_heap.get("by_site", [])[:10]]
+    return Table("nats-server memory by phase (bench/server_memory.py)", ["measure"] + phases, rows)
 
 
 def _result(args: argparse.Namespace, base: dict[str, float], accept: dict[str, Any], open_mem: dict[str, float],
