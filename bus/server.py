@@ -26,6 +26,8 @@ from pathlib import Path
 
 import structlog
 
+from bus.files import write_private
+
 __all__ = ["EmbeddedNats", "NatsServerNotFound", "find_nats_server"]
 
 log = structlog.get_logger("execbus.bus.server")
@@ -163,7 +165,7 @@ class EmbeddedNats:
             cmd += ["-m", str(self.http_port)]
         if self.config_text is not None:
             config_path = self.store_dir / "nats-server.conf"
-            _write_private(config_path, self.config_text)
+            write_private(config_path, self.config_text)
             cmd += ["-c", str(config_path)]
         elif self.config_file:
             cmd += ["-c", self.config_file]
@@ -251,14 +253,6 @@ class EmbeddedNats:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
         self.cleanup()
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Written readable by its owner only (0600, also when it existed): a config may hold passwords."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 _PR_SET_PDEATHSIG = 1

@@ -40,6 +40,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes as PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bus.files import write_atomic
+
 __all__ = ["TlsFiles", "DEFAULT_HOSTS", "generate", "ensure", "server_block", "cluster_block", "client_context",
            "conf_string"]
 
@@ -224,8 +226,8 @@ def _new_ca(folder: Path, days: int) -> _Ca:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write(folder / CA_KEY, _key_pem(key), secret=True)
-    _write(folder / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(folder / CA_KEY, _key_pem(key), secret=True)
+    write_atomic(folder / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
     return _Ca(cert, key, folder / CA_CERT, folder / CA_KEY)
 
 
@@ -262,8 +264,8 @@ def _issue_server_cert(folder: Path, ca: _Ca, hosts: list[str], days: int) -> No
     )
     # Two renames, so a reader between them sees a new key beside the old certificate: the directory lock keeps
     # out `ensure`/`generate`, and nats-server reads the files only when it starts (or reloads).
-    _write(folder / SERVER_KEY, _key_pem(key), secret=True)
-    _write(folder / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(folder / SERVER_KEY, _key_pem(key), secret=True)
+    write_atomic(folder / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _server_cert_good(folder: Path, ca: _Ca, hosts: list[str], days: int) -> bool:
@@ -388,21 +390,6 @@ def _folder(directory: str | os.PathLike[str]) -> Path:
     folder = Path(directory).absolute()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds the CA's key
     return folder
-
-
-def _write(path: Path, data: bytes, *, secret: bool = False) -> None:
-    """Write `path` whole or not at all; a secret is created 0600 (umask can only narrow it further)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @contextmanager

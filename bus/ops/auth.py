@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bus.connect import ADMIN_USER, ClientAuth, inbox_prefix
+from bus.files import write_private
 from bus.ops.actors import ACTORS, USES_VENUES, actor_class
 from bus.settings import BusSettings
 from messages import CancelIntent, SubmitIntent, subjects
@@ -261,22 +262,6 @@ def authorization_block(entries: list[tuple[User, str]]) -> str:
         lines.append("    }")
     lines += ["  ]", "}", ""]
     return "\n".join(lines)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Create (or replace) a file only its owner can read, without a moment where it is readable by others: a
-    fresh temporary name (O_EXCL, so a leftover file of another mode is never reused), then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # (the umask cannot widen it, but say so)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def cluster_block(
