@@ -216,7 +216,9 @@ class System:
             config_file = store / "execbus-server.conf"
             store.mkdir(parents=True, exist_ok=True)
             write_private(config_file, extra)
-        self.server = EmbeddedNats(store_dir=store, port=config.port, config_file=str(config_file) if config_file else None)
+        # A system killed outright (SIGKILL) takes its server along: never a server left holding the port.
+        self.server = EmbeddedNats(store_dir=store, port=config.port, config_file=str(config_file) if config_file else None,
+                                   die_with_parent=True)
         await self.server.start()
         self.url = self.server.url
 

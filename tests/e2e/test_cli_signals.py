@@ -18,7 +18,9 @@ from pathlib import Path
 import nats
 import pytest
 
+from bus.connect import connect
 from bus.ops import cli
+from bus.ops.auth import AuthDir
 from bus.server import EmbeddedNats
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,7 +188,8 @@ async def test_up_passes_the_profile_to_its_paper_venue(tmp_path: Path) -> None:
     try:
         line = await _line_with(proc.stdout, "execbus up: NATS at")
         url = line.split("NATS at ")[1].split()[0]
-        nc = await nats.connect(url)
+        # (users on the bus by default: the operator's credentials are in the store's auth dir)
+        nc = await connect(url, auth=AuthDir(tmp_path / "store" / "auth").auth("ops"))
         try:
             reply = await nc.request("venue.paper.ctl.stats", json.dumps({"account": "t"}).encode(), timeout=10)
         finally:
