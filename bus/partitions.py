@@ -149,15 +149,23 @@ class PartitionLeases:
     async def _round(self) -> None:
         await self._kv.put(self._member_key(self._replica), self._replica.encode())
         self.members = await self._live_members()
+        renewals: list[int] = []
         for partition in range(self._partitions):
             owner = rendezvous_owner(partition, self.members)
             if partition in self._held:
                 if owner != self._replica:
                     await self._release(partition)
                 else:
-                    await self._renew(partition)
+                    renewals.append(partition)
             elif owner == self._replica:
                 await self._try_acquire(partition)
+        # Renewed together, not one after another: on a loaded event loop each await costs a turn of the loop,
+        # and a round of eight renewals in a row could outlast the trust window (`valid` false, steps skipped)
+        # although every renewal succeeded. Each renewal's outcome is its own; a failure is raised after all.
+        outcomes = await asyncio.gather(*(self._renew(p) for p in renewals), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _live_members(self) -> list[str]:
         prefix = f"member.{self._actor}."

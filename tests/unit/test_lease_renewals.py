@@ -1,0 +1,90 @@
+"""A round renews every held lease at once: one after another, a loaded event loop's turns add up, and the
+round can outlast the trust window although every renewal succeeds (steps skipped for a lapsed lease)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import nats.js.errors
+
+from bus.partitions import PartitionLeases
+from tests.helpers import wait_until
+
+
+class SlowKV:
+    """A lease bucket whose compare-and-set updates wait at a gate, counting how many wait together."""
+
+    _name = "leases"
+
+    def __init__(self, lost: frozenset[str] = frozenset()) -> None:
+        self.gate = asyncio.Event()
+        self.waiting = 0
+        self.lost = lost
+
+    async def put(self, key: str, value: bytes) -> int:
+        return 1
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        self.waiting += 1
+        await self.gate.wait()
+        if key in self.lost:
+            raise nats.js.errors.KeyWrongLastSequenceError
+        return last + 1
+
+
+def _leases(kv: SlowKV, released: list[int]) -> PartitionLeases:
+    async def acquired(partition: int) -> None: ...
+
+    async def gone(partition: int) -> None:
+        released.append(partition)
+
+    leases = PartitionLeases(None, kv, "placer", "r1", 8, 10.0, acquired, gone)  # type: ignore[arg-type]
+
+    async def only_us() -> list[str]:
+        return ["r1"]
+
+    leases._live_members = only_us  # type: ignore[method-assign]
+    for p in range(8):
+        leases._held[p] = 1
+        leases._epochs[p] = 1
+    return leases
+
+
+async def test_every_held_lease_is_renewed_in_the_same_turn_and_each_outcome_is_its_own() -> None:
+    kv = SlowKV(lost=frozenset({"lease.placer.3"}))
+    released: list[int] = []
+    leases = _leases(kv, released)
+    round_ = asyncio.create_task(leases._round())
+
+    await wait_until(lambda: kv.waiting == 8)  # all eight in flight before any is answered
+    kv.gate.set()
+    await round_
+
+    assert released == [3]  # the one someone else took is handed back ...
+    assert leases.held == [0, 1, 2, 4, 5, 6, 7] and all(leases.valid(p) for p in leases.held)  # ... the rest renewed
+    assert not leases.valid(3)
+
+
+async def test_a_renewal_failing_on_the_bus_fails_the_round_after_the_others_are_done() -> None:
+    kv = SlowKV()
+    original = kv.update
+
+    async def update(key: str, value: bytes, last: int) -> int:
+        if key == "lease.placer.5":
+            raise TimeoutError("nats: timeout")
+        return await original(key, value, last)
+
+    kv.update = update  # type: ignore[method-assign]
+    leases = _leases(kv, [])
+    round_ = asyncio.create_task(leases._round())
+    await wait_until(lambda: kv.waiting == 7)
+    kv.gate.set()
+
+    try:
+        await round_
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("the round did not say a renewal failed")
+    assert all(leases.valid(p) for p in range(8) if p != 5)
