@@ -129,6 +129,8 @@ class ClusterRun:
     t0: float = field(default_factory=time.monotonic)
     timeline: list[str] = field(default_factory=list)
     pinned_buses: list[Bus] = field(default_factory=list)
+    venue_cut_off: bool = False
+    """The paper venue's service, or an actor's client of it, was on a server the test faulted."""
 
     async def pinned(self, node: int) -> Bus:
         """An upstream connection to `node` alone: what a test submits and looks through while another server
@@ -143,14 +145,21 @@ class ClusterRun:
         self.timeline.append(f"{now - self.t0:7.2f}s  {event}")
         return now
 
+    def _note_venue_cut_off(self, clients: list[str]) -> None:
+        # The paper venue is served over NATS: its service's (or an actor's venue client's) connection on the
+        # faulted server is, to the actors, a venue outage until it reconnects (~6-8 s, the ping).
+        self.venue_cut_off |= any(c.startswith("execbus-paper") for c in clients)
+
     async def kill(self, i: int) -> None:
         clients = await self.cluster.clients(i)
+        self._note_venue_cut_off(clients)
         self.cluster.kill(i)
         self.mark(f"SIGKILL n{i + 1}, failing over {', '.join(clients) or 'no client'}")
 
     async def pause(self, i: int) -> float:
         """SIGSTOP node `i`; when it happened (monotonic)."""
         clients = await self.cluster.clients(i)
+        self._note_venue_cut_off(clients)
         self.cluster.pause(i)
         return self.mark(f"SIGSTOP n{i + 1}, cutting off {', '.join(clients) or 'no client'}")
 
@@ -309,9 +318,14 @@ class ClusterRun:
             assert traded == sum((traded_by_order[str(o["orderId"])] for o in orders), Decimal(0))
             assert not [o for o in orders if str(o["status"]).lower() in ("open", "new", "partially_filled")], (
                 f"{iid}: orders left open: {[_order_line(o) for o in orders]}")
-            # An execution the infrastructure broke reports `failed`; a market order this small always fills.
-            assert report.status != "failed", f"{iid} failed: {report.reason!r}"
-            assert intent.strategy != "market" or report.status == "filled", f"{iid}: {report.status} {report.reason!r}"
+            # An execution the infrastructure broke reports `failed`; a market order this small always fills —
+            # unless the venue itself was away for the whole of a 3-4 s budget: its connection was on the
+            # faulted server. That is a venue outage, reported as one, never a bus failure.
+            venue_outage = (report.status == "failed" and self.venue_cut_off
+                            and "unavailable for the whole budget" in (report.reason or ""))
+            assert report.status != "failed" or venue_outage, f"{iid} failed: {report.reason!r}"
+            assert intent.strategy != "market" or report.status == "filled" or venue_outage, (
+                f"{iid}: {report.status} {report.reason!r}")
             statuses[iid] = report.status
         self.mark(f"invariants hold for {len(intents)} intents: "
                   + ", ".join(f"{k}={v}" for k, v in sorted(Counter(statuses.values()).items())))
