@@ -6,7 +6,8 @@ every ack timed, stalls located and matched against what the server does on disk
 Each variant runs on its own fresh `nats-server` (own store directory), in turn, `--rounds` times, so machine
 noise falls on every variant alike. The load mimics the EXEC log: `--rate` messages/s of `--size` bytes, in
 groups of `--per-intent` messages that share one intent id (`exec.<kind>.paper.BTC-USDT.<intent>`, stored as
-`....<intent>.<partition>` through the same partition transform), each with a unique `Nats-Msg-Id`. Every
+`....<partition>.<intent>` through the same partition transform as EXEC; the variant `partition_last` is the
+shape streams had before, `....<intent>.<partition>`), each with a unique `Nats-Msg-Id`. Every
 publish carries its own reply subject; the ack latency is reply time - send time. A stall is a run of acks
 slower than `--threshold-ms` (acks within 100 ms of each other are one stall). While the load runs, the
 store directory is watched every 10 ms: a new `N.blk` file (a block rollover) and a rewritten `index.db`
@@ -37,19 +38,18 @@ from messages import subjects
 
 __all__ = ["VARIANTS", "run"]
 
-ACTOR_KINDS = {
-    "supervisor": ("submit_intent", "price_quoted", "order_placed", "order_finalized", "place_order"),
-    "tracker": ("intent_accepted", "price_quoted", "place_order", "order_placed", "order_filled", "order_finalized",
-                "strategy_finished"),
-    "placer": ("intent_accepted", "place_order", "order_finalized", "strategy_finished"),
-    "pricer": ("price_requested",),
-    "reconciler": ("place_order", "order_placed"),
-}
-"""The kinds each actor's consumers take (actors/*.py `consumes`, of the kinds below): one durable pull
-consumer per actor and partition, filters `exec.<kind>.*.*.*.<partition>`, as bus/runtime.py makes them."""
-
 KINDS = ("submit_intent", "intent_accepted", "price_requested", "price_quoted", "place_order", "order_placed",
          "order_filled", "order_finalized", "strategy_finished", "execution_completed")
+
+
+def _actor_kinds() -> dict[str, tuple[str, ...]]:
+    """The kinds each actor's consumers take (its `consumes`, of KINDS): one durable pull consumer per actor
+    and partition, filtered as bus/runtime.py filters them."""
+    from bus.ops.actors import ACTORS, actor_class
+
+    out = {name: tuple(t.kind for t in actor_class(name).consumes if t.kind in KINDS) for name in ACTORS}
+    return {name: kinds for name, kinds in out.items() if kinds}
+
 
 # What a variant changes relative to `base` (EXEC as bus/streams.py makes it):
 #   stream: StreamConfig fields; server: text for the server's `jetstream {}` block;
@@ -71,6 +71,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_consumers": {"consumers": False},
     "single_filter": {"filters": "partition"},
     "partition_first": {"layout": "partition_first"},
+    "partition_last": {"layout": "partition_last"},
     "no_intent_in_subject": {"layout": "no_intent"},
 }
 
@@ -141,10 +142,9 @@ class Server:
 
 def stream_config(variant: dict[str, Any], partitions: int = 8) -> StreamConfig:
     """EXEC as `bus.streams.stream_config` builds it, with the variant's changes."""
-    src, dest = subjects.partition_transform(partitions)
-    if variant.get("layout") == "partition_first":  # exec.kind.venue.symbol.<partition>.<intent>
-        dest = "exec.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}.{{partition(%d,4)}}.{{wildcard(4)}}" % partitions
-    elif variant.get("layout") == "no_intent":  # exec.kind.venue.symbol.<partition>: intent id only in the body
+    layout = variant.get("layout")
+    src, dest = subjects.partition_transform(partitions, layout if layout in subjects.SHAPES else subjects.CURRENT_SHAPE)
+    if layout == "no_intent":  # exec.kind.venue.symbol.<partition>: intent id only in the body
         dest = "exec.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}.{{partition(%d,4)}}" % partitions
     fields: dict[str, Any] = dict(
         name="EXEC", subjects=[subjects.STREAM_SUBJECTS], subject_transform=SubjectTransform(src=src, dest=dest),
@@ -199,11 +199,9 @@ class StoreWatch:
 
 def _filter(variant: dict[str, Any], kind: str, partition: int) -> str:
     layout = variant.get("layout")
-    if layout == "partition_first":
-        return f"exec.{kind}.*.*.{partition}.*"
     if layout == "no_intent":
         return f"exec.{kind}.*.*.{partition}"
-    return subjects.partition_filter(kind, partition)
+    return subjects.partition_filter(kind, partition, layout if layout in subjects.SHAPES else subjects.CURRENT_SHAPE)
 
 
 async def prefill(nc: Any, n: int, tag: str) -> None:
@@ -248,7 +246,7 @@ class Consumers:
 
         js = self.nc.jetstream()
         self._pulls: list[tuple[str, str]] = []
-        for actor, kinds in ACTOR_KINDS.items():
+        for actor, kinds in _actor_kinds().items():
             for p in range(self.partitions):
                 durable = f"{actor}-p{p}"
                 if self.variant.get("filters") == "partition":

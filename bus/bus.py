@@ -92,6 +92,11 @@ class Bus:
         return self._controls
 
     @property
+    def shape(self) -> subjects.Shape:
+        """The `EXEC` stream's shape (where it stores the partition token), known after `setup`."""
+        return self._buckets.shape if self._buckets is not None else subjects.CURRENT_SHAPE
+
+    @property
     def buckets(self) -> Buckets:
         assert self._buckets is not None, "call setup() first"
         return self._buckets

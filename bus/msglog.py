@@ -66,22 +66,24 @@ class LogRecord:
         return cls(int(obj.get("seq", 0)), obj["subject"], int(obj["time_ns"]), raw, dict(obj.get("headers") or {}))
 
 
-def _live(stored: str) -> str:
+def _live(stored: str, shape: subjects.Shape) -> str:
     if stored.startswith(IMPORT_PREFIX):
-        stored = stored[len(IMPORT_PREFIX):]
-    tokens = stored.split(".")
-    if len(tokens) == 6 and tokens[0] == subjects.PREFIX:
-        return ".".join(tokens[:5])
-    return stored
+        return stored[len(IMPORT_PREFIX):]
+    return subjects.live_of(stored, shape)
 
 
-def _stored_filter(live_filter: str, stream: str) -> str:
-    """A live-subject filter as the stream stores it: `EXEC` appends the partition token, imports keep the
-    live subject behind the `import.` prefix."""
+def _stored_filter(live_filter: str, stream: str, shape: subjects.Shape) -> str:
+    """A live-subject filter as the stream stores it: `EXEC` adds the partition token where its shape puts
+    it, imports keep the live subject behind the `import.` prefix."""
     if stream == IMPORT_STREAM:
         return IMPORT_PREFIX + live_filter
-    tokens = live_filter.split(".")
-    return live_filter + ".*" if len(tokens) == 5 and tokens[-1] != ">" else live_filter
+    return subjects.stored_filter(live_filter, shape)
+
+
+def _shape(info: Any) -> subjects.Shape:
+    """The shape of the stream `info` describes (an import, with no transform, stores live subjects)."""
+    transform = info.config.subject_transform
+    return subjects.shape_of(transform.dest if transform is not None else None) or subjects.CURRENT_SHAPE
 
 
 async def read_stream(
@@ -101,13 +103,13 @@ async def read_stream(
     """
     stream = stream or bus.settings.stream
     try:
-        await bus.js.stream_info(stream)
+        shape = _shape(await bus.js.stream_info(stream))
     except nats.js.errors.NotFoundError:
         return
     info = await bus.js.add_consumer(
         stream,
         ConsumerConfig(
-            filter_subject=_stored_filter(live_filter, stream),
+            filter_subject=_stored_filter(live_filter, stream, shape),
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.BY_START_TIME if since_ns else DeliverPolicy.ALL,
             opt_start_time=_rfc3339(since_ns) if since_ns else None,
@@ -152,7 +154,7 @@ async def read_stream(
                 time_ns = int(logged_at) if logged_at else stamp
                 if until_ns is not None and time_ns > until_ns:
                     return
-                yield LogRecord(seq, _live(msg.subject), time_ns, msg.data, headers)
+                yield LogRecord(seq, _live(msg.subject, shape), time_ns, msg.data, headers)
                 if pending == 0:
                     remaining = 0
             if not taken and state["outstanding"] <= 0 and remaining > 0:
@@ -175,13 +177,14 @@ async def follow_stream(
     what happens — with no gap and no duplicate between the two. An ordered consumer (ephemeral, no acks,
     flow control and heartbeats, recreated by nats-py at the next sequence after a gap or a reconnect)."""
     stream = stream or bus.settings.stream
+    shape = _shape(await bus.js.stream_info(stream))
     config = ConsumerConfig(
         deliver_policy=DeliverPolicy.BY_START_TIME if since_ns else DeliverPolicy.ALL,
         opt_start_time=_rfc3339(since_ns) if since_ns else None,
         mem_storage=True,
     )
     sub = await bus.js.subscribe(
-        _stored_filter(live_filter, stream), stream=stream, ordered_consumer=True, config=config,
+        _stored_filter(live_filter, stream, shape), stream=stream, ordered_consumer=True, config=config,
         pending_msgs_limit=100_000, pending_bytes_limit=256 * 1024 * 1024,
     )
     try:
@@ -189,7 +192,7 @@ async def follow_stream(
             _, seq, stamp, _pending = ack_info(msg.reply)
             headers = dict(msg.headers or {})
             logged_at = headers.pop(HEADER_LOGGED_AT, None)
-            yield LogRecord(seq, _live(msg.subject), int(logged_at) if logged_at else stamp, msg.data, headers)
+            yield LogRecord(seq, _live(msg.subject, shape), int(logged_at) if logged_at else stamp, msg.data, headers)
     finally:
         try:
             await sub.unsubscribe()

@@ -187,7 +187,7 @@ class ActorHost:
         durable = f"{self.actor.name}-p{partition}"
         config = ConsumerConfig(
             durable_name=durable,
-            filter_subjects=[subjects.partition_filter(t.kind, partition) for t in self.actor.consumes],
+            filter_subjects=[subjects.partition_filter(t.kind, partition, self.bus.shape) for t in self.actor.consumes],
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.NEW,
             ack_wait=self._settings.ack_wait_s,
@@ -247,7 +247,7 @@ class ActorHost:
     # -- dispatch ---------------------------------------------------------------------------------------
 
     def _on_message(self, partition: int, msg: Msg) -> None:
-        parts = subjects.parse(msg.subject)
+        parts = subjects.parse(msg.subject, self.bus.shape)
         intent_id = parts.intent_id if parts else f"_unrouted.{msg.subject}"
         self._enqueue(intent_id, partition, ("msg", msg))
 
@@ -338,7 +338,7 @@ class ActorHost:
             elif ack_info(raw.reply).delivered == 1:
                 await raw.nak(delay=wait + 0.01)  # newer than what is coming back: after it, in log order
                 return
-        parts = subjects.parse(raw.subject)
+        parts = subjects.parse(raw.subject, self.bus.shape)
         expected = BY_KIND.get(parts.kind) if parts else None
         if expected is None:
             await self._reject(raw, InvalidMessage("", f"no message kind for subject {raw.subject}"))
@@ -558,16 +558,16 @@ class ActorHost:
 
     async def _reject(self, raw: Msg, error: InvalidMessage) -> None:
         self.stats["dead_lettered"] += 1
-        await self.bus.dead_letter(self.actor.name, _live_subject(raw.subject), str(error), raw.data)
+        await self.bus.dead_letter(self.actor.name, subjects.live_of(raw.subject, self.bus.shape), str(error), raw.data)
         try:
-            await self.actor.on_invalid(_live_subject(raw.subject), raw.data, error, self._publish)
+            await self.actor.on_invalid(subjects.live_of(raw.subject, self.bus.shape), raw.data, error, self._publish)
         except Exception:
             self.log.exception("on_invalid_failed", subject=raw.subject)
         await raw.ack()
 
     async def _dead_letter(self, raw: Msg, reason: str) -> None:
         self.stats["dead_lettered"] += 1
-        await self.bus.dead_letter(self.actor.name, _live_subject(raw.subject), reason, raw.data)
+        await self.bus.dead_letter(self.actor.name, subjects.live_of(raw.subject, self.bus.shape), reason, raw.data)
         await raw.term()
 
     async def _claim(
@@ -663,12 +663,6 @@ def _check_routing(msg: Message, parts: subjects.SubjectParts) -> None:
             raise InvalidMessage(
                 field, f"`{field}` is {getattr(msg, field)!r} but the subject says {from_subject!r}"
             )
-
-
-def _live_subject(stored: str) -> str:
-    """Strip the partition token the stream appended."""
-    parts = stored.split(".")
-    return ".".join(parts[:5]) if len(parts) == 6 and parts[0] == subjects.PREFIX else stored
 
 
 

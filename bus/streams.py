@@ -39,15 +39,20 @@ WRITABLE_TIMEOUT_S = 10.0
 class Buckets:
     """The KV buckets one process uses."""
 
-    def __init__(self, state: KeyValue, leases: KeyValue, intents: KeyValue, controls: KeyValue) -> None:
+    def __init__(
+        self, state: KeyValue, leases: KeyValue, intents: KeyValue, controls: KeyValue,
+        shape: subjects.Shape = subjects.CURRENT_SHAPE,
+    ) -> None:
         self.state = state
         self.leases = leases
         self.intents = intents
         self.controls = controls
+        self.shape = shape
+        """Where the `EXEC` stream puts the partition token in what it stores (messages/subjects.py)."""
 
 
-def stream_config(settings: BusSettings) -> StreamConfig:
-    src, dest = subjects.partition_transform(settings.partitions)
+def stream_config(settings: BusSettings, shape: subjects.Shape = subjects.CURRENT_SHAPE) -> StreamConfig:
+    src, dest = subjects.partition_transform(settings.partitions, shape)
     return StreamConfig(
         name=settings.stream,
         description="execbus message log: every intent, command and event",
@@ -85,6 +90,7 @@ async def ensure_layout(js: JetStreamContext, settings: BusSettings, *, probe: b
     user that may publish the probe subjects (ops, or a bus without users); others go on at once (a first
     write that races the new leader is retried like any bus failure)."""
     config = stream_config(settings)
+    shape = subjects.CURRENT_SHAPE
     try:
         info = await js.stream_info(settings.stream)
     except nats.js.errors.NotFoundError:
@@ -93,12 +99,7 @@ async def ensure_layout(js: JetStreamContext, settings: BusSettings, *, probe: b
         if settings.replicas > 1 and probe:
             await _until_writable(js, settings.stream, subjects.subject("layout_probe", "execbus", "PROBE", "layout"))
     else:
-        existing = info.config.subject_transform
-        if existing is None or existing.dest != config.subject_transform.dest:  # type: ignore[union-attr]
-            raise RuntimeError(
-                f"stream {settings.stream} was created with a different partition count "
-                f"({existing.dest if existing else 'none'}); use the same EXECBUS_PARTITIONS everywhere"
-            )
+        shape = _shape_of_existing(info.config, settings)
         if (info.config.num_replicas or 1) != settings.replicas:
             await _rescale(js, info.config, settings.replicas)
     replicas = settings.replicas
@@ -117,7 +118,27 @@ async def ensure_layout(js: JetStreamContext, settings: BusSettings, *, probe: b
     controls = await _bucket(
         js, probe, KeyValueConfig(bucket=settings.control_bucket, history=1, storage=StorageType.FILE, replicas=replicas)
     )
-    return Buckets(state, leases, intents, controls)
+    return Buckets(state, leases, intents, controls, shape)
+
+
+def _shape_of_existing(config: StreamConfig, settings: BusSettings) -> subjects.Shape:
+    """The shape an existing stream was made with. An older stream keeps its shape (partition last) and
+    works as before, stalls included; it is never reshaped in place, since a log half in one shape and half
+    in the other could not be read back by intent. Its operator moves to the new shape with a new store."""
+    existing = config.subject_transform
+    shape = subjects.shape_of(existing.dest if existing is not None else None)
+    if shape is None or existing.dest != subjects.partition_transform(settings.partitions, shape)[1]:  # type: ignore[union-attr]
+        raise RuntimeError(
+            f"stream {settings.stream} was created with a different partition count "
+            f"({existing.dest if existing else 'none'}); use the same EXECBUS_PARTITIONS everywhere"
+        )
+    if shape != subjects.CURRENT_SHAPE:
+        log.warning(
+            "stream_shape_old", stream=settings.stream, shape=shape, current=subjects.CURRENT_SHAPE,
+            why="its file store stalls as the log grows (see messages/subjects.py); a new store takes the new "
+                "shape once no intent is open on this one, which stays readable for replay",
+        )
+    return shape
 
 
 async def _bucket(js: JetStreamContext, probe: bool, config: KeyValueConfig) -> KeyValue:

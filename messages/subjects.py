@@ -6,8 +6,19 @@ Data plane (recorded in the `EXEC` stream)::
 
 `kind` is the message class in snake case (`submit_intent`, `order_filled`, ...), so wildcards filter
 naturally: `exec.order_filled.>` is every fill, `exec.*.paper.BTC-USDT.>` everything on one market,
-`exec.*.*.*.I-42` one execution. Inside the stream a sixth token, the partition of the intent, is
-appended by the stream's subject transform; live subscribers never see it.
+`exec.*.*.*.I-42` one execution. Inside the stream the partition of the intent is added as a token by the
+stream's subject transform; live subscribers never see it. Where it goes is the stream's *shape*:
+
+    exec.<kind>.<venue>.<symbol-token>.<partition>.<intent_id>     partition_first (streams made since v2)
+    exec.<kind>.<venue>.<symbol-token>.<intent_id>.<partition>     partition_last (older streams)
+
+The partition goes before the intent because of how nats-server's file store finds a consumer's next
+message: after every new 8 MB block, a consumer with several filters walks the store's per-subject index
+(`checkSkipFirstBlockMulti` -> `stree.IntersectGSL`, under the store's lock). With the intent before the
+partition, the filter `exec.<kind>.*.*.*.<p>` cannot prune that walk before the last token, so it visited
+every intent ever logged and the stream stalled for seconds once it held a few hundred thousand;
+`exec.<kind>.*.*.<p>.*` prunes at the partition token (measured in `bench/stall.py`). A stream keeps the
+shape it was made with (`shape_of`): a log is never half one shape and half the other.
 
 Symbols become NATS tokens reversibly: letters and digits stay, `/` becomes `-`, and any other character
 becomes `_` plus two hex digits (`:` -> `_3A`). So `BTC/USDT` is `BTC-USDT` and `BTC/USDT:USDT` is
@@ -17,7 +28,7 @@ becomes `_` plus two hex digits (`:` -> `_3A`). So `BTC/USDT` is `BTC-USDT` and 
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 __all__ = [
     "PREFIX",
@@ -33,6 +44,13 @@ __all__ = [
     "DEAD_LETTERS",
     "control",
     "partition_transform",
+    "Shape",
+    "SHAPES",
+    "CURRENT_SHAPE",
+    "shape_of",
+    "stored_filter",
+    "intent_filter",
+    "live_of",
     "matches",
     "ANSWER_KINDS",
     "answer_filters",
@@ -47,6 +65,11 @@ _PLAIN = re.compile(r"[A-Za-z0-9]")
 _ESCAPE = re.compile(r"_([0-9A-F]{2})")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 _PARTITION = re.compile(r"[0-9]{1,6}")
+
+Shape = Literal["partition_first", "partition_last"]
+SHAPES: tuple[Shape, ...] = ("partition_first", "partition_last")
+CURRENT_SHAPE: Shape = "partition_first"
+"""The shape of a stream created now."""
 
 
 def symbol_token(symbol: str) -> str:
@@ -84,32 +107,68 @@ class SubjectParts(NamedTuple):
     partition: int | None
 
 
-def parse(subj: str) -> SubjectParts | None:
-    """Split a data-plane subject (live or stored, with its partition token); None if it is not one."""
+def parse(subj: str, shape: Shape = CURRENT_SHAPE) -> SubjectParts | None:
+    """Split a data-plane subject (live, or stored in a stream of `shape`); None if it is not one."""
     tokens = subj.split(".")
-    if tokens[0] != PREFIX or len(tokens) not in (5, 6) or not all(tokens[1:5]):
+    if tokens[0] != PREFIX or len(tokens) not in (5, 6) or not all(tokens[1:]):
         return None
     partition = None
     if len(tokens) == 6:
-        if not _PARTITION.fullmatch(tokens[5]):
-            return None  # six tokens but no partition: not one of ours
-        partition = int(tokens[5])
+        at = 4 if shape == "partition_first" else 5
+        if not _PARTITION.fullmatch(tokens[at]):
+            return None  # six tokens but no partition where the shape puts it: not one of ours
+        partition = int(tokens.pop(at))
     return SubjectParts(tokens[1], tokens[2], symbol_from_token(tokens[3]), tokens[4], partition)
 
 
-def partition_transform(partitions: int) -> tuple[str, str]:
-    """(source, destination) of the stream's subject transform that appends the intent's partition."""
+def live_of(stored: str, shape: Shape = CURRENT_SHAPE) -> str:
+    """The live subject of a stored one (the partition token taken out); anything else as it is."""
+    tokens = stored.split(".")
+    if len(tokens) == 6 and tokens[0] == PREFIX:
+        del tokens[4 if shape == "partition_first" else 5]
+        return ".".join(tokens)
+    return stored
+
+
+def partition_transform(partitions: int, shape: Shape = CURRENT_SHAPE) -> tuple[str, str]:
+    """(source, destination) of the stream's subject transform that adds the intent's partition."""
     src = f"{PREFIX}.*.*.*.*"
-    dest = (
-        f"{PREFIX}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}.{{{{wildcard(4)}}}}"
-        f".{{{{partition({partitions},4)}}}}"
-    )
+    head = f"{PREFIX}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}"
+    part, intent = f"{{{{partition({partitions},4)}}}}", "{{wildcard(4)}}"
+    dest = f"{head}.{part}.{intent}" if shape == "partition_first" else f"{head}.{intent}.{part}"
     return src, dest
 
 
-def partition_filter(kind: str, partition: int) -> str:
+def shape_of(dest: str | None) -> Shape | None:
+    """The shape of a stream whose transform's destination is `dest`; None if it adds no partition token."""
+    tokens = (dest or "").split(".")
+    if len(tokens) == 6:
+        for shape, at in (("partition_first", 4), ("partition_last", 5)):
+            if tokens[at].startswith("{{partition("):
+                return shape  # type: ignore[return-value]
+    return None
+
+
+def partition_filter(kind: str, partition: int, shape: Shape = CURRENT_SHAPE) -> str:
     """Stored subjects of one kind in one partition (a consumer filter)."""
+    if shape == "partition_first":
+        return f"{PREFIX}.{kind}.*.*.{partition}.*"
     return f"{PREFIX}.{kind}.*.*.*.{partition}"
+
+
+def stored_filter(live_filter: str, shape: Shape = CURRENT_SHAPE) -> str:
+    """A filter on live subjects as a filter on the stored ones: a five-token filter gains a `*` where the
+    partition is; a filter ending in `>` already covers it."""
+    tokens = live_filter.split(".")
+    if len(tokens) != 5 or tokens[-1] == ">":
+        return live_filter
+    tokens.insert(4 if shape == "partition_first" else 5, "*")
+    return ".".join(tokens)
+
+
+def intent_filter(intent_id: str, shape: Shape = CURRENT_SHAPE) -> str:
+    """Every stored message of one intent."""
+    return stored_filter(f"{PREFIX}.*.*.*.{intent_id}", shape)
 
 
 def kind_filter(kind: str) -> str:

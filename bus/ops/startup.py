@@ -304,11 +304,12 @@ async def _in_flight(bus: Bus, venue: str, symbol: str, intent_id: str) -> bool:
     stream = bus.settings.stream
     token = subjects.symbol_token(symbol)
     for kind in (PlaceOrder.kind, OrderPlaced.kind):
-        pattern = f"{subjects.PREFIX}.{kind}.{venue}.{token}.{intent_id}.*"
+        pattern = subjects.stored_filter(f"{subjects.PREFIX}.{kind}.{venue}.{token}.{intent_id}", bus.shape)
         info = await bus.js.stream_info(stream, subjects_filter=pattern)
         for stored in info.state.subjects or {}:
             last = await bus.js.get_last_msg(stream, stored)
-            partition = stored.rsplit(".", 1)[1]
+            parts = subjects.parse(stored, bus.shape)
+            partition = parts.partition if parts is not None else None
             try:
                 consumer = await bus.js.consumer_info(stream, f"{RECONCILER}-p{partition}")
             except nats.js.errors.NotFoundError:

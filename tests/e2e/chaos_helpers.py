@@ -584,7 +584,7 @@ class ChaosRun:
         info = await self.bus.js.stream_info(self.bus.settings.stream, subjects_filter=f"exec.{kind}.>")
         counts: Counter[str] = Counter()
         for subject, n in (info.state.subjects or {}).items():
-            counts[subject.split(".")[4]] += n
+            counts[subjects.parse(subject).intent_id] += n  # type: ignore[union-attr]
         return counts
 
     async def wait_for_reports(self) -> None:

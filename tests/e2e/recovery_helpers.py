@@ -44,6 +44,7 @@ from messages import (
     OrderKept,
     PlaceOrder,
     decode,
+    subjects,
 )
 from tests.helpers import Recorder, fast_settings, wait_until
 from venues.config import PaperVenueConfig
@@ -327,8 +328,8 @@ class Cluster:
         acknowledging it: pull one message from the actor's durable consumer and never ack it. That is exactly
         what a SIGKILL in the middle of a handler leaves behind (the message comes back after the ack wait),
         without having to hit the handler's few microseconds from outside. The actor must be down."""
-        stored = (await read_log(self.bus, f"exec.*.*.*.{intent_id}.*"))[0][1]
-        partition = stored.rsplit(".", 1)[1]
+        stored = (await read_log(self.bus, subjects.intent_filter(intent_id)))[0][1]
+        partition = subjects.parse(stored).partition  # type: ignore[union-attr]
         sub = await self.bus.js.pull_subscribe_bind(durable=f"{actor}-p{partition}", stream=self.bus.settings.stream)
         try:
             (msg,) = await sub.fetch(1, timeout=5)
@@ -428,7 +429,7 @@ async def read_log(bus: Bus, filter_subject: str = "exec.>", timeout: float = 5.
 
 
 async def intent_log(bus: Bus, intent_id: str) -> list[Message]:
-    return [decode(data) for _seq, _subject, data in await read_log(bus, f"exec.*.*.*.{intent_id}.*")]
+    return [decode(data) for _seq, _subject, data in await read_log(bus, subjects.intent_filter(intent_id))]
 
 
 async def snapshot_stream(bus: Bus) -> dict[int, tuple[str, bytes]]:

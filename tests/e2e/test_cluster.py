@@ -64,6 +64,7 @@ from messages import (
     SubmitIntent,
     TwapParams,
     decode,
+    subjects,
 )
 from tests.e2e.chaos_helpers import _audit_to_wire, _order_line
 from tests.e2e.conftest import Running, start_running, stop_running, system_config
@@ -210,7 +211,7 @@ class ClusterRun:
         info = await (via or self.upstream).js.stream_info(STREAM, subjects_filter=f"exec.{kind}.>")
         counts: Counter[str] = Counter()
         for subject, n in (info.state.subjects or {}).items():
-            counts[subject.split(".")[4]] += n
+            counts[subjects.parse(subject).intent_id] += n  # type: ignore[union-attr]
         return counts
 
     async def reports(self, intents: list[SubmitIntent], via: Bus) -> int:

@@ -588,10 +588,10 @@ async def _is(value: Any, expected: Any) -> bool:
 
 
 async def _partition_of(bus: Bus, intent_id: str) -> int:
-    sub = await bus.js.subscribe(f"{subjects.PREFIX}.*.*.*.{intent_id}.*", ordered_consumer=True)
+    sub = await bus.js.subscribe(subjects.intent_filter(intent_id), ordered_consumer=True)
     try:
         msg = await sub.next_msg(timeout=5)
-        return int(msg.subject.rsplit(".", 1)[1])
+        return subjects.parse(msg.subject).partition  # type: ignore[return-value,union-attr]
     finally:
         await sub.unsubscribe()
 

@@ -136,7 +136,7 @@ def test_parse_recovers_symbol_and_intent_id_from_any_live_subject(symbol: str, 
 
 def test_parse_reads_the_partition_of_a_stored_subject() -> None:
     # Arrange
-    stored = f"{LIVE}.5"
+    stored = f"exec.order_filled.paper.BTC-USDT.5.{INTENT_ID}"
 
     # Act
     parts = parse(stored)
@@ -161,12 +161,14 @@ def test_parse_returns_none_for_a_subject_outside_the_data_plane(subj: str) -> N
     assert parse(subj) is None
 
 
-def test_parse_returns_none_when_the_sixth_token_is_not_a_partition() -> None:
-    assert parse(f"{LIVE}.extra") is None
+def test_parse_returns_none_when_the_partition_token_is_not_a_partition() -> None:
+    assert parse(f"exec.order_filled.paper.BTC-USDT.extra.{INTENT_ID}") is None
+    assert parse(f"{LIVE}.extra", "partition_last") is None
 
 
 def test_parse_returns_none_instead_of_raising_for_a_superscript_digit_partition() -> None:
-    assert parse(f"{LIVE}.\u00b2") is None
+    assert parse(f"exec.order_filled.paper.BTC-USDT.\u00b2.{INTENT_ID}") is None
+    assert parse(f"{LIVE}.\u00b2", "partition_last") is None
 
 
 # -- filters and other subjects --------------------------------------------------------------------------
@@ -193,7 +195,11 @@ def test_partition_filter_is_one_kind_in_one_partition_of_stored_subjects() -> N
     pattern = partition_filter("order_filled", 3)
 
     # Assert
-    assert pattern == "exec.order_filled.*.*.*.3"
+    assert pattern == "exec.order_filled.*.*.3.*"
+
+
+def test_partition_filter_of_an_older_stream_has_the_partition_last() -> None:
+    assert partition_filter("order_filled", 3, "partition_last") == "exec.order_filled.*.*.*.3"
 
 
 def test_partition_filter_matches_a_stored_subject_of_its_partition_only() -> None:
@@ -201,7 +207,7 @@ def test_partition_filter_matches_a_stored_subject_of_its_partition_only() -> No
     pattern = partition_filter("order_filled", 3)
 
     # Act
-    matches = [nats_match(pattern, f"{LIVE}.{p}") for p in (2, 3, 4)]
+    matches = [nats_match(pattern, f"exec.order_filled.paper.BTC-USDT.{p}.{INTENT_ID}") for p in (2, 3, 4)]
 
     # Assert
     assert matches == [False, True, False]
@@ -262,7 +268,7 @@ def test_partition_transform_destination_partitions_on_the_intent_token() -> Non
     assert "partition(8,4)" in dest
 
 
-def test_partition_transform_destination_keeps_the_live_tokens_and_appends_the_partition() -> None:
+def test_partition_transform_destination_puts_the_partition_before_the_intent() -> None:
     # Act
     _, dest = partition_transform(8)
 
@@ -272,6 +278,65 @@ def test_partition_transform_destination_keeps_the_live_tokens_and_appends_the_p
         "{{wildcard(1)}}",
         "{{wildcard(2)}}",
         "{{wildcard(3)}}",
-        "{{wildcard(4)}}",
         "{{partition(8,4)}}",
+        "{{wildcard(4)}}",
     ]
+
+
+def test_partition_transform_of_an_older_stream_appends_the_partition() -> None:
+    # Act
+    _, dest = partition_transform(8, "partition_last")
+
+    # Assert
+    assert dest.split(".")[4:] == ["{{wildcard(4)}}", "{{partition(8,4)}}"]
+
+
+@pytest.mark.parametrize("shape", subjects.SHAPES)
+def test_shape_of_a_transform_is_the_shape_that_made_it(shape: subjects.Shape) -> None:
+    assert subjects.shape_of(partition_transform(16, shape)[1]) == shape
+
+
+def test_shape_of_no_transform_is_none() -> None:
+    assert subjects.shape_of(None) is None
+    assert subjects.shape_of("exec.{{wildcard(1)}}") is None
+
+
+@pytest.mark.parametrize(
+    ("shape", "stored"),
+    [("partition_first", f"exec.order_filled.paper.BTC-USDT.5.{INTENT_ID}"),
+     ("partition_last", f"exec.order_filled.paper.BTC-USDT.{INTENT_ID}.5")],
+)
+def test_a_stored_subject_parses_and_goes_live_in_its_streams_shape(shape: subjects.Shape, stored: str) -> None:
+    # Act
+    parts = parse(stored, shape)
+
+    # Assert
+    assert parts == SubjectParts("order_filled", "paper", "BTC/USDT", INTENT_ID, 5)
+    assert subjects.live_of(stored, shape) == LIVE
+
+
+def test_a_digit_only_intent_id_parses_by_the_streams_shape_not_by_guessing() -> None:
+    assert parse("exec.order_filled.paper.BTC-USDT.5.12", "partition_first").intent_id == "12"  # type: ignore[union-attr]
+    assert parse("exec.order_filled.paper.BTC-USDT.12.5", "partition_last").intent_id == "12"  # type: ignore[union-attr]
+
+
+def test_a_stored_subject_without_a_partition_where_its_shape_puts_it_is_not_ours() -> None:
+    assert parse(f"exec.order_filled.paper.BTC-USDT.{INTENT_ID}.5", "partition_first") is None
+
+
+@pytest.mark.parametrize("shape", subjects.SHAPES)
+def test_the_intent_filter_matches_every_stored_message_of_the_intent_and_no_other(shape: subjects.Shape) -> None:
+    # Arrange
+    pattern = subjects.intent_filter(INTENT_ID, shape)
+
+    def stored(intent: str) -> str:
+        return subjects.stored_filter(f"exec.order_filled.paper.BTC-USDT.{intent}", shape).replace("*", "3")
+
+    # Assert
+    assert nats_match(pattern, stored(INTENT_ID))
+    assert not nats_match(pattern, stored("intent-other"))
+    assert not nats_match(pattern, LIVE)
+
+
+def test_a_filter_ending_in_a_full_wildcard_is_stored_as_it_is() -> None:
+    assert subjects.stored_filter("exec.order_filled.>") == "exec.order_filled.>"

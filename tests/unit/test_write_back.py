@@ -17,7 +17,7 @@ from bus.bus import Bus
 from bus.runtime import ActorHost
 from bus.server import EmbeddedNats
 from bus.state import StaleState, StateStore
-from messages import IntentAccepted, SubmitIntent
+from messages import IntentAccepted, SubmitIntent, subjects
 from messages.base import Message, routing
 from tests.helpers import fast_settings, new_intent, wait_until
 
@@ -142,7 +142,7 @@ async def test_a_step_failing_in_a_burst_redelivers_the_whole_burst_and_keeps_no
     assert stored == Seen(qtys=["1", "2", "3", "4", "5"])
     assert host.stats["failed"] == 1
     assert writes and set(writes) == {"PUT"}
-    info = await bus.js.stream_info(bus.settings.stream, subjects_filter="exec.intent_accepted.*.*.flaky-1.*")
+    info = await bus.js.stream_info(bus.settings.stream, subjects_filter=subjects.stored_filter("exec.intent_accepted.*.*.flaky-1"))
     assert sum((info.state.subjects or {}).values()) == 5
 
 

@@ -1,0 +1,131 @@
+"""The `EXEC` stream's shape (messages/subjects.py): a new stream stores the partition before the intent; a
+stream made before that keeps its own shape and everything works on it as before — consumers, rebuilding an
+intent from its log after a takeover, reading the log back by intent — and the operator is told why to move."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import AsyncIterator
+from decimal import Decimal
+import nats
+import pytest
+import structlog
+import structlog.testing
+
+from bus.bus import Bus
+from bus.msglog import read_stream
+from bus.ops.system import build_actor
+from bus.runtime import ActorHost
+from bus.server import EmbeddedNats
+from bus.streams import stream_config
+from messages import (
+    AggressiveLimitParams,
+    CancelIntent,
+    CancelIntentAccepted,
+    ExecutionCompleted,
+    OrderPlaced,
+    SubmitIntent,
+    subjects,
+)
+from messages.base import routing
+from tests.e2e.conftest import Running, start_running, stepped_config, stop_running
+from tests.helpers import assert_invariants, fast_settings, new_intent
+
+
+@pytest.fixture(params=subjects.SHAPES)
+async def shaped(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Running, subjects.Shape]]:
+    """A system on a server whose `EXEC` stream was made in the given shape before the system started."""
+    shape: subjects.Shape = request.param
+    with tempfile.TemporaryDirectory(prefix="execbus-shape-") as store:
+        async with EmbeddedNats(store_dir=store) as server:
+            settings = fast_settings()
+            maker = await nats.connect(server.url)  # (a bare client: a Bus would make the stream in today's shape)
+            try:
+                await maker.jetstream().add_stream(stream_config(settings, shape))
+            finally:
+                await maker.close()
+            config = dataclasses.replace(stepped_config(), nats_url=server.url, settings=settings)
+            running = await start_running(config)
+            try:
+                yield running, shape
+            finally:
+                await stop_running(running)
+
+
+def resting() -> SubmitIntent:
+    """An aggressive-limit buy whose first attempt rests at the touch of the frozen market."""
+    return new_intent(strategy="aggressive_limit", qty=Decimal("0.01"), params=AggressiveLimitParams(
+        attempt_timeout_seconds=Decimal("60"), total_timeout_seconds=Decimal("120"), max_retries=2))
+
+
+async def restart(running: Running, name: str) -> None:
+    """A new instance of the actor: it holds nothing in memory, so it rebuilds its intents from the log."""
+    system = running.system
+    await system.hosts[name].stop()
+    actor = build_actor(name, system.venue_pool, system.config.actor_options.get(name))
+    system.hosts[name] = await ActorHost(system.bus, actor, clock=system.clock).start()
+
+
+async def test_a_stream_keeps_its_shape_and_an_intent_rebuilt_from_its_log_finishes_right(
+    shaped: tuple[Running, subjects.Shape],
+) -> None:
+    running, shape = shaped
+    assert running.bus.shape == shape
+    intent = resting()
+    await running.bus.publish(intent)
+    (placed,) = await running.recorder.wait_for(OrderPlaced, intent.intent_id, timeout=10)
+
+    for name in ("supervisor", "tracker"):
+        await restart(running, name)
+    await running.bus.publish(CancelIntent(**routing(intent), request="r1", reason="shape test", requested_by="test"))
+    (report,) = await running.recorder.wait_for(ExecutionCompleted, intent.intent_id, timeout=20)
+
+    # The new supervisor knew the resting order from the log alone: it canceled that one and placed nothing else.
+    (answer,) = running.recorder.of(CancelIntentAccepted, intent.intent_id)
+    assert answer.phase == "working"
+    assert report.status == "canceled" and report.orders == (placed.client_order_id,)
+    await assert_invariants(report, running.recorder, running.exchange)
+
+    stored = await running.bus.js.stream_info(running.bus.settings.stream, subjects_filter=subjects.intent_filter(intent.intent_id, shape))
+    names = list(stored.state.subjects or {})
+    assert names and all(subjects.parse(n, shape) is not None for n in names)
+    assert {subjects.parse(n, shape).intent_id for n in names} == {intent.intent_id}  # type: ignore[union-attr]
+    records = [r async for r in read_stream(running.bus, f"exec.*.*.*.{intent.intent_id}")]
+    assert records[0].message().kind == "submit_intent" and records[-1].message().kind == "execution_completed"
+    assert len(records) == sum(stored.state.subjects.values())  # type: ignore[union-attr]
+    assert {subjects.parse(r.subject) for r in records} == {  # live subjects again: the partition taken out
+        subjects.parse(subjects.subject(r.message().kind, "paper", "BTC/USDT", intent.intent_id)) for r in records}
+
+
+async def test_a_new_stream_takes_the_partition_first_shape(running: Running) -> None:
+    info = await running.bus.js.stream_info(running.bus.settings.stream)
+    assert running.bus.shape == "partition_first" == subjects.CURRENT_SHAPE
+    assert subjects.shape_of(info.config.subject_transform.dest) == "partition_first"  # type: ignore[union-attr]
+    consumer = await running.bus.js.consumer_info(running.bus.settings.stream, "pricer-p0")
+    assert consumer.config.filter_subjects == ["exec.price_requested.*.*.0.*"]
+
+
+async def test_a_stream_with_another_partition_count_is_refused_with_what_to_do() -> None:
+    with tempfile.TemporaryDirectory(prefix="execbus-shape-") as store:
+        async with EmbeddedNats(store_dir=store) as server:
+            maker = await Bus.connect(server.url, fast_settings(partitions=4))
+            await maker.close()
+            with pytest.raises(RuntimeError, match="EXECBUS_PARTITIONS"):
+                await Bus.connect(server.url, fast_settings(partitions=8))
+
+
+async def test_an_older_stream_is_used_as_it_is_and_the_operator_told_why_to_move(
+    shaped: tuple[Running, subjects.Shape],
+) -> None:
+    running, shape = shaped
+    with structlog.testing.capture_logs() as logs:
+        again = await Bus.connect(running.system.url, running.bus.settings)
+    try:
+        assert again.shape == shape
+        said = [e for e in logs if e.get("event") == "stream_shape_old"]
+        assert bool(said) == (shape != subjects.CURRENT_SHAPE)
+        info = await again.js.stream_info(again.settings.stream)
+        assert subjects.shape_of(info.config.subject_transform.dest) == shape  # type: ignore[union-attr]
+    finally:
+        await again.close()
