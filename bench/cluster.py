@@ -54,10 +54,13 @@ class Worker:
 class Cluster:
     """One nats-server (fresh store), the benchmark's own bus connection, and the worker processes."""
 
-    def __init__(self, settings: BusSettings | None = None) -> None:
+    def __init__(self, settings: BusSettings | None = None, shape: subjects.Shape = subjects.CURRENT_SHAPE) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="execbus-bench-")
         self.dir = Path(self._tmp.name)
         self.settings = settings or BusSettings.from_env()
+        self.shape = shape
+        """The EXEC stream's shape (messages/subjects.py); an older one is made before anything connects, the
+        way a store from before would be found."""
         self.server = EmbeddedNats(store_dir=self.dir / "nats")
         self.bus: Bus | None = None
         self.workers: dict[str, Worker] = {}
@@ -73,6 +76,16 @@ class Cluster:
 
         await self.server.start()
         self.url = self.server.url
+        if self.shape != subjects.CURRENT_SHAPE:
+            import nats
+
+            from bus.streams import stream_config
+
+            nc = await nats.connect(self.url)
+            try:
+                await nc.jetstream().add_stream(stream_config(self.settings, self.shape))
+            finally:
+                await nc.close()
         self.bus = await Bus.connect(self.url, self.settings, name="bench-client")
         await ensure_layout(self.bus.nc)
         # The benchmarks measure the engine, not the operator's limits: the gate still runs on every intent
