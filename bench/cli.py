@@ -108,7 +108,7 @@ async def run_bench(name: str, *, quick: bool = False, out: str | None = None, e
         print(format_table(table))
     if result.targets:
         print()
-        print(format_table(Table("targets (issue 6)", ["target", "wanted", "measured", "met"],
+        print(format_table(Table("targets", ["target", "wanted", "measured", "met"],
                                  [[t.name, t.target, t.measured, "-" if t.met is None else t.met]
                                   for t in result.targets])))
     for note in result.notes:

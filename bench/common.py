@@ -67,7 +67,7 @@ class Table:
 
 @dataclass
 class Target:
-    """A target of issue 6 and whether this run met it. `met` is None when it cannot be judged."""
+    """A target of the issue a benchmark measures and whether this run met it. `met` is None when it cannot be judged."""
 
     name: str
     target: str
