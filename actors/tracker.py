@@ -5,6 +5,16 @@ It publishes `ExecutionCompleted` once the supervisor has said it will place not
 fills, so the report's totals are the sum of its fills by construction. A fill that arrives after the
 report is recorded and announced (`LateFillRecorded`), never dropped. Status queries are answered over
 request/reply at `execbus.ctl.tracker.intent`.
+
+It is delivered only what it uses: the fills, the orders' terminal declarations (`OrderFinalized`, and
+`OrderRejected` for an order refused before it existed), `StrategyFinished`, and `IntentRejected` (an intent
+that never runs has no other message). Everything else the report needs comes with those: the intent's side,
+quantity, strategy, arrival bid/ask and acceptance time with `StrategyFinished`, every order's id and attempt
+with its fills and its `OrderFinalized`/`OrderRejected`. So while an intent works its status knows only the
+orders that have filled or ended, and its quantity once the strategy has finished (`IntentStatus.qty` is None
+until then). Arrival order does not matter: fills before or after `StrategyFinished`, an `OrderFinalized`
+before the last of its fills — the report waits until every order `StrategyFinished` lists has exactly its
+final filled quantity in fills.
 """
 
 from __future__ import annotations
@@ -17,17 +27,13 @@ import msgspec
 from bus.actor import Actor, IntentContext, Services
 from messages import (
     ExecutionCompleted,
-    IntentAccepted,
     IntentRejected,
     IntentStatus,
     LateFillRecorded,
     OrderFilled,
     OrderFinalized,
-    OrderPlaced,
     OrderRejected,
     OrderStatus,
-    PlaceOrder,
-    PriceQuoted,
     StatusQuery,
     StrategyFinished,
     encode,
@@ -54,8 +60,9 @@ class TrackedOrder(msgspec.Struct, kw_only=True):
     client_order_id: str
     attempt: int
     order_id: str | None = None
-    state: str = "requested"
-    """requested -> placed -> final | rejected"""
+    state: str = "placed"
+    """placed (a fill of it seen) -> final | rejected. ("requested" in a snapshot from before the tracker
+    stopped reading `PlaceOrder`.)"""
     final_filled: Decimal | None = None
     fills: list[Fill] = msgspec.field(default_factory=list)
     final_reason: str = ""
@@ -77,9 +84,12 @@ class TrackerState(msgspec.Struct, kw_only=True):
     venue: str
     symbol: str
     side: str = ""
+    """The intent's, from `StrategyFinished` ("" until then)."""
     qty: Decimal = Decimal(0)
+    """The intent's, from `StrategyFinished` (0 until then)."""
     strategy: str = ""
     accepted_ns: int = 0
+    """When the supervisor accepted the intent (`StrategyFinished.accepted_ns`): the report's start."""
     arrival_bid: Decimal | None = None
     arrival_ask: Decimal | None = None
     orders: dict[str, TrackedOrder] = msgspec.field(default_factory=dict)
@@ -100,15 +110,11 @@ class TrackerState(msgspec.Struct, kw_only=True):
 class Tracker(Actor[TrackerState]):
     name = "tracker"
     consumes = (
-        IntentAccepted,
-        IntentRejected,
-        PriceQuoted,
-        PlaceOrder,
-        OrderPlaced,
-        OrderRejected,
         OrderFilled,
         OrderFinalized,
         StrategyFinished,
+        OrderRejected,  # (rare) an order refused before it existed: no OrderFinalized will come for it
+        IntentRejected,  # (rare) an intent that never runs: no StrategyFinished will come for it
     )
     produces = (ExecutionCompleted, LateFillRecorded)
     State = TrackerState
@@ -130,23 +136,15 @@ class Tracker(Actor[TrackerState]):
     async def handle(self, msg: Message, ctx: IntentContext[TrackerState]) -> None:
         state = ctx.state or TrackerState(venue=msg.venue, symbol=msg.symbol)
         match msg:
-            case IntentAccepted():
-                state.side, state.qty, state.strategy = msg.side, msg.qty, msg.strategy
-                state.accepted_ns = msg.ts_event
             case IntentRejected(duplicate=False):
-                if not state.accepted_ns:
-                    state.rejected = f"{msg.field}: {msg.reason}"
-            case PriceQuoted(attempt=0):
-                state.arrival_bid, state.arrival_ask = msg.bid, msg.ask
-            case PlaceOrder():
-                _order(state, msg.client_order_id, msg.attempt)
-            case OrderPlaced():
-                order = _order(state, msg.client_order_id, msg.attempt)
-                order.order_id = msg.order_id
-                if order.state == "requested":
-                    order.state = "placed"
+                # (Also sent for a garbled resubmission of a running intent's id: `_phase` says "rejected"
+                # only while nothing shows the intent ran.)
+                state.rejected = f"{msg.field}: {msg.reason}"
             case OrderRejected():
-                _order(state, msg.client_order_id, msg.attempt).state = "rejected"
+                order = _order(state, msg.client_order_id, msg.attempt)
+                # A refused stale copy says nothing about an order of that id that has filled or ended.
+                if msg.error != "StaleEpoch" or (order.state != "final" and not order.fills):
+                    order.state = "rejected"
             case OrderFilled():
                 await self._fill(msg, state, ctx)
             case OrderFinalized():
@@ -157,10 +155,14 @@ class Tracker(Actor[TrackerState]):
                 order.final_reason = msg.reason
             case StrategyFinished():
                 state.finished = msg
+                # (A snapshot from before may know them from `IntentAccepted`/`PriceQuoted`: the same values.)
                 if not state.side and msg.side is not None and msg.qty is not None:
                     state.side, state.qty, state.strategy = msg.side, msg.qty, msg.strategy
                 state.arrival_bid = state.arrival_bid or msg.arrival_bid
                 state.arrival_ask = state.arrival_ask or msg.arrival_ask
+                state.accepted_ns = state.accepted_ns or msg.accepted_ns
+                if state.filled > state.qty > 0:
+                    ctx.log.error("overfill_detected", filled=str(state.filled), qty=str(state.qty))
         await self._maybe_complete(state, ctx)
         if state.report is not None:
             ctx.retire(state)  # reported: kept in KV for late fills, no longer in memory
@@ -169,6 +171,11 @@ class Tracker(Actor[TrackerState]):
 
     async def _fill(self, msg: OrderFilled, state: TrackerState, ctx: IntentContext[TrackerState]) -> None:
         order = _order(state, msg.client_order_id, msg.attempt)
+        order.order_id = order.order_id or msg.order_id
+        if order.state in ("requested", "rejected"):
+            # (requested: a snapshot's order from before; rejected: only a refused stale copy of it, since an
+            # order that fills exists)
+            order.state = "placed"
         if any(f.trade_id == msg.trade_id for f in order.fills):
             return  # the same venue trade seen twice
         order.fills.append(_fill_of(msg, state.symbol))
@@ -212,15 +219,12 @@ class Tracker(Actor[TrackerState]):
         state: TrackerState | None = await self._services.find_state(query.intent_id)
         if state is None:
             return encode(IntentStatus(intent_id=query.intent_id, known=False))
-        phase = (
-            "completed" if state.report else "rejected" if state.rejected else "finishing" if state.finished else "working"
-        )
         return encode(
             IntentStatus(
                 intent_id=query.intent_id,
                 known=True,
-                state=phase,
-                qty=state.qty,
+                state=_phase(state),
+                qty=state.qty if state.side else None,  # known from `StrategyFinished` on
                 filled_qty=state.filled,
                 completed=state.report is not None,
                 orders=tuple(
@@ -236,6 +240,16 @@ class Tracker(Actor[TrackerState]):
                 ),
             )
         )
+
+
+def _phase(state: TrackerState) -> str:
+    """completed, rejected, finishing (the strategy is over, orders or fills still to come) or working."""
+    if state.report is not None:
+        return "completed"
+    ran = state.finished is not None or bool(state.orders) or bool(state.accepted_ns)
+    if state.rejected and not ran:
+        return "rejected"
+    return "finishing" if state.finished is not None else "working"
 
 
 def _order(state: TrackerState, cid: str, attempt: int) -> TrackedOrder:

@@ -160,6 +160,10 @@ class StrategyFinished(Message, frozen=True, kw_only=True):
     """The intent itself, so the report never depends on having seen `IntentAccepted` first."""
     canceled: bool = False
     """Stopped by a `CancelIntent` (or a halt that cancels working intents)."""
+    accepted_ns: int = 0
+    """When the intent was accepted: its `IntentAccepted`'s `ts_event`, the report's `started_ns`. With the
+    fields above, all the report needs of the intent, so the tracker is not delivered `IntentAccepted`. 0 in
+    messages from before the field existed."""
 
 
 class ExecutionCompleted(Message, frozen=True, kw_only=True):

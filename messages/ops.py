@@ -27,6 +27,9 @@ class StatusQuery(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 class OrderStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One order as the tracker knows it: from its first fill (`placed`), or once it ended (`final`,
+    `rejected`). An order still working with nothing filled is not listed yet."""
+
     client_order_id: str
     order_id: str | None
     attempt: int
@@ -41,7 +44,10 @@ class IntentStatus(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     intent_id: str
     known: bool
     state: str = "unknown"
+    """unknown, working, finishing (the strategy is over; orders or fills still to come), completed, rejected."""
     qty: Decimal | None = None
+    """The intent's quantity, known once its strategy has finished (`StrategyFinished` tells the tracker):
+    None while it works."""
     filled_qty: Decimal = Decimal(0)
     orders: tuple[OrderStatus, ...] = ()
     completed: bool = False

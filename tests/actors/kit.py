@@ -35,6 +35,7 @@ from messages import (
     OrderFinalized,
     OrderPlaced,
     OrderRejected,
+    PlaceFallbackOrder,
     PlaceOrder,
     PriceQuoted,
     PriceRequested,
@@ -475,8 +476,8 @@ class ScriptedMarket:
             case ExecutionTimedOut():
                 now = self._now()
                 if msg.fallback == "market" and not (msg.act_by_ns and now > msg.act_by_ns):
-                    self._send(PlaceOrder(**routing(msg), client_order_id=f"{msg.intent_id}-F", attempt=0, side=msg.side,
-                                          order_type="market", qty=msg.remaining_qty, origin="market_fallback"))
+                    self._send(PlaceFallbackOrder(**routing(msg), client_order_id=f"{msg.intent_id}-F", attempt=0,
+                                                  side=msg.side, order_type="market", qty=msg.remaining_qty))
             case CancelIntent():
                 self._stopped.setdefault(msg.intent_id, "IntentCanceled")
             case StrategyFinished():

@@ -14,7 +14,6 @@ from bus.runtime import ActorHost
 from bus.server import EmbeddedNats
 from messages import (
     ExecutionCompleted,
-    IntentAccepted,
     LateFillRecorded,
     OrderFilled,
     OrderFinalized,
@@ -62,11 +61,11 @@ async def test_a_fill_after_the_report_is_recorded_and_announced(nats_server: Em
             base = {"intent_id": "late-1", "venue": "paper", "symbol": "BTC/USDT"}
             fill = {**base, "client_order_id": "late-1-1", "order_id": "9", "attempt": 1, "side": "buy",
                     "price": Decimal("100"), "fee": Decimal("0"), "fee_currency": "USDT", "liquidity": "maker"}
-            await bus.publish(IntentAccepted(**base, side="buy", qty=Decimal("2"), strategy="market", deadline_ns=0))
-            await bus.publish(PlaceOrder(**base, client_order_id="late-1-1", attempt=1, side="buy", order_type="market", qty=Decimal("2")))
+            # (the tracker reads the intent from `StrategyFinished`, not from `IntentAccepted`)
             await bus.publish(OrderFilled(**fill, trade_id="t1", qty=Decimal("1")))
             await bus.publish(OrderFinalized(**base, client_order_id="late-1-1", order_id="9", attempt=1, status="canceled", filled_qty=Decimal("1")))
-            await bus.publish(StrategyFinished(**base, client_order_ids=("late-1-1",), reason="timeout", attempts=1, fallback_used=False))
+            await bus.publish(StrategyFinished(**base, client_order_ids=("late-1-1",), reason="timeout", attempts=1, fallback_used=False,
+                                               side="buy", qty=Decimal("2"), strategy="market"))
             (report,) = await recorder.wait_for(ExecutionCompleted, "late-1")
 
             await bus.publish(OrderFilled(**fill, trade_id="t2", qty=Decimal("0.5")))

@@ -39,6 +39,7 @@ from messages import (
     OrderPlaced,
     OrderRejected,
     OrderStatus,
+    PlaceFallbackOrder,
     PlaceOrder,
     PriceQuoted,
     PriceRequested,
@@ -181,6 +182,10 @@ def _strategy_finished() -> Fields:
         "fallback_used": False,
         "arrival_bid": Decimal("61837.62"),
         "arrival_ask": Decimal("61837.63"),
+        "side": "buy",
+        "qty": Decimal("0.5"),
+        "strategy": "aggressive_limit",
+        "accepted_ns": TS - 2_000_000_000,
     }
 
 
@@ -256,6 +261,18 @@ def _place_order() -> Fields:
     }
 
 
+@_factory(PlaceFallbackOrder)
+def _place_fallback_order() -> Fields:
+    return {
+        **_routing(),
+        "client_order_id": f"{INTENT_ID}-F",
+        "attempt": 0,
+        "side": "buy",
+        "order_type": "market",
+        "qty": Decimal("0.2"),
+    }
+
+
 @_factory(OrderPlaced)
 def _order_placed() -> Fields:
     return {
@@ -281,7 +298,7 @@ def _order_rejected() -> Fields:
 
 @_factory(OrderOutcomeUnknown)
 def _order_outcome_unknown() -> Fields:
-    return {**_order(), "attempt": 1, "error": "RequestTimeout"}
+    return {**_order(), "attempt": 1, "error": "RequestTimeout", "qty": Decimal("0.5"), "price": Decimal("61837.62")}
 
 
 @_factory(CancelOrder)

@@ -14,11 +14,9 @@ from bus.actor import IntentContext
 from bus.clock import SimClock
 from messages import (
     ExecutionCompleted,
-    IntentAccepted,
     LateFillRecorded,
     OrderFilled,
     OrderFinalized,
-    PlaceOrder,
     StrategyFinished,
 )
 
@@ -45,6 +43,12 @@ class Run:
         self.state = ctx.state
 
 
+def finished(qty: str, reason: str = "") -> StrategyFinished:
+    """What the supervisor says at the end, with the intent the report needs (the tracker reads no other)."""
+    return StrategyFinished(**BASE, client_order_ids=("fee-1-1",), reason=reason, attempts=1, fallback_used=False,
+                            side="buy", qty=Decimal(qty), strategy="market", accepted_ns=10**18 - 10**9)
+
+
 def fill(trade_id: str, qty: str, price: str, fee: str, currency: str) -> OrderFilled:
     return OrderFilled(**BASE, client_order_id="fee-1-1", order_id="9", trade_id=trade_id, attempt=1, side="buy",
                        qty=Decimal(qty), price=Decimal(price), fee=Decimal(fee), fee_currency=currency,
@@ -53,14 +57,12 @@ def fill(trade_id: str, qty: str, price: str, fee: str, currency: str) -> OrderF
 
 async def test_fees_in_base_quote_and_a_third_currency_are_all_reported() -> None:
     run = Run()
-    await run.send(IntentAccepted(**BASE, side="buy", qty=Decimal("4"), strategy="market", deadline_ns=0))
-    await run.send(PlaceOrder(**BASE, client_order_id="fee-1-1", attempt=1, side="buy", order_type="market", qty=Decimal("4")))
     await run.send(fill("t1", "1", "100", "0.001", "BTC"))   # base: 0.1 USDT at the fill's price
     await run.send(fill("t2", "1", "100", "0.2", "USDT"))    # quote: as is
     await run.send(fill("t3", "1", "100", "0.003", "BNB"))   # a third currency: kept as BNB
     await run.send(fill("t4", "1", "100", "0.004", "BNB"))
     await run.send(OrderFinalized(**BASE, client_order_id="fee-1-1", order_id="9", attempt=1, status="filled", filled_qty=Decimal("4")))
-    await run.send(StrategyFinished(**BASE, client_order_ids=("fee-1-1",), reason="", attempts=1, fallback_used=False))
+    await run.send(finished("4", reason=""))
 
     (report,) = [m for m in run.published if isinstance(m, ExecutionCompleted)]
     assert report.fees == Decimal("0.3") and report.fee_currency == "USDT"
@@ -70,11 +72,9 @@ async def test_fees_in_base_quote_and_a_third_currency_are_all_reported() -> Non
 
 async def test_a_late_fill_keeps_its_third_currency_fee() -> None:
     run = Run()
-    await run.send(IntentAccepted(**BASE, side="buy", qty=Decimal("2"), strategy="market", deadline_ns=0))
-    await run.send(PlaceOrder(**BASE, client_order_id="fee-1-1", attempt=1, side="buy", order_type="market", qty=Decimal("2")))
     await run.send(fill("t1", "1", "100", "0.003", "BNB"))
     await run.send(OrderFinalized(**BASE, client_order_id="fee-1-1", order_id="9", attempt=1, status="canceled", filled_qty=Decimal("1")))
-    await run.send(StrategyFinished(**BASE, client_order_ids=("fee-1-1",), reason="timeout", attempts=1, fallback_used=False))
+    await run.send(finished("2", reason="timeout"))
     (report,) = [m for m in run.published if isinstance(m, ExecutionCompleted)]
     assert report.other_fees == {"BNB": Decimal("0.003")}
 
@@ -90,11 +90,9 @@ async def test_a_late_fill_keeps_its_third_currency_fee() -> None:
 
 async def test_a_reason_the_reconciler_gives_for_an_order_reaches_the_report() -> None:
     run = Run()
-    await run.send(IntentAccepted(**BASE, side="buy", qty=Decimal("1"), strategy="market", deadline_ns=0))
-    await run.send(PlaceOrder(**BASE, client_order_id="fee-1-1", attempt=1, side="buy", order_type="market", qty=Decimal("1")))
     await run.send(fill("t1", "1", "100", "0.1", "USDT"))
     await run.send(OrderFinalized(**BASE, client_order_id="fee-1-1", order_id="9", attempt=1, status="filled",
                                   filled_qty=Decimal("1"), reason="trades missing: ..."))
-    await run.send(StrategyFinished(**BASE, client_order_ids=("fee-1-1",), reason="", attempts=1, fallback_used=False))
+    await run.send(finished("1", reason=""))
     (report,) = [m for m in run.published if isinstance(m, ExecutionCompleted)]
     assert report.reason == "fee-1-1: trades missing: ..."
