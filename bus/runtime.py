@@ -195,9 +195,16 @@ class ActorHost:
             max_deliver=-1,
         )
         try:
-            await self.bus.js.consumer_info(self._settings.stream, durable)
+            info = await self.bus.js.consumer_info(self._settings.stream, durable)
         except nats.js.errors.NotFoundError:
             await self.bus.js.add_consumer(self._settings.stream, config)
+        else:
+            if sorted(info.config.filter_subjects or []) != sorted(config.filter_subjects or []):
+                # A new version consumes other kinds: the server updates the durable in place, keeping its
+                # position, so nothing logged before is delivered twice and nothing after it is missed.
+                self.log.warning("consumer_filters_updated", consumer=durable,
+                                 was=info.config.filter_subjects, now=config.filter_subjects)
+                await self.bus.js.add_consumer(self._settings.stream, config)
         if self.actor.rebuilds():
             self._taken_at_seq[partition] = (await self.bus.js.stream_info(self._settings.stream)).state.last_seq
             self._rebuilt[partition] = set()

@@ -12,7 +12,9 @@ import nats
 import pytest
 import structlog
 import structlog.testing
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from bus.actor import Actor, IntentContext
 from bus.bus import Bus
 from bus.msglog import read_stream
 from bus.ops.system import build_actor
@@ -20,6 +22,7 @@ from bus.runtime import ActorHost
 from bus.server import EmbeddedNats
 from bus.streams import stream_config
 from messages import (
+    Message,
     AggressiveLimitParams,
     CancelIntent,
     CancelIntentAccepted,
@@ -30,7 +33,7 @@ from messages import (
 )
 from messages.base import routing
 from tests.e2e.conftest import Running, start_running, stepped_config, stop_running
-from tests.helpers import assert_invariants, fast_settings, new_intent
+from tests.helpers import assert_invariants, fast_settings, new_intent, wait_until
 
 
 @pytest.fixture(params=subjects.SHAPES)
@@ -129,3 +132,48 @@ async def test_an_older_stream_is_used_as_it_is_and_the_operator_told_why_to_mov
         assert subjects.shape_of(info.config.subject_transform.dest) == shape  # type: ignore[union-attr]
     finally:
         await again.close()
+
+
+class Counting(Actor[None]):
+    """Counts the `SubmitIntent`s it is delivered, per intent."""
+
+    name = "counting"
+    consumes = (SubmitIntent,)
+    produces = ()
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+
+    async def handle(self, msg: Message, ctx: IntentContext[None]) -> None:
+        self.seen[msg.intent_id] = self.seen.get(msg.intent_id, 0) + 1
+
+
+async def test_a_consumer_an_earlier_version_made_takes_this_versions_kinds_and_keeps_its_place(
+    nats_server: EmbeddedNats,
+) -> None:
+    bus = await Bus.connect(nats_server.url, fast_settings())
+    try:
+        stream = bus.settings.stream
+        # An earlier version of the actor consumed another kind; its durables are positioned after `before`.
+        before = new_intent()
+        await bus.publish(before)
+        for p in range(bus.settings.partitions):
+            await bus.js.add_consumer(stream, ConsumerConfig(
+                durable_name=f"counting-p{p}", filter_subjects=[subjects.partition_filter("intent_accepted", p)],
+                ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW))
+        after = new_intent()
+        await bus.publish(after)  # logged while no version runs
+
+        actor = Counting()
+        with structlog.testing.capture_logs() as logs:
+            async with ActorHost(bus, actor) as host:
+                await wait_until(lambda: len(host.partitions) == bus.settings.partitions)
+                await wait_until(lambda: actor.seen.get(after.intent_id) == 1, timeout=10)
+                for p in range(bus.settings.partitions):
+                    info = await bus.js.consumer_info(stream, f"counting-p{p}")
+                    assert info.config.filter_subjects == [subjects.partition_filter("submit_intent", p)]
+
+        assert before.intent_id not in actor.seen  # behind the durable's position: not delivered again
+        assert sum(1 for e in logs if e.get("event") == "consumer_filters_updated") == bus.settings.partitions
+    finally:
+        await bus.close()
