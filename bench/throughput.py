@@ -14,7 +14,14 @@ of each actor separately. The load generator is the benchmark process.
 * backlog per actor (JetStream consumer pending + ack pending, mid-window): the actor that queues is the
   bottleneck; then a cProfile window (never a measured one) summarised per process;
 * every message counted from the EXEC stream afterwards: each intent exactly one ExecutionCompleted,
-  filled, its fills distinct by trade id and summing to the intent's quantity; no dead letters.
+  filled, its fills distinct by trade id and summing to the intent's quantity; no dead letters;
+* the floor (`bench.floor.CHAIN`): right after the market's closed loop, on the same nats-server and in the
+  same processes (the relays live in the actors' worker processes, the venue's in the venue's), the bare
+  nats-py JetStream chain of the market path to completion — the same stored messages, deliveries, venue
+  request/reply, acks and a KV write per acting step — driven closed-loop with the same window, warm-up and
+  duration. The target is a ratio, market intents/s over floor chains/s, so it holds on a slow or busy
+  machine too; the work per intent of both (stored messages, deliveries by actor, KV writes) is printed
+  side by side, measured from the server.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bench.cluster import Cluster, intent_log
 from bench.common import VENUE_HISTORY, BenchResult, Table, Target, progress, summarize
+from bench.floor import CHAIN, CHAIN_ACTORS, VENUE_EVENTS, ChainLoad, chain_counts, chain_plan, chain_spec
 from bench.profiling import summarize_profile
 from bus.ops.system import ACTORS
 from messages import ExecutionCompleted, InvalidMessage, OrderFilled, SubmitIntent, decode, subjects
@@ -39,6 +47,8 @@ __all__ = ["run"]
 
 QTY = Decimal("0.001")
 TARGET_RATE = 2000.0
+FLOOR_RATIO = 0.5
+"""Closed-loop market intents/s over the same run's JetStream floor chains/s (issue "Performance, round two")."""
 
 
 class Load:
@@ -156,6 +166,8 @@ def _args(quick: bool, argv: list[str]) -> argparse.Namespace:
     p.add_argument("--venue-history", type=int, default=VENUE_HISTORY,
                    help="trades/closed orders the paper venue keeps per account (its own default: 100000)")
     p.add_argument("--profile", type=float, default=1.0 if quick else 5.0, help="seconds of profiled load (0: none)")
+    p.add_argument("--no-floor", dest="floor", action="store_false",
+                   help="skip the JetStream floor chain (bench.floor.CHAIN) and its target")
     return p.parse_args(argv)
 
 
@@ -287,20 +299,62 @@ async def _work_per_intent(cluster: Cluster, intents: int) -> dict[str, Any]:
         "stored_by_kind_per_intent": {k: per(v) for k, v in sorted(stored.items(), key=lambda kv: -kv[1])},
         "deliveries_per_intent": per(sum(deliveries.values())),
         "deliveries_by_actor_per_intent": {k: per(v) for k, v in deliveries.items()},
+        "kinds_delivered_by_actor": {name: sorted(k.kind for k in actor_class(name).consumes if stored.get(k.kind))
+                                     for name in ACTORS},
         "redelivered": redelivered,
     }
 
 
-async def _start(cluster: Cluster, layout: str, replicas: int, history: int) -> None:
-    await cluster.spawn("venue", venue="realtime", speed=1.0, history=history)
+async def _kv_writes(cluster: Cluster) -> dict[str, int]:
+    """Writes so far to each KV bucket an intent writes to (its stream's last sequence; the lease bucket is
+    written on a timer, not per intent, and left out)."""
+    js = cluster.nc.jetstream()
+    s = cluster.settings
+    out = {}
+    for bucket in (s.state_bucket, s.intent_bucket, s.control_bucket):
+        try:
+            out[bucket] = (await js.stream_info(f"KV_{bucket}")).state.last_seq
+        except Exception:  # (a bucket this version does not have)
+            out[bucket] = 0
+    return out
+
+
+async def _start(cluster: Cluster, layout: str, replicas: int, history: int, floor: bool) -> None:
+    """The venue and the actors; with `floor`, the floor chain's relays in the same processes (each replica
+    the chain's partitions that match its share, round-robin; the venue's relay with the venue)."""
+    partitions = list(range(cluster.settings.partitions))
+    await cluster.spawn("venue", venue="realtime", speed=1.0, history=history,
+                        floor=chain_spec(["V"], []) if floor else "")
     if layout == "set":
         for k in range(replicas):
-            await cluster.spawn(f"r{k}", actors="all")
+            share = [p for p in partitions if p % replicas == k]
+            await cluster.spawn(f"r{k}", actors="all", floor=chain_spec(list(CHAIN_ACTORS), share) if floor else "")
     else:
+        roles = {a: r for r, a in CHAIN_ACTORS.items()}
         for k in range(replicas):
+            share = [p for p in partitions if p % replicas == k]
             for name in ACTORS:
-                await cluster.spawn(f"{name}{k}", actors=name)
+                spec = chain_spec([roles[name]], share) if floor and name in roles else ""
+                await cluster.spawn(f"{name}{k}", actors=name, floor=spec)
     await cluster.wait_partitions(timeout=90)
+
+
+async def _floor(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
+    """The floor chain closed-loop: same window, warm-up and duration as the market's."""
+    load = await ChainLoad(cluster.nc, cluster.settings.partitions).start()
+    await load.drain(await load.closed("fw", args.window, args.warmup), 60)
+    before = cluster.stats()
+    t0 = time.monotonic()
+    ids = await load.closed("fc", args.window, args.duration)
+    in_window = [i for i in ids if i in load.done and load.done[i] <= (t0 + args.duration) * 1e9]
+    after = cluster.stats()
+    drained = await load.drain(ids, 120)
+    rate = len(in_window) / args.duration
+    return {"window": args.window, "seconds": args.duration, "completed": len(in_window),
+            "chains_per_s": round(rate, 1), "latency_ms": summarize(load.latencies(in_window)),
+            "cpu_ms_per_chain": _cpu(before, after, len(in_window)), "drained": drained,
+            "publish_errors": load.publish_errors, "plan": chain_plan(),
+            "measured": await chain_counts(cluster.nc, len(load.sent))}
 
 
 def _cpu(before: dict[str, Any], after: dict[str, Any], n: int) -> dict[str, float]:
@@ -317,11 +371,11 @@ def _cpu(before: dict[str, Any], after: dict[str, Any], n: int) -> dict[str, flo
 
 async def _one(layout: str, replicas: int, args: argparse.Namespace) -> dict[str, Any]:
     async with Cluster() as cluster:
-        await _start(cluster, layout, replicas, args.venue_history)
+        await _start(cluster, layout, replicas, args.venue_history, args.floor)
         progress(f"throughput: {layout} x{replicas} started")
         load = await Load(cluster).start()
         await load.drain(await load.closed("w", args.window, args.warmup), 60)  # warm-up
-        before = cluster.stats()
+        before, kv_before = cluster.stats(), await _kv_writes(cluster)
         t0 = time.monotonic()
         task = asyncio.create_task(load.closed("c", args.window, args.duration))
         await asyncio.sleep(args.duration / 2)
@@ -329,13 +383,19 @@ async def _one(layout: str, replicas: int, args: argparse.Namespace) -> dict[str
         ids = await task
         in_window = [i for i in ids if i in load.done and load.done[i] <= (t0 + args.duration) * 1e9]
         after = cluster.stats()
+        kv_after = await _kv_writes(cluster)
         await load.drain(ids, 120)
         closed_rate = len(in_window) / args.duration
+        n = len(in_window) or 1
         closed = {"window": args.window, "seconds": args.duration, "completed": len(in_window),
                   "intents_per_s": round(closed_rate, 1), "latency_ms": summarize(load.latencies(in_window)),
                   "cpu_ms_per_intent": _cpu(before, after, len(in_window)), "backlog_mid_window": backlog,
-                  "rss_mb": {k: round(v.rss_mb, 1) for k, v in after.items()}}
+                  "rss_mb": {k: round(v.rss_mb, 1) for k, v in after.items()},
+                  "kv_writes_per_intent": {b: round((kv_after[b] - kv_before[b]) / n, 2) for b in kv_after}}
         progress(f"throughput: {layout} x{replicas} closed loop {closed_rate:.0f}/s")
+        floor = await _floor(cluster, args) if args.floor else None
+        if floor is not None:
+            progress(f"throughput: {layout} x{replicas} floor chain {floor['chains_per_s']:.0f}/s")
         opened = []
         for spec in args.rates.split(","):
             rate = TARGET_RATE if spec == "target" else (float(spec) * closed_rate if float(spec) <= 1.5 else float(spec))
@@ -354,7 +414,7 @@ async def _one(layout: str, replicas: int, args: argparse.Namespace) -> dict[str
         verify = await _verify(cluster, load)
         work = await _work_per_intent(cluster, len(load.sent))
         verify["example_logs"] = {iid: await intent_log(cluster, iid) for iid in verify["examples"][:3]}
-    return {"layout": layout, "replicas": replicas, "closed_loop": closed, "open_loop": opened,
+    return {"layout": layout, "replicas": replicas, "closed_loop": closed, "floor_chain": floor, "open_loop": opened,
             "profile": profile, "verify": verify, "work_per_intent": work, "worker_log_warnings": cluster.log_summary,
             "worker_log_errors": cluster.log_examples[:4]}
 
@@ -377,8 +437,65 @@ def _problems(v: dict[str, Any]) -> str:
     return f"{v['intents_sent']} intents: " + ", ".join(bad)
 
 
+def _work_rows(c: dict[str, Any]) -> list[list[Any]]:
+    """Market path (measured) next to the floor chain (its table, and measured from the server)."""
+    name = f"{c['layout']} x{c['replicas']}"
+    w, cl, f = c["work_per_intent"], c["closed_loop"], c.get("floor_chain")
+    plan, meas = (f["plan"], f["measured"]) if f else ({}, {})
+    rows: list[list[Any]] = [[name, "stored (all kinds)", w["stored_per_intent"], plan.get("stored_per_chain"),
+                              meas.get("stored_per_chain")]]
+    kinds = list(w["stored_by_kind_per_intent"]) + [k for k in plan.get("stored_by_kind", {})
+                                                     if k not in w["stored_by_kind_per_intent"]]
+    rows += [[name, f"stored {k}", w["stored_by_kind_per_intent"].get(k, 0.0), plan.get("stored_by_kind", {}).get(k, 0)
+              if f else None, None] for k in kinds]
+    rows.append([name, "delivered to actors", w["deliveries_per_intent"], plan.get("deliveries_per_chain"),
+                 meas.get("deliveries_per_chain")])
+    rows += [[name, f"delivered to {a}", v, plan.get("deliveries_by_actor", {}).get(a, 0) if f else None,
+              meas.get("deliveries_by_actor", {}).get(a, 0.0) if f else None]
+             for a, v in w["deliveries_by_actor_per_intent"].items()]
+    rows.append([name, "redelivered (total)", w["redelivered"], None, meas.get("redelivered")])
+    kv = cl.get("kv_writes_per_intent", {})
+    rows.append([name, "KV writes (closed loop)", round(sum(kv.values()), 2), plan.get("kv_writes_per_chain"),
+                 meas.get("kv_writes_per_chain")])
+    rows += [[name, f"KV writes {b}", v, None, None] for b, v in kv.items()]
+    return rows
+
+
+MATCH_TOLERANCE = 0.05
+"""Per intent: a rare extra message on the market path (a second fill, a retry) is not a different path."""
+
+
+def _floor_diff(c: dict[str, Any]) -> list[str]:
+    """How bench.floor.CHAIN differs from the market path as measured (empty: the same stored messages by kind
+    and the same deliveries, kind by kind, to each actor, within `MATCH_TOLERANCE` per intent)."""
+    w, f = c["work_per_intent"], c.get("floor_chain")
+    if not f:
+        return ["no floor run"]
+    out = []
+    market, plan = w["stored_by_kind_per_intent"], f["plan"]["stored_by_kind"]
+    for kind in sorted(set(market) | set(plan)):
+        if abs(market.get(kind, 0.0) - plan.get(kind, 0)) > MATCH_TOLERANCE:
+            out.append(f"stored {kind}: market {market.get(kind, 0.0)}, floor {plan.get(kind, 0)}")
+    roles = {a: r for r, a in CHAIN_ACTORS.items()}
+    for actor, kinds in w.get("kinds_delivered_by_actor", {}).items():
+        role = roles.get(actor)
+        usual = {k for k in kinds if market.get(k, 0.0) >= 0.5}
+        rows = {s.on for s in CHAIN if s.role == role and s.on not in VENUE_EVENTS} if role else set()
+        out += [f"delete Step({role!r}, {k!r})" for k in sorted(rows - usual)]
+        out += [f"add Step({role or actor!r}, {k!r})" for k in sorted(usual - rows)]
+        delivered = w["deliveries_by_actor_per_intent"].get(actor, 0.0)
+        planned = f["plan"]["deliveries_by_actor"].get(actor, 0)
+        if abs(delivered - planned) > MATCH_TOLERANCE:
+            out.append(f"deliveries to {actor}: market {delivered}, floor {planned}")
+    return out
+
+
+def _floor_matches(c: dict[str, Any]) -> bool:
+    return not _floor_diff(c)
+
+
 def _result(args: argparse.Namespace, configs: list[dict[str, Any]]) -> BenchResult:
-    rows, open_rows, cpu_rows = [], [], []
+    rows, open_rows, cpu_rows, floor_rows = [], [], [], []
     for c in configs:
         cl = c["closed_loop"]
         name = f"{c['layout']} x{c['replicas']}"
@@ -388,7 +505,15 @@ def _result(args: argparse.Namespace, configs: list[dict[str, Any]]) -> BenchRes
         for o in c["open_loop"]:
             open_rows.append([name, o["rate"], o["offered"], o["achieved_per_s"], o["latency_ms"].get("p50"),
                               o["latency_ms"].get("p99"), o["sustained"]])
-        cpu_rows += [[name, k, v] for k, v in cl["cpu_ms_per_intent"].items()]
+        fl = c.get("floor_chain")
+        fcpu = fl["cpu_ms_per_chain"] if fl else {}
+        cpu_rows += [[name, k, v, fcpu.get(k)] for k, v in cl["cpu_ms_per_intent"].items()]
+        if fl:
+            c["floor_ratio"] = round(cl["intents_per_s"] / fl["chains_per_s"], 3) if fl["chains_per_s"] else None
+            floor_rows.append([name, fl["chains_per_s"], fl["latency_ms"].get("p50"), fl["latency_ms"].get("p99"),
+                               fcpu["all_total"], fcpu["actors_total"], cl["intents_per_s"], c["floor_ratio"],
+                               _floor_matches(c), fl["drained"] and not fl["publish_errors"]
+                               and not fl["measured"]["redelivered"]])
     best = max(configs, key=lambda c: c["closed_loop"]["intents_per_s"])
     sustained = [o["rate"] for c in configs for o in c["open_loop"] if o["sustained"]]
     tables = [
@@ -397,15 +522,18 @@ def _result(args: argparse.Namespace, configs: list[dict[str, Any]]) -> BenchRes
                "all counted ok"], rows),
         Table(f"open loop ({args.open_duration:g} s per rate)",
               ["config", "offered/s", "intents", "achieved/s", "p50 ms", "p99 ms", "sustained"], open_rows),
-        Table("CPU per completed intent by process (closed loop)", ["config", "process", "CPU ms"], cpu_rows),
-        Table("work per market intent: messages stored in the log, and deliveries to each actor",
-              ["config", "what", "per intent"],
-              [[f"{c['layout']} x{c['replicas']}", what, n] for c in configs for what, n in
-               [("stored (all kinds)", c["work_per_intent"]["stored_per_intent"]),
-                *((f"stored {k}", v) for k, v in c["work_per_intent"]["stored_by_kind_per_intent"].items()),
-                ("delivered to actors", c["work_per_intent"]["deliveries_per_intent"]),
-                *((f"delivered to {a}", v) for a, v in c["work_per_intent"]["deliveries_by_actor_per_intent"].items())]]),
+        Table("CPU per completed intent by process (closed loop), and per floor chain",
+              ["config", "process", "CPU ms/intent", "floor CPU ms/chain"], cpu_rows),
+        Table("work per market intent (measured), next to the floor chain's (bench.floor.CHAIN, and measured "
+              "from the server)", ["config", "what", "market", "floor table", "floor measured"],
+              [row for c in configs for row in _work_rows(c)]),
     ]
+    if floor_rows:
+        tables.insert(1, Table(
+            f"floor: bare JetStream chain of the market path to completion, closed loop ({args.window} in flight, "
+            f"{args.duration:g} s), same server and processes", ["config", "chains/s", "p50 ms", "p99 ms",
+            "CPU ms/chain", "actors' procs CPU ms", "market intents/s", "market / floor", "same work",
+            "all done ok"], floor_rows))
     for c in configs:
         for wid, prof in c["profile"].items():
             tables.append(Table(f"profile {c['layout']} x{c['replicas']} {wid}: own time by area "
@@ -420,6 +548,20 @@ def _result(args: argparse.Namespace, configs: list[dict[str, Any]]) -> BenchRes
                "; ".join(f"{c['layout']} x{c['replicas']}: {_problems(c['verify'])}" for c in configs),
                all(c["verify"]["ok"] for c in configs)),
     ]
+    if best.get("floor_chain"):
+        ratio = best.get("floor_ratio")
+        others = [f"{c['layout']} x{c['replicas']} {c.get('floor_ratio')}" for c in configs
+                  if c is not best and c.get("floor_chain")]
+        targets.append(Target(
+            "closed-loop market intents/s >= 50 % of the same-run JetStream floor chain's rate",
+            f">= {FLOOR_RATIO:.2f}",
+            f"{ratio} ({best['closed_loop']['intents_per_s']}/s vs floor {best['floor_chain']['chains_per_s']}/s, "
+            f"{best['layout']} x{best['replicas']}, the fastest config)" + (f"; {', '.join(others)}" if others else "")
+            + ("" if _floor_matches(best) else "; NOT JUDGED: the floor chain's work differs from the market "
+               "path's (see the notes)"),
+            (ratio is not None and ratio >= FLOOR_RATIO) if _floor_matches(best) else None))
+    notes = [f"floor {c['layout']} x{c['replicas']} differs from the market path; in bench.floor.CHAIN: "
+             + "; ".join(_floor_diff(c)) for c in configs if c.get("floor_chain") and not _floor_matches(c)]
     return BenchResult(
         params={k: v for k, v in vars(args).items()} | {"qty": str(QTY), "strategy": "market",
                                                        "venue": "paper, real-time replay 1x, zero latency"},
@@ -427,5 +569,11 @@ def _result(args: argparse.Namespace, configs: list[dict[str, Any]]) -> BenchRes
         notes=["CPU ms/intent sums every process of the run (nats-server, venue, actors, load generator) over "
                "the closed-loop window; 2 cores allow at most 2000 / (CPU ms/intent) intents/s.",
                "'most backlog' is the actor with the most messages pending or unacknowledged in its JetStream "
-               "consumers half-way through the closed-loop window: the bottleneck."],
+               "consumers half-way through the closed-loop window: the bottleneck.",
+               "floor: bench.floor.CHAIN, the market path's stored messages, deliveries, venue request/reply and "
+               "acks as a bare nats-py JetStream chain, run right after the market's closed loop on the same "
+               "server, its relays in the same processes; 'same work' = its stored messages by kind and "
+               "deliveries by actor equal the market path's measured ones. Its KV writes are 2 claims and one "
+               "write per step that publishes (a floor: execbus's count, measured over the closed loop, depends "
+               "on how many of an intent's steps its batching folds into one write).", *notes],
     )
