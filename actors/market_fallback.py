@@ -1,17 +1,13 @@
 """The market-fallback actor: when an execution's budget runs out with quantity left, it executes the
 remainder at market. It only subscribes to `ExecutionTimedOut` and places through the same placer, so the
-supervisor needs to know nothing about how the fallback works.
-
-Its command is a `PlaceFallbackOrder` (a `PlaceOrder` of a kind of its own): the placer and the reconciler
-take it as any order, and the supervisor, which must know of the fallback's order before it finishes, is
-delivered this kind alone rather than every `PlaceOrder` of the intent (see `actors/supervisor.py`)."""
+supervisor needs to know nothing about how the fallback works."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from bus.actor import Actor, IntentContext
-from messages import ExecutionTimedOut, PlaceFallbackOrder
+from messages import ExecutionTimedOut, PlaceOrder
 from messages.base import Message, routing
 
 __all__ = ["MarketFallback", "FALLBACK_ATTEMPT"]
@@ -23,7 +19,7 @@ FALLBACK_ATTEMPT = 0
 class MarketFallback(Actor[None]):
     name = "market_fallback"
     consumes = (ExecutionTimedOut,)
-    produces = (PlaceFallbackOrder,)
+    produces = (PlaceOrder,)
 
     def __init__(self) -> None:
         self.executed = 0
@@ -47,7 +43,7 @@ class MarketFallback(Actor[None]):
         self.executed += 1
         ctx.log.info("fallback_market", remaining=str(msg.remaining_qty))
         await ctx.publish(
-            PlaceFallbackOrder(
+            PlaceOrder(
                 **routing(msg),
                 client_order_id=f"{msg.intent_id}-F",
                 attempt=FALLBACK_ATTEMPT,

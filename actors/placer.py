@@ -44,7 +44,6 @@ from messages import (
     OrderOutcomeUnknown,
     OrderPlaced,
     OrderRejected,
-    PlaceFallbackOrder,
     PlaceOrder,
 )
 from messages.base import Message, routing
@@ -62,8 +61,7 @@ _RETRY_AFTER = re.compile(r"retry_after_ms=(\d+)")
 class Pending(msgspec.Struct, kw_only=True):
     """An order whose create outcome is unknown, or whose cancel still has to go through."""
 
-    command: PlaceOrder | PlaceFallbackOrder
-    """(Both named: the stored state is decoded by each kind's tag, and a fallback's has its own.)"""
+    command: PlaceOrder
     since_ns: int
     checks: int = 0
     cancel_wanted: bool = False
@@ -112,9 +110,7 @@ class PlacerState(msgspec.Struct, kw_only=True):
 
 class Placer(Actor[PlacerState]):
     name = "placer"
-    # The fallback's command is a `PlaceOrder` of its own kind (`PlaceFallbackOrder`): handled as any other,
-    # in log order with the intent's cancels and its `StrategyFinished`.
-    consumes = (IntentAccepted, PlaceOrder, PlaceFallbackOrder, CancelOrder, OrderFinalized, StrategyFinished, CancelIntent)
+    consumes = (IntentAccepted, PlaceOrder, CancelOrder, OrderFinalized, StrategyFinished, CancelIntent)
     produces = (OrderPlaced, OrderRejected, OrderOutcomeUnknown, OrderCanceled, CancelRejected)
     claims = {"intents": ("create",), "controls": ("rate",)}  # one create per client order id; the order budget
     moves_money = True
@@ -652,8 +648,6 @@ class Placer(Actor[PlacerState]):
                 client_order_id=cid,
                 attempt=cmd.attempt,
                 error=error,
-                qty=cmd.qty,
-                price=cmd.price,
             )
         )
 

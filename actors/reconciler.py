@@ -32,7 +32,6 @@ from messages import (
     OrderFinalized,
     OrderPlaced,
     OrderRejected,
-    PlaceFallbackOrder,
     PlaceOrder,
 )
 from messages.base import Message
@@ -84,7 +83,7 @@ class ReconcilerState(msgspec.Struct, kw_only=True):
 
 class Reconciler(Actor[ReconcilerState]):
     name = "reconciler"
-    consumes = (PlaceOrder, PlaceFallbackOrder, OrderPlaced, OrderRejected, OrderCanceled, CancelRejected)
+    consumes = (PlaceOrder, OrderPlaced, OrderRejected, OrderCanceled, CancelRejected)
     produces = (OrderFilled, OrderFinalized, OrderPlaced, OrderCanceled)
     moves_money = True  # start-up reconciliation cancels open orders nobody watches
     State = ReconcilerState

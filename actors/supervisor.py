@@ -9,33 +9,6 @@ halt, the fallback hand-off, the report. It never talks to a venue except to rea
 Invariant it keeps for every strategy: the next order (or the fallback) is only started once every earlier
 order is confirmed terminal by the reconciler (`OrderFinalized`), and its quantity is at most the intent's
 quantity minus everything filled so far.
-
-Orders it did not command itself, and how it learns of them without being delivered every `PlaceOrder`
-(its own command of every attempt would come back to it, only to be ignored):
-
-- The market fallback's order: its command is a kind of its own, `PlaceFallbackOrder` (a `PlaceOrder`
-  subclass: the placer and reconciler take it as any order), and the supervisor consumes that kind. This,
-  rather than learning of `<intent>-F` from the placer's `OrderPlaced`/`OrderRejected`/`OrderOutcomeUnknown`,
-  because the command is in the log the moment the fallback sends it, whoever is up: with a placer down
-  longer than `act_by_ns` plus the grace after it, the supervisor waiting for the placer's answer would
-  finish without the fallback's order, and the placer, coming back and reading the intent in log order,
-  would meet that command *before* the `StrategyFinished` and place it — a market order no report waits
-  for. Seeing the command itself, the supervisor records the order at once and finishes only once it is
-  terminal, however long the placer takes. A rebuild reads every kind of the intent's log, so it folds the
-  fallback's command (and, in logs from before this kind, the `PlaceOrder` with `origin="market_fallback"`)
-  as before.
-- An order an owner that had lost the intent sent after this owner read the log (its `PlaceOrder` landed
-  late, see "After a failover" in the README): no longer delivered the command, the supervisor learns of it
-  from the first event about an order it has no record of — `OrderPlaced`, `OrderOutcomeUnknown` (which
-  carries the command's quantity and price for this) or `OrderFinalized` — and records it as a fenced
-  order, worked (canceled, waited for) exactly as before. The placer answers right after it creates, and
-  its checks stand whatever we know: the intent's exposure, the newer owner's epoch (a command landing
-  after our first one is refused), nothing created after `StrategyFinished`, whatever still rests then
-  canceled. What is narrower than when we read every `PlaceOrder`: should we finish while such a command
-  waits for a placer that is down, the placer meets it before our `StrategyFinished`, may create it, and
-  cancels it at the `StrategyFinished`; its fills, if any, reach the tracker as late fills.
-  Any such event also records the fallback's order, should its command come later (a redelivery) or not
-  at all (a fallback of an older version that still sends a plain `PlaceOrder`).
 """
 
 from __future__ import annotations
@@ -61,6 +34,7 @@ from messages import (
     CancelIntentAccepted,
     CancelIntentRejected,
     CancelOrder,
+    CancelRejected,
     ExecutionTimedOut,
     IntentAccepted,
     IntentRejected,
@@ -70,7 +44,6 @@ from messages import (
     OrderOutcomeUnknown,
     OrderPlaced,
     OrderRejected,
-    PlaceFallbackOrder,
     PlaceOrder,
     PriceQuoted,
     PriceRequested,
@@ -129,7 +102,6 @@ class OrderRecord(msgspec.Struct, kw_only=True):
 class SupervisorState(msgspec.Struct, kw_only=True):
     intent: SubmitIntent
     accepted_ns: int
-    """When the submission arrived (its budget starts there)."""
     deadline_ns: int
     """End of the strategy's budget (`Strategy.budget_ns` after acceptance); the fallback comes after it."""
     phase: str = "arrival"
@@ -160,7 +132,7 @@ class SupervisorState(msgspec.Struct, kw_only=True):
     `canceled` once every order is terminal."""
     accepted_ts_ns: int = 0
     """The `ts_event` of our `IntentAccepted` (0 in a snapshot from before the field): `StrategyFinished`
-    carries it as `accepted_ns`, the report's start, so the tracker need not be delivered `IntentAccepted`."""
+    carries it as `accepted_ns`, the report's start, whether or not the tracker saw `IntentAccepted`."""
     accepted_seq: int = 0
     """Where `IntentAccepted` is in the log: a cancel from before it cancels nothing (the placer and a
     rebuilt owner read the log in that order too)."""
@@ -189,11 +161,9 @@ class SupervisorState(msgspec.Struct, kw_only=True):
     reason: str = ""
     early: list[OrderPlaced | OrderOutcomeUnknown | OrderRejected | OrderFinalized] = msgspec.field(default_factory=list)
     """Order events that came before the order they are about. After a failover the log's order is not the
-    delivery order: a command the dead replica had taken (the fallback's `PlaceFallbackOrder`, or the
-    `PriceQuoted` that made us place) is redelivered only when its ack wait expires, while the events that
-    followed it are delivered at once. Kept until the order's record exists, then applied in order. (Live,
-    only a refusal waits here: an event that says an order exists or may exist makes its record at once,
-    `_record_of_event`.)"""
+    delivery order: a command the dead replica had taken (the fallback's `PlaceOrder`, or the `PriceQuoted` that
+    made us place) is redelivered only when its ack wait expires, while the events that followed it are
+    delivered at once. Kept until the order's record exists, then applied in order."""
 
     def order(self, client_order_id: str) -> OrderRecord | None:
         return next((o for o in self.orders if o.client_order_id == client_order_id), None)
@@ -220,8 +190,9 @@ class Supervisor(Actor[SupervisorState]):
         OrderPlaced,
         OrderRejected,
         OrderOutcomeUnknown,
+        CancelRejected,
         OrderFinalized,
-        PlaceFallbackOrder,  # the fallback's order; not `PlaceOrder`, which is our own (see the docstring)
+        PlaceOrder,
         CancelIntent,
     )
     produces = (
@@ -391,29 +362,23 @@ class Supervisor(Actor[SupervisorState]):
             return  # the copy an owner that had lost the intent sent: it says nothing about ours
         if isinstance(msg, OrderPlaced | OrderOutcomeUnknown | OrderRejected | OrderFinalized):
             if state.order(msg.client_order_id) is None:
-                if isinstance(msg, OrderRejected):
-                    # Nothing was created: only worth keeping for the fallback's command, should it come later.
-                    if all(e.msg_id != msg.msg_id for e in state.early):
-                        ctx.log.info("order_event_before_its_order", kind=msg.kind, client_order_id=msg.client_order_id)
-                        state.early.append(msg)
-                    return
-                # An order exists (or may) that we hold no command of: one an owner that had lost the intent
-                # sent after we read the log (we are not delivered `PlaceOrder`), or the fallback's ahead of
-                # its command. It counts as an order from now on.
-                record = _record_of_event(state, msg)
-                ctx.log.warning(
-                    "order_learned_from_its_event", kind=msg.kind, client_order_id=msg.client_order_id,
-                    origin=record.origin,
-                )
-                state.orders.append(record)
+                if all(e.msg_id != msg.msg_id for e in state.early):
+                    ctx.log.info("order_event_before_its_order", kind=msg.kind, client_order_id=msg.client_order_id)
+                    state.early.append(msg)
+                return
         match msg:
-            case PlaceOrder(origin="market_fallback"):  # `PlaceFallbackOrder` (a plain `PlaceOrder` in old logs)
+            case PlaceOrder(origin="market_fallback"):
                 if state.order(msg.client_order_id) is None:
                     state.orders.append(
                         OrderRecord(
                             client_order_id=msg.client_order_id, attempt=msg.attempt, origin=msg.origin, qty=msg.qty
                         )
                     )
+            case PlaceOrder():
+                # Our own command coming back from the log; one we have no record of was sent by an owner
+                # that had lost the intent, and may still have reached the venue: it counts as an order.
+                if state.order(msg.client_order_id) is None:
+                    state.orders.append(_record_of(msg, fenced=True))
             case PriceQuoted():
                 await self._quoted(msg, state, ctx)
             case PriceUnavailable():
@@ -426,6 +391,8 @@ class Supervisor(Actor[SupervisorState]):
                     record.status = "unknown"
             case OrderRejected():
                 await self._order_rejected(msg, state, ctx)
+            case CancelRejected():
+                ctx.log.info("cancel_rejected", client_order_id=msg.client_order_id, reason=msg.reason)
             case OrderFinalized():
                 await self._finalized(msg, state, ctx)
 
@@ -535,13 +502,16 @@ class Supervisor(Actor[SupervisorState]):
                 ts_event=state.accepted_ts_ns,  # (stamped here so that `StrategyFinished` can repeat it)
             )
         )
-        stored = await ctx.sent[-1]  # (its place in the log, for `_cancel_intent`)
-        state.accepted_seq = int(getattr(stored, "seq", 0) or 0)
+        accepted = ctx.sent[-1]
         if unavailable:
+            state.accepted_seq = _seq_of(await accepted)
             # Accepted so the upstream gets a true report, which says the venue never answered.
             await self._finish(state, ctx, f"venue {intent.venue!r} unavailable for the whole budget: {unavailable}")
             return
         await self._request_price(state, ctx, attempt=0, mode="arrival", qty=intent.qty)
+        # Its place in the log (for `_cancel_intent`), awaited once the price request is out too: the two
+        # publishes' acks come back together instead of one round trip after the other.
+        state.accepted_seq = _seq_of(await accepted)
         ctx.save(state)
 
     async def _validate(self, intent: SubmitIntent) -> tuple[str, str] | None:
@@ -1287,13 +1257,6 @@ def _fold(history: list[tuple[int, Message]]) -> SupervisorState | None:
         if state is None:
             continue
         _fold_one(state, msg)
-    if state is not None:
-        # An event about an order whose command is nowhere in the log (an order start-up reconciliation
-        # adopted): the order exists, as live (`_apply`), so it counts.
-        for event in [e for e in state.early if not isinstance(e, OrderRejected)]:
-            if state.order(event.client_order_id) is None:
-                state.orders.append(_record_of_event(state, event))  # type: ignore[arg-type]
-        _fold_early(state)
     return state
 
 
@@ -1410,25 +1373,9 @@ def _record_of(cmd: PlaceOrder, *, fenced: bool = False) -> OrderRecord:
     )
 
 
-def _record_of_event(
-    state: SupervisorState, msg: OrderPlaced | OrderOutcomeUnknown | OrderFinalized
-) -> OrderRecord:
-    """The record of an order first heard of from an event about it, not from its command: the fallback's
-    (`<intent>-F`), or else one an owner that had lost the intent sent (fenced: it counts, and is canceled
-    before the next order, until it is terminal)."""
-    fallback = msg.client_order_id == f"{state.intent.intent_id}-F"
-    match msg:
-        case OrderPlaced():
-            qty, price = msg.qty, msg.price
-        case OrderOutcomeUnknown():
-            qty, price = msg.qty, msg.price
-        case OrderFinalized():
-            qty, price = msg.filled_qty, None
-    return OrderRecord(
-        client_order_id=msg.client_order_id, attempt=msg.attempt,
-        origin="market_fallback" if fallback else "supervisor",
-        qty=qty if qty is not None else Decimal(0), price=price, fenced=not fallback,
-    )
+def _seq_of(ack: object) -> int:
+    """The stream sequence of a publish's ack (0 if it has none)."""
+    return int(getattr(ack, "seq", 0) or 0)
 
 
 def _adopt_record(state: SupervisorState, record: OrderRecord) -> None:

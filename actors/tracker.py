@@ -6,13 +6,14 @@ fills, so the report's totals are the sum of its fills by construction. A fill t
 report is recorded and announced (`LateFillRecorded`), never dropped. Status queries are answered over
 request/reply at `execbus.ctl.tracker.intent`.
 
-It is delivered only what it uses: the fills, the orders' terminal declarations (`OrderFinalized`, and
-`OrderRejected` for an order refused before it existed), `StrategyFinished`, and `IntentRejected` (an intent
-that never runs has no other message). Everything else the report needs comes with those: the intent's side,
-quantity, strategy, arrival bid/ask and acceptance time with `StrategyFinished`, every order's id and attempt
-with its fills and its `OrderFinalized`/`OrderRejected`. So while an intent works its status knows only the
-orders that have filled or ended, and its quantity once the strategy has finished (`IntentStatus.qty` is None
-until then). Arrival order does not matter: fills before or after `StrategyFinished`, an `OrderFinalized`
+It is delivered only what it uses: `IntentAccepted` (the intent's side, quantity, strategy and start, so a
+status query knows them while it works), the fills, the orders' terminal declarations (`OrderFinalized`,
+and `OrderRejected` for an order refused before it existed), `StrategyFinished`, and `IntentRejected` (an
+intent that never runs has no other message). Everything else the report needs comes with those: the
+arrival bid/ask with `StrategyFinished` (which repeats the intent too, so the report never depends on
+having seen `IntentAccepted` first), every order's id and attempt with its fills and its
+`OrderFinalized`/`OrderRejected`. So while an intent works its status knows only the orders that have filled
+or ended. Arrival order does not matter: fills before or after `StrategyFinished`, an `OrderFinalized`
 before the last of its fills — the report waits until every order `StrategyFinished` lists has exactly its
 final filled quantity in fills.
 """
@@ -27,6 +28,7 @@ import msgspec
 from bus.actor import Actor, IntentContext, Services
 from messages import (
     ExecutionCompleted,
+    IntentAccepted,
     IntentRejected,
     IntentStatus,
     LateFillRecorded,
@@ -110,6 +112,7 @@ class TrackerState(msgspec.Struct, kw_only=True):
 class Tracker(Actor[TrackerState]):
     name = "tracker"
     consumes = (
+        IntentAccepted,  # the intent's side, quantity and start, so a status query knows them while it works
         OrderFilled,
         OrderFinalized,
         StrategyFinished,
@@ -136,6 +139,9 @@ class Tracker(Actor[TrackerState]):
     async def handle(self, msg: Message, ctx: IntentContext[TrackerState]) -> None:
         state = ctx.state or TrackerState(venue=msg.venue, symbol=msg.symbol)
         match msg:
+            case IntentAccepted():
+                state.side, state.qty, state.strategy = msg.side, msg.qty, msg.strategy
+                state.accepted_ns = msg.ts_event
             case IntentRejected(duplicate=False):
                 # (Also sent for a garbled resubmission of a running intent's id: `_phase` says "rejected"
                 # only while nothing shows the intent ran.)

@@ -42,11 +42,12 @@ actors' `consumes` (actors/*.py) and checked against what `bench throughput` mea
 (`_work_per_intent`: stored messages by kind, deliveries by actor), which it prints next to the floor's
 own counts read back from the server. When the actors change what they consume, add or delete rows here.
 
-Today's table (10 stored messages, 14 deliveries: S 4, P 1, PL 4, R 2, T 3):
+Today's table (10 stored messages, 16 deliveries: S 5, P 1, PL 4, R 2, T 4):
 
     client  publish submit_intent
     S   <- submit_intent      KV create (intent guard); publish intent_accepted + price_requested; KV write
     S   <- price_quoted       publish place_order; KV write
+    S   <- place_order        (its own, as the supervisor consumes the fallback's PlaceOrder) ack only
     S   <- order_placed       ack only
     S   <- order_finalized    publish strategy_finished; KV write
     P   <- price_requested    publish price_quoted (the pricer keeps no KV state)
@@ -58,7 +59,7 @@ Today's table (10 stored messages, 14 deliveries: S 4, P 1, PL 4, R 2, T 3):
                               publishes `evt.trades` / `evt.orders`), seen by every R process
     R   <- venue trade event  publish order_filled; KV write
     R   <- venue order event  publish order_finalized; KV write
-    T   <- order_filled, order_finalized         ack only
+    T   <- intent_accepted, order_filled, order_finalized  ack only
     T   <- strategy_finished  publish execution_completed; KV write
     client <- execution_completed (core subscription, as the benchmark's `Load` sees the market's)
 
@@ -119,6 +120,7 @@ CHAIN: tuple[Step, ...] = (
     #    role  on (delivery / venue event)  publishes (together, acks awaited together)  KV and venue
     Step("S",  "submit_intent",      ("intent_accepted", "price_requested"),  claims=1, writes=1),
     Step("S",  "price_quoted",       ("place_order",),                         writes=1),
+    Step("S",  "place_order"),
     Step("S",  "order_placed"),
     Step("S",  "order_finalized",    ("strategy_finished",),                   writes=1),
     Step("P",  "price_requested",    ("price_quoted",)),
@@ -130,12 +132,13 @@ CHAIN: tuple[Step, ...] = (
     Step("R",  "order_placed"),
     Step("R",  "venue_trade",        ("order_filled",),                        writes=1),
     Step("R",  "venue_order",        ("order_finalized",),                     writes=1),
+    Step("T",  "intent_accepted"),
     Step("T",  "order_filled"),
     Step("T",  "order_finalized"),
     Step("T",  "strategy_finished",  ("execution_completed",),                 writes=1),
 )
-"""The market path, one row per actor step (at most one row per role and kind). Matched to the actors at
-commit e4c2703 (their `consumes`); `bench throughput` says which rows to add or delete when they differ."""
+"""The market path, one row per actor step (at most one row per role and kind). Matched to the actors
+today (their `consumes`); `bench throughput` says which rows to add or delete when they differ."""
 
 CHAIN_START = "submit_intent"
 """What the client publishes (JetStream, ack awaited)."""

@@ -199,9 +199,12 @@ class ActorHost:
         except nats.js.errors.NotFoundError:
             await self.bus.js.add_consumer(self._settings.stream, config)
         else:
-            if sorted(info.config.filter_subjects or []) != sorted(config.filter_subjects or []):
+            had = info.config.filter_subjects or ([info.config.filter_subject] if info.config.filter_subject else [])
+            if sorted(had) != sorted(config.filter_subjects or []):
                 # A new version consumes other kinds: the server updates the durable in place, keeping its
-                # position, so nothing logged before is delivered twice and nothing after it is missed.
+                # position, so nothing logged before is delivered twice. (A message of a newly consumed kind
+                # that an older replica's pulls went past is not delivered: an upgrade that adds a kind stops
+                # the older replicas of that actor first.)
                 self.log.warning("consumer_filters_updated", consumer=durable,
                                  was=info.config.filter_subjects, now=config.filter_subjects)
                 await self.bus.js.add_consumer(self._settings.stream, config)

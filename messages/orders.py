@@ -21,7 +21,6 @@ from messages.base import (
 
 __all__ = [
     "PlaceOrder",
-    "PlaceFallbackOrder",
     "OrderPlaced",
     "OrderRejected",
     "OrderOutcomeUnknown",
@@ -83,24 +82,6 @@ class PlaceOrder(_OrderMessage, frozen=True, kw_only=True):
             raise ValueError("`price` is required for a limit order")
 
 
-class PlaceFallbackOrder(PlaceOrder, frozen=True, kw_only=True):
-    """The market-fallback actor's order for what the strategy left (`<intent>-F`, attempt 0, market).
-
-    A `PlaceOrder` in every respect — the placer checks and places it like any other, the reconciler watches
-    it, `isinstance(m, PlaceOrder)` holds and it is in the log beside the strategy's orders — under a kind of
-    its own (`exec.place_fallback_order.…`): the supervisor must know of this order before it finishes, and
-    subscribing to this kind alone it is no longer delivered its own `PlaceOrder` of every attempt. A log from
-    before this kind has the fallback's command as a `PlaceOrder` with `origin="market_fallback"`; readers
-    of the log treat both alike."""
-
-    origin: str = "market_fallback"
-
-    def validate(self) -> None:
-        super().validate()
-        if self.origin != "market_fallback":
-            raise ValueError(f"`origin` of a fallback order is 'market_fallback', got {self.origin!r}")
-
-
 class OrderPlaced(_OrderMessage, frozen=True, kw_only=True):
     """The venue accepted the order (or it was found there by client order id after an unknown outcome)."""
 
@@ -130,15 +111,6 @@ class OrderOutcomeUnknown(_OrderMessage, frozen=True, kw_only=True):
 
     attempt: int
     error: str
-    qty: Decimal | None = None
-    """The command's quantity (None in messages from before the field existed): what may be at the venue,
-    for a consumer that never saw the command (the supervisor is not delivered every `PlaceOrder`)."""
-    price: Decimal | None = None
-    """The command's limit price (None for a market order)."""
-
-    def validate(self) -> None:
-        require_positive("qty", self.qty)
-        require_positive("price", self.price)
 
 
 class CancelOrder(_OrderMessage, frozen=True, kw_only=True):

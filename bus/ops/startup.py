@@ -9,7 +9,7 @@ Before execbus takes new work it lists the open orders at each configured venue 
   bucket has no `intent.<id>`): venues give orders without a client id one of their own, and the paper venue's
   `paper-3` has our shape. Left alone and logged, unless `verify_intents=False`;
 - **known** when the reconciler's state has it (not final): nothing to do;
-- **in flight** when the log holds a `PlaceOrder`/`PlaceFallbackOrder`/`OrderPlaced` for its intent that the reconciler has not
+- **in flight** when the log holds a `PlaceOrder`/`OrderPlaced` for its intent that the reconciler has not
   acknowledged yet: the reconciler is about to learn of it, so it is left alone;
 - an **orphan** otherwise — placed by a deployment whose state is gone, or missed while nothing watched. An
   orphan is *adopted*: an `OrderPlaced` (`recovered=True`) goes into the log, which is what makes the
@@ -46,7 +46,7 @@ from bus.bus import Bus
 from bus.kv import list_keys, live_value
 from venues import gateway
 from venues.types import VenueOrder
-from messages import OrderCanceled, OrderPlaced, PlaceFallbackOrder, PlaceOrder, subjects
+from messages import OrderCanceled, OrderPlaced, PlaceOrder, subjects
 
 __all__ = [
     "ORPHAN_POLICY_ENV",
@@ -303,7 +303,7 @@ async def _in_flight(bus: Bus, venue: str, symbol: str, intent_id: str) -> bool:
     """Does the log hold an order command or placement of this intent that the reconciler has not acked?"""
     stream = bus.settings.stream
     token = subjects.symbol_token(symbol)
-    for kind in (PlaceOrder.kind, PlaceFallbackOrder.kind, OrderPlaced.kind):
+    for kind in (PlaceOrder.kind, OrderPlaced.kind):
         pattern = subjects.stored_filter(f"{subjects.PREFIX}.{kind}.{venue}.{token}.{intent_id}", bus.shape)
         info = await bus.js.stream_info(stream, subjects_filter=pattern)
         for stored in info.state.subjects or {}:

@@ -35,7 +35,6 @@ from messages import (
     OrderFinalized,
     OrderPlaced,
     OrderRejected,
-    PlaceFallbackOrder,
     PlaceOrder,
     PriceQuoted,
     PriceRequested,
@@ -476,8 +475,8 @@ class ScriptedMarket:
             case ExecutionTimedOut():
                 now = self._now()
                 if msg.fallback == "market" and not (msg.act_by_ns and now > msg.act_by_ns):
-                    self._send(PlaceFallbackOrder(**routing(msg), client_order_id=f"{msg.intent_id}-F", attempt=0,
-                                                  side=msg.side, order_type="market", qty=msg.remaining_qty))
+                    self._send(PlaceOrder(**routing(msg), client_order_id=f"{msg.intent_id}-F", attempt=0, side=msg.side,
+                                          order_type="market", qty=msg.remaining_qty, origin="market_fallback"))
             case CancelIntent():
                 self._stopped.setdefault(msg.intent_id, "IntentCanceled")
             case StrategyFinished():

@@ -39,7 +39,6 @@ from messages import (
     OrderPlaced,
     OrderRejected,
     OrderStatus,
-    PlaceFallbackOrder,
     PlaceOrder,
     PriceQuoted,
     PriceRequested,
@@ -261,18 +260,6 @@ def _place_order() -> Fields:
     }
 
 
-@_factory(PlaceFallbackOrder)
-def _place_fallback_order() -> Fields:
-    return {
-        **_routing(),
-        "client_order_id": f"{INTENT_ID}-F",
-        "attempt": 0,
-        "side": "buy",
-        "order_type": "market",
-        "qty": Decimal("0.2"),
-    }
-
-
 @_factory(OrderPlaced)
 def _order_placed() -> Fields:
     return {
@@ -298,7 +285,7 @@ def _order_rejected() -> Fields:
 
 @_factory(OrderOutcomeUnknown)
 def _order_outcome_unknown() -> Fields:
-    return {**_order(), "attempt": 1, "error": "RequestTimeout", "qty": Decimal("0.5"), "price": Decimal("61837.62")}
+    return {**_order(), "attempt": 1, "error": "RequestTimeout"}
 
 
 @_factory(CancelOrder)

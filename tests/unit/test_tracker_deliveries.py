@@ -1,7 +1,7 @@
-"""The tracker is delivered only what it uses — fills, `OrderFinalized`, `StrategyFinished` and the rare
-`OrderRejected` / `IntentRejected` — and its report is the same whatever order those arrive in: the intent
-(side, quantity, strategy, arrival bid/ask, acceptance time) comes with `StrategyFinished`, every order's id
-and attempt with its own events. A working intent's status says what is known."""
+"""The tracker is delivered only what it uses — `IntentAccepted`, fills, `OrderFinalized`, `StrategyFinished`
+and the rare `OrderRejected` / `IntentRejected` — and its report is the same whatever order those arrive in:
+the intent (side, quantity, strategy, arrival bid/ask, acceptance time) comes with `StrategyFinished` too,
+every order's id and attempt with its own events. A working intent's status says what is known."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from bus.actor import IntentContext
 from bus.clock import SimClock
 from messages import (
     ExecutionCompleted,
+    IntentAccepted,
     IntentRejected,
     IntentStatus,
     LateFillRecorded,
@@ -98,7 +99,12 @@ EXECUTION: list[Any] = [
 
 
 def test_the_tracker_is_delivered_only_what_it_uses() -> None:
-    assert set(Tracker.consumes) == {OrderFilled, OrderFinalized, StrategyFinished, OrderRejected, IntentRejected}
+    assert set(Tracker.consumes) == {
+        IntentAccepted, OrderFilled, OrderFinalized, StrategyFinished, OrderRejected, IntentRejected}
+
+
+def accepted() -> IntentAccepted:
+    return IntentAccepted(**BASE, side="buy", qty=D(1), strategy="aggressive_limit", deadline_ns=NOW, ts_event=ACCEPTED)
 
 
 async def test_the_report_from_the_fills_the_finalized_orders_and_strategy_finished() -> None:
@@ -149,6 +155,13 @@ async def test_a_fill_after_the_report_is_recorded_and_announced() -> None:
     assert run.state is not None and run.state.late_fills == 1 and len(run.reports) == 1
 
 
+async def test_a_working_intents_status_knows_its_quantity_from_the_acceptance() -> None:
+    run = Run()
+    await run.send(accepted())
+    status = await run.status()
+    assert status.known and status.state == "working" and status.qty == D(1) and status.orders == ()
+
+
 async def test_a_working_intents_status_says_what_is_known() -> None:
     run = Run()
     await run.send(fill(f"{ID}-1", 1, "t1", "0.1", "100.00"))
@@ -177,6 +190,11 @@ async def test_a_rejected_intent_and_a_garbled_resubmission_of_a_running_one() -
     await running.send(fill(f"{ID}-1", 1, "t1", "0.1", "100.00"))
     await running.send(IntentRejected(**BASE, field="", reason="malformed JSON"))  # another submission of the id
     assert (await running.status()).state == "working"
+
+    unfilled = Run()  # accepted, its first order working and nothing filled yet
+    await unfilled.send(accepted())
+    await unfilled.send(IntentRejected(**BASE, field="", reason="malformed JSON"))
+    assert (await unfilled.status()).state == "working"
 
 
 async def test_a_refused_stale_copy_does_not_undo_its_order() -> None:
