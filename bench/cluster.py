@@ -280,7 +280,7 @@ async def intent_log(cluster: Cluster, intent_id: str, limit: int = 60) -> list[
 
     js = cluster.nc.jetstream()
     config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=10.0)
-    sub = await js.pull_subscribe(subjects.intent_filter(intent_id), stream=cluster.settings.stream,
+    sub = await js.pull_subscribe(subjects.intent_filter(intent_id, cluster.shape), stream=cluster.settings.stream,
                                   config=config)
     out: list[str] = []
     try:
