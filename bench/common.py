@@ -7,6 +7,7 @@ machine description and timing, prints the tables and writes `bench/results/<nam
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import json
 import math
@@ -22,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "BenchResult",
+    "WindowedLoad",
     "Table",
     "Target",
     "ProcStat",
@@ -298,3 +300,53 @@ def _loop_name() -> str:
     from bus.loop import loop_name
 
     return loop_name()
+
+
+class WindowedLoad:
+    """What a closed-loop load generator shares: when each id was sent and done (monotonic ns), a callback
+    per completion, a window kept in flight, waiting for ids to finish. Subclasses `submit` and record ends
+    with `_done`."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, int] = {}
+        self.done: dict[str, int] = {}
+        self._on_done: Any = None
+
+    def submit(self, prefix: str) -> str:
+        raise NotImplementedError
+
+    def _done(self, key: str, now_ns: int) -> bool:
+        """Record an end; False if it was seen already."""
+        if key in self.done:
+            return False
+        self.done[key] = now_ns
+        if self._on_done is not None:
+            self._on_done(key)
+        return True
+
+    async def closed(self, prefix: str, window: int, seconds: float) -> list[str]:
+        """Keep `window` in flight for `seconds`; returns the ids submitted in that time."""
+        ids: list[str] = []
+        end = time.monotonic() + seconds
+
+        def refill(_key: str) -> None:
+            if time.monotonic() < end:
+                ids.append(self.submit(prefix))
+
+        self._on_done = refill
+        for _ in range(window):
+            ids.append(self.submit(prefix))
+        await asyncio.sleep(seconds)
+        self._on_done = None
+        return ids
+
+    async def drain(self, ids: list[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while any(i not in self.done for i in ids):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def latencies(self, ids: list[str]) -> list[float]:
+        return [(self.done[i] - self.sent[i]) / 1e6 for i in ids if i in self.done]

@@ -91,6 +91,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType, StreamConfig
 
+from bench.common import WindowedLoad
+
 __all__ = ["CHAIN", "CHAIN_ACTORS", "VENUE_EVENTS", "ChainLoad", "FloorClient", "ROLES", "Step", "chain_counts",
            "chain_plan", "chain_spec", "ensure_layout", "serve"]
 
@@ -463,19 +465,17 @@ async def chain_counts(nc: Client, chains: int) -> dict[str, Any]:
     }
 
 
-class ChainLoad:
+class ChainLoad(WindowedLoad):
     """The client side of the throughput floor: like the market benchmark's `Load` (a JetStream publish per
     chain, ack awaited; the end seen on one core subscription), with a closed loop of `window` in flight."""
 
     def __init__(self, nc: Client, partitions: int) -> None:
+        super().__init__()
         self.nc = nc
         self.js = nc.jetstream()
         self.partitions = partitions
-        self.sent: dict[str, int] = {}
-        self.done: dict[str, int] = {}
         self.publish_errors = 0
         self._n = 0
-        self._on_done: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> ChainLoad:
@@ -485,12 +485,7 @@ class ChainLoad:
 
     async def _completed(self, msg: Msg) -> None:
         now = time.monotonic_ns()
-        chain = msg.subject.rsplit(".", 1)[1]
-        if chain in self.done:
-            return
-        self.done[chain] = now
-        if self._on_done is not None:
-            self._on_done(chain)
+        self._done(msg.subject.rsplit(".", 1)[1], now)
 
     def submit(self, prefix: str) -> str:
         self._n += 1
@@ -507,29 +502,3 @@ class ChainLoad:
         except Exception:
             self.publish_errors += 1
 
-    async def closed(self, prefix: str, window: int, seconds: float) -> list[str]:
-        """Keep `window` chains in flight for `seconds`; returns the ids started in that time."""
-        ids: list[str] = []
-        end = time.monotonic() + seconds
-
-        def refill(_chain: str) -> None:
-            if time.monotonic() < end:
-                ids.append(self.submit(prefix))
-
-        self._on_done = refill
-        for _ in range(window):
-            ids.append(self.submit(prefix))
-        await asyncio.sleep(seconds)
-        self._on_done = None
-        return ids
-
-    async def drain(self, ids: list[str], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while any(i not in self.done for i in ids):
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
-
-    def latencies(self, ids: list[str]) -> list[float]:
-        return [(self.done[i] - self.sent[i]) / 1e6 for i in ids if i in self.done]

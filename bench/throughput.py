@@ -37,7 +37,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bench.cluster import Cluster, intent_log
-from bench.common import VENUE_HISTORY, BenchResult, Table, Target, progress, summarize
+from bench.common import VENUE_HISTORY, BenchResult, Table, Target, WindowedLoad, progress, summarize
 from bench.floor import CHAIN, CHAIN_ACTORS, VENUE_EVENTS, ChainLoad, chain_counts, chain_plan, chain_spec
 from bench.profiling import summarize_profile
 from bus.ops.system import ACTORS
@@ -51,20 +51,18 @@ FLOOR_RATIO = 0.5
 """Closed-loop market intents/s over the same run's JetStream floor chains/s (issue "Performance, round two")."""
 
 
-class Load:
+class Load(WindowedLoad):
     """Submits market intents and follows their ExecutionCompleted live (one subscription for all)."""
 
     def __init__(self, cluster: Cluster) -> None:
         assert cluster.bus is not None
+        super().__init__()
         self.bus = cluster.bus
-        self.sent: dict[str, int] = {}
-        self.done: dict[str, int] = {}
         self.live_dupes = 0
         self.not_filled: list[str] = []
         self.invalid: list[str] = []
         self.publish_errors = 0
         self._n = 0
-        self._on_done: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> Load:
@@ -110,33 +108,6 @@ class Load:
             await self.bus.publish(intent)
         except Exception:
             self.publish_errors += 1
-
-    async def drain(self, ids: list[str], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while any(i not in self.done for i in ids):
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
-
-    def latencies(self, ids: list[str]) -> list[float]:
-        return [(self.done[i] - self.sent[i]) / 1e6 for i in ids if i in self.done]
-
-    async def closed(self, prefix: str, window: int, seconds: float) -> list[str]:
-        """Keep `window` in flight for `seconds`; returns the ids submitted in that time."""
-        ids: list[str] = []
-        end = time.monotonic() + seconds
-
-        def refill(_iid: str) -> None:
-            if time.monotonic() < end:
-                ids.append(self.submit(prefix))
-
-        self._on_done = refill
-        for _ in range(window):
-            ids.append(self.submit(prefix))
-        await asyncio.sleep(seconds)
-        self._on_done = None
-        return ids
 
     async def open(self, prefix: str, rate: float, seconds: float, max_backlog: int) -> tuple[list[str], float]:
         """Offer `rate`/s for `seconds` (stopping if the backlog passes `max_backlog`)."""
