@@ -5,17 +5,14 @@ every order's id and attempt with its own events. A working intent's status says
 
 from __future__ import annotations
 
-import asyncio
 import random
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
 import msgspec
-import structlog
 
 from actors.tracker import Tracker, TrackerState
-from bus.actor import IntentContext
 from bus.clock import SimClock
 from messages import (
     ExecutionCompleted,
@@ -30,6 +27,7 @@ from messages import (
     StrategyFinished,
     encode,
 )
+from tests.helpers import handler_context
 
 D = Decimal
 ID = "trk-1"
@@ -50,14 +48,9 @@ class Run:
         self.tracker._services = SimpleNamespace(find_state=find_state)  # type: ignore[assignment]
 
     async def send(self, msg: Any) -> None:
-        async def collect(m: Any, *_: Any) -> asyncio.Future[None]:
-            self.published.append(m)
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
-
-        ctx: IntentContext[TrackerState] = IntentContext(ID, 0, self.state, collect, SimClock(NOW), structlog.get_logger())
+        ctx = handler_context(ID, self.state, clock=SimClock(NOW))
         await self.tracker.handle(msg, ctx)
+        self.published += ctx.published
         self.state = ctx.state
 
     async def status(self) -> IntentStatus:

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 from typing import Any
 
-import structlog
 
 from actors.tracker import Tracker, TrackerState
-from bus.actor import IntentContext
 from bus.clock import SimClock
 from messages import (
     ExecutionCompleted,
@@ -19,6 +16,7 @@ from messages import (
     OrderFinalized,
     StrategyFinished,
 )
+from tests.helpers import handler_context
 
 BASE = {"intent_id": "fee-1", "venue": "paper", "symbol": "BTC/USDT"}
 
@@ -30,21 +28,15 @@ class Run:
         self.published: list[Any] = []
 
     async def send(self, msg: Any) -> None:
-        async def collect(m: Any, *_: Any) -> asyncio.Future[None]:
-            self.published.append(m)
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
-
-        ctx: IntentContext[TrackerState] = IntentContext(
-            "fee-1", 0, self.state, collect, SimClock(10**18), structlog.get_logger()
-        )
+        ctx = handler_context("fee-1", self.state, clock=SimClock(10**18))
         await self.tracker.handle(msg, ctx)
+        self.published += ctx.published
         self.state = ctx.state
 
 
 def finished(qty: str, reason: str = "") -> StrategyFinished:
-    """What the supervisor says at the end, with the intent the report needs (the tracker reads no other)."""
+    """What the supervisor says at the end, with the intent repeated (the report never depends on having
+    seen `IntentAccepted`, which these tests do not send)."""
     return StrategyFinished(**BASE, client_order_ids=("fee-1-1",), reason=reason, attempts=1, fallback_used=False,
                             side="buy", qty=Decimal(qty), strategy="market", accepted_ns=10**18 - 10**9)
 
