@@ -4,6 +4,12 @@ nats-py's `fetch(batch=n)` waits until the whole batch is in or the timeout pass
 into the latency of every message on a quiet system. This keeps pull requests outstanding instead (the way
 nats.go's `Consume` does): a new request is sent when half the credit is used, and a pull request that
 expires returns its unused credit (`Nats-Pending-Messages`).
+
+The credit is back-pressure, too: a message counts against it until the host says it is done with it
+(`in_hand`), not only until it arrives. Refilling as messages arrive would let an overloaded host pull the
+stream's whole backlog into its event loop, where every turn of the loop then waits on thousands of ready
+handlers, and the host's own lease renewals come too late (steps skipped, partitions moving, the work
+redone elsewhere). Bounded, what the host cannot take yet waits in the log, where it is safe.
 """
 
 from __future__ import annotations
@@ -60,14 +66,19 @@ class PullStream:
         batch: int = 256,
         expires_s: float = 5.0,
         heartbeat_s: float = 1.0,
+        in_hand: Callable[[], int] | None = None,
     ) -> None:
+        """`in_hand`: how many of this stream's messages the host holds and has not finished; credit plus
+        that never exceeds `batch`. The host calls `refill` when it has finished enough of them."""
         self._nc = nc
         self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._on_message = on_message
         self._batch = batch
         self._expires_ns = int(expires_s * 1e9)
         self._heartbeat_s = heartbeat_s
+        self._in_hand = in_hand or (lambda: 0)
         self._pending = 0
+        self._refilling: asyncio.Task[None] | None = None
         self._last_seen = time.monotonic()
         self._inbox = nc.new_inbox()
         self._sub = None
@@ -119,8 +130,29 @@ class PullStream:
             self._pending = max(self._pending, 0)
             if status == "409":
                 log.debug("pull_request_ended", durable=self.durable, reason=msg.headers.get("Description"))
-        if self._pending <= self._batch // 2:
-            await self._pull(self._batch - self._pending)
+        await self._top_up()
+
+    def _room(self) -> int:
+        """Credit to ask for: none until credit plus what the host holds has fallen to half the batch."""
+        room = self._batch - self._pending - self._in_hand()
+        return room if room >= self._batch - self._batch // 2 else 0
+
+    async def _top_up(self) -> None:
+        if room := self._room():
+            await self._pull(room)
+
+    def refill(self) -> None:
+        """The host finished some of our messages: ask for more if that leaves room (one request at a time)."""
+        if self._refilling is None and self._sub is not None and self._room():
+            self._refilling = asyncio.get_running_loop().create_task(self._refill())
+
+    async def _refill(self) -> None:
+        try:
+            await self._top_up()
+        except Exception as exc:  # disconnected: the watchdog asks again
+            log.debug("pull_refill_failed", durable=self.durable, error=repr(exc))
+        finally:
+            self._refilling = None
 
     async def _watch(self) -> None:
         """After a reconnect the server has forgotten our requests; silence longer than three heartbeats
@@ -131,6 +163,6 @@ class PullStream:
                 self._pending = 0
                 self._last_seen = time.monotonic()
                 try:
-                    await self._pull(self._batch)
+                    await self._pull(self._batch - self._in_hand())
                 except Exception as exc:  # disconnected: try again next beat
                     log.debug("pull_retry_failed", durable=self.durable, error=repr(exc))

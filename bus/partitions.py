@@ -147,22 +147,31 @@ class PartitionLeases:
                 pass
 
     async def _round(self) -> None:
-        await self._kv.put(self._member_key(self._replica), self._replica.encode())
+        # What we hold is renewed first, together with our membership heartbeat: under load every await
+        # costs a turn of a busy event loop, and taking over partitions (each one's consumer, its stored
+        # intents) can take many, so a renewal behind them could outlast the trust window (`valid` false,
+        # steps skipped) although it would have succeeded.
+        await self._renew_all(sorted(self._held), self._kv.put(self._member_key(self._replica), self._replica.encode()))
         self.members = await self._live_members()
-        renewals: list[int] = []
         for partition in range(self._partitions):
             owner = rendezvous_owner(partition, self.members)
-            if partition in self._held:
-                if owner != self._replica:
-                    await self._release(partition)
-                else:
-                    renewals.append(partition)
-            elif owner == self._replica:
+            if partition in self._held and owner != self._replica:
+                await self._release(partition)
+        for partition in range(self._partitions):
+            if partition not in self._held and rendezvous_owner(partition, self.members) == self._replica:
                 await self._try_acquire(partition)
-        # Renewed together, not one after another: on a loaded event loop each await costs a turn of the loop,
-        # and a round of eight renewals in a row could outlast the trust window (`valid` false, steps skipped)
-        # although every renewal succeeded. Each renewal's outcome is its own; a failure is raised after all.
-        outcomes = await asyncio.gather(*(self._renew(p) for p in renewals), return_exceptions=True)
+                await self._renew_all(self._due())  # a long takeover must not starve what we already hold
+
+    def _due(self) -> list[int]:
+        """Held partitions whose last renewal is a renewal interval old."""
+        now, interval = time.monotonic(), self._ttl / 3
+        return [p for p, until in self._trusted_until.items()
+                if p in self._held and now >= until - self._ttl * LEASE_TRUST + interval]
+
+    async def _renew_all(self, partitions: list[int], *also: Awaitable[object]) -> None:
+        """Renewed together, not one after another (each await is a turn of the loop). Each renewal's
+        outcome is its own; a failure is raised after all have run."""
+        outcomes = await asyncio.gather(*(self._renew(p) for p in partitions), *also, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome

@@ -95,6 +95,8 @@ class ActorHost:
             bus.js, bus.buckets.state, actor.name, actor.State, bus.acks, retired_ttl_s=settings.retired_state_ttl_s
         )
         self._streams: dict[int, PullStream] = {}
+        self._in_hand: collections.Counter[int] = collections.Counter()
+        """Partition -> its log messages queued here and not yet handled: the pull's back-pressure."""
         self._queues: dict[str, collections.deque[_Work]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._intent_partition: dict[str, int] = {}
@@ -219,6 +221,7 @@ class ActorHost:
             durable,
             lambda msg, p=partition: self._on_message(p, msg),
             batch=self._settings.fetch_batch,
+            in_hand=lambda p=partition: self._in_hand[p],
         )
         await stream.start()
         self._streams[partition] = stream
@@ -283,6 +286,8 @@ class ActorHost:
         if self._activity is not None:
             # A redelivery was counted when it first came: counting it again would hide a missing message.
             self._activity.begin(delivered=work[0] == "msg" and ack_info(work[1].reply).delivered == 1)
+        if work[0] == "msg":
+            self._in_hand[partition] += 1
         queue = self._queues.get(intent_id)
         if queue is None:
             queue = self._queues[intent_id] = collections.deque()
@@ -322,6 +327,8 @@ class ActorHost:
                     _retrieve_all(batch.sent)
                     batch.reset()
                 finally:
+                    if kind == "msg":
+                        self._handed_back(partition, 1)
                     if self._activity is not None:
                         self._activity.end()
         finally:
@@ -329,6 +336,17 @@ class ActorHost:
             self._workers.pop(intent_id, None)
             if batch.pending:
                 self._batches[intent_id] = batch
+
+    def _handed_back(self, partition: int, n: int) -> None:
+        """`n` of the partition's messages are handled (or handed back): its stream may pull again."""
+        if n <= 0 or partition not in self._in_hand:
+            return
+        left = self._in_hand[partition] = self._in_hand[partition] - n
+        if left <= 0:
+            del self._in_hand[partition]
+        stream = self._streams.get(partition)
+        if stream is not None:
+            stream.refill()
 
     async def _commit_later(self, intent_id: str, partition: int, batch: _Batch) -> None:
         delay = self._settings.flush_delay_s
@@ -501,6 +519,7 @@ class ActorHost:
         queue.clear()
         messages = [payload for kind, payload in items if kind == "msg"]
         queue.extend(item for item in items if item[0] != "msg")
+        self._handed_back(self._intent_partition.get(intent_id, -1), len(messages))
         if self._activity is not None:
             for _ in messages:
                 self._activity.end()

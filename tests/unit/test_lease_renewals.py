@@ -1,5 +1,6 @@
-"""A round renews every held lease at once: one after another, a loaded event loop's turns add up, and the
-round can outlast the trust window although every renewal succeeds (steps skipped for a lapsed lease)."""
+"""A round renews every held lease at once, before it takes over anything: one after another, or behind a
+takeover, a loaded event loop's turns add up, and the round can outlast the trust window although every
+renewal succeeds (steps skipped for a lapsed lease)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ class SlowKV:
 
     async def put(self, key: str, value: bytes) -> int:
         return 1
+
+    async def create(self, key: str, value: bytes) -> int:
+        raise nats.js.errors.KeyWrongLastSequenceError  # (the partition we lost is someone else's now)
 
     async def update(self, key: str, value: bytes, last: int) -> int:
         self.waiting += 1
@@ -88,3 +92,38 @@ async def test_a_renewal_failing_on_the_bus_fails_the_round_after_the_others_are
     else:
         raise AssertionError("the round did not say a renewal failed")
     assert all(leases.valid(p) for p in range(8) if p != 5)
+
+
+async def test_what_is_held_is_renewed_before_a_slow_takeover_and_again_while_it_lasts() -> None:
+    """A takeover under load (the new partition's consumer, its stored intents) can take longer than a
+    renewal interval: the leases already held are renewed first, and again when one comes due meanwhile."""
+    kv = SlowKV()
+    kv.gate.set()
+    renewed: list[int] = []
+    original = kv.update
+
+    async def update(key: str, value: bytes, last: int) -> int:
+        renewed.append(int(key.rsplit(".", 1)[1]))
+        return await original(key, value, last)
+
+    async def create(key: str, value: bytes) -> int:
+        return 1
+
+    kv.update = update  # type: ignore[method-assign]
+    kv.create = create  # type: ignore[method-assign]
+    taking_over = asyncio.Event()
+    leases = _leases(kv, [])
+    del leases._held[7]
+
+    async def slow_takeover(partition: int) -> None:
+        assert renewed == [0, 1, 2, 3, 4, 5, 6]  # what we held was renewed before the takeover began
+        taking_over.set()
+        for p in list(leases._trusted_until):  # a renewal interval passes during the takeover
+            leases._trusted_until[p] -= leases._ttl / 3
+
+    leases._on_acquire = slow_takeover
+    await leases._round()
+
+    assert taking_over.is_set()
+    assert sorted(renewed[7:]) == [0, 1, 2, 3, 4, 5, 6, 7]  # renewed again right after it, the new one too
+    assert leases.held == list(range(8)) and all(leases.valid(p) for p in range(8))
