@@ -53,7 +53,7 @@ from messages import (
     subjects,
 )
 from messages.base import Message, routing
-from messages.controls import DENY_NO_PRICE, RiskLimits, ScopeState, TradingStates
+from messages.controls import DENY_IN_FLIGHT, DENY_NO_PRICE, RiskLimits, ScopeState, TradingStates
 from messages.strategies import FALLBACK_TO_MARKET
 from venues import gateway
 from venues.types import Balance
@@ -605,8 +605,12 @@ class Supervisor(Actor[SupervisorState]):
                 found.append(denial)
             return None if denial is None else denial.reason
 
-        await self._services.controls.reserve(intent.venue, gate.reservation, decide)
-        return (found[0].code, found[0].reason) if found else None
+        refused = await self._services.controls.reserve(intent.venue, gate.reservation, decide)
+        if found:
+            return found[0].code, found[0].reason
+        # Not a limit: the venue's reservations are full (`ReservationsFull`); the intent is rejected with
+        # that reason rather than failing its handler until it is dead-lettered with no answer upstream.
+        return (DENY_IN_FLIGHT, refused) if refused else None
 
     async def _release(self, intent: SubmitIntent) -> None:
         controls = self._services.controls if self._services is not None else None

@@ -43,7 +43,7 @@ from messages.controls import (
     TradingStates,
 )
 
-__all__ = ["ControlStore", "RISK_KEYS", "parse_limit"]
+__all__ = ["ControlStore", "RISK_KEYS", "ReservationsFull", "parse_limit"]
 
 log = structlog.get_logger("execbus.bus.controls")
 
@@ -57,6 +57,13 @@ _CAS_BACKOFF_S = 0.001
 _CAS_BACKOFF_MAX_S = 0.05
 
 T = TypeVar("T", bound=msgspec.Struct)
+
+_HEADROOM = 1024
+"""Bytes of `max_payload` left for the write's headers."""
+
+
+class ReservationsFull(Exception):
+    """The venue's reservations with this one added would not fit one NATS message (`max_payload`)."""
 
 RISK_KEYS: dict[str, str] = {
     name: (field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type)))
@@ -114,8 +121,10 @@ class ControlStore:
         throughput benchmark) queue here instead of losing compare-and-sets to one another."""
         self._slot_requests: dict[str, list[asyncio.Future[bool]]] = {}
         self._slot_writers: dict[str, asyncio.Task[None]] = {}
-        self._together: dict[str, list[tuple[Callable[[Any], Any], asyncio.Future[int | None]]]] = {}
+        self._together: dict[str, list[tuple[Callable[[Any], Any], asyncio.Future[int | None], bool]]] = {}
         self._together_writers: dict[str, asyncio.Task[None]] = {}
+        self.max_payload_override: int | None = None
+        """Tests set a small limit here instead of filling a megabyte."""
         self._known: dict[str, tuple[Any, int]] = {}
         """key -> (value, revision) as we last wrote it: the next write tries it first, saving the read; a
         write by another process makes that try fail its compare-and-set, and the key is read again."""
@@ -282,7 +291,10 @@ class ControlStore:
             kept = tuple(r for r in current.live(now) if r.intent_id != reservation.intent_id)
             return Reservations(entries=(*kept, reservation))
 
-        await self._update_together(_reserve_key(venue), Reservations, change)
+        try:
+            await self._update_together(_reserve_key(venue), Reservations, change, grows=True)
+        except ReservationsFull as exc:
+            return str(exc)
         return denial
 
     async def release(self, venue: str, intent_id: str) -> None:
@@ -367,13 +379,16 @@ class ControlStore:
             return kind(), _marker_revision(exc)
         return _decode(entry.value, kind), entry.revision
 
-    async def _update_together(self, key: str, kind: type[T], change: Callable[[T], T | None]) -> int | None:
+    async def _update_together(
+        self, key: str, kind: type[T], change: Callable[[T], T | None], *, grows: bool = False
+    ) -> int | None:
         """`_update`, but the changes of this process that meet on `key` are applied one after another to one
         read and written in one compare-and-set: sixty-four intents reaching a supervisor at once cost a
         few round trips, not sixty-four, and still none of them decides on a value another has changed.
-        Returns the revision written if this change wrote, else None."""
+        Returns the revision written if this change wrote, else None. A change that `grows` the value past
+        what one message can hold fails with `ReservationsFull`; the others of its batch are written."""
         future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._together.setdefault(key, []).append((change, future))
+        self._together.setdefault(key, []).append((change, future, grows))
         if key not in self._together_writers:
             self._together_writers[key] = asyncio.create_task(self._write_together(key, kind))
         return await future
@@ -382,37 +397,66 @@ class ControlStore:
         try:
             while batch := self._together.pop(key, []):
                 try:
-                    for attempt in range(_MAX_CAS_TRIES):
-                        value, revision = await self._read(key, kind)
-                        wrote: list[bool] = []
-                        for change, _future in batch:
-                            updated = change(value)  # (run again on a retry: the changes are pure)
-                            wrote.append(updated is not None)
-                            if updated is not None:
-                                value = updated
-                        if not any(wrote):
-                            results: list[int | None] = [None] * len(batch)
-                            break
-                        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
-                        try:
-                            ack = await self._acks.publish(self._subject + key, encode(value), headers)
-                        except nats.js.errors.KeyWrongLastSequenceError:
-                            await asyncio.sleep(random.uniform(0, min(_CAS_BACKOFF_MAX_S, _CAS_BACKOFF_S * 2**attempt)))
-                            continue
-                        results = [int(ack.seq) if w else None for w in wrote]
-                        break
-                    else:
-                        raise RuntimeError(f"controls key {key!r}: {_MAX_CAS_TRIES} writers in a row changed it first")
+                    results = await self._write_batch(key, kind, batch)
                 except Exception as exc:
-                    for _change, future in batch:
+                    for _change, future, _grows in batch:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                for (_change, future), result in zip(batch, results):
+                for (_change, future, _grows), result in zip(batch, results):
                     if not future.done():
-                        future.set_result(result)
+                        if isinstance(result, Exception):
+                            future.set_exception(result)
+                        else:
+                            future.set_result(result)
         finally:
             self._together_writers.pop(key, None)
+
+    @property
+    def max_payload(self) -> int:
+        """The server's message size limit, as the connection last heard it: one key's value must fit it."""
+        if self.max_payload_override is not None:
+            return self.max_payload_override
+        js = getattr(self._kv, "_js", None)
+        return int(getattr(getattr(js, "_nc", None), "max_payload", 0) or 1024 * 1024)
+
+    async def _write_batch(
+        self, key: str, kind: type[Any], batch: list[tuple[Callable[[Any], Any], asyncio.Future[int | None], bool]]
+    ) -> list[int | None | Exception]:
+        full: Exception | None = None
+        for attempt in range(_MAX_CAS_TRIES):
+            value, revision = await self._read(key, kind)
+            wrote: list[bool] = []
+            for change, _future, grows in batch:
+                if grows and full is not None:
+                    wrote.append(False)
+                    continue
+                updated = change(value)  # (run again on a retry: the changes are pure)
+                wrote.append(updated is not None)
+                if updated is not None:
+                    value = updated
+            if not any(wrote):
+                return [full if grows and full is not None else None for _c, _f, grows in batch]
+            payload = encode(value)
+            if len(payload) > self.max_payload - _HEADROOM and full is None and any(g for _c, _f, g in batch):
+                # Too big for one message: what would add to it is refused, with a reason the intent's
+                # rejection carries; what takes from it (a release) is written without it.
+                entries = len(getattr(value, "entries", ()))
+                full = ReservationsFull(
+                    f"{key}: {entries} reservations of intents in flight would take {len(payload):,} bytes, more "
+                    f"than one message of the NATS server holds (max_payload {self.max_payload:,}): too many "
+                    f"intents in flight on this venue; try again when some have finished"
+                )
+                continue
+            headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+            try:
+                ack = await self._acks.publish(self._subject + key, payload, headers)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                await asyncio.sleep(random.uniform(0, min(_CAS_BACKOFF_MAX_S, _CAS_BACKOFF_S * 2**attempt)))
+                continue
+            return [full if grows and full is not None else (int(ack.seq) if w else None)
+                    for (_c, _f, grows), w in zip(batch, wrote)]
+        raise RuntimeError(f"controls key {key!r}: {_MAX_CAS_TRIES} writers in a row changed it first")
 
     async def _update(self, key: str, kind: type[T], change: Callable[[T], T | None]) -> int | None:
         """Read, change, write back if nobody wrote in between (else again). Returns the new revision, or

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 
 from bus.ops import cli
@@ -38,8 +39,10 @@ from messages import (
     RiskLimits,
     SubmitIntent,
     TradingStateChanged,
+    encode,
 )
 from messages.base import routing
+from messages.controls import DENY_IN_FLIGHT, Reservation, Reservations
 from tests.e2e.conftest import Running, start_running, stepped_config, stop_running
 from tests.helpers import assert_invariants, new_intent, wait_until
 from venues.config import PaperVenueConfig
@@ -422,6 +425,31 @@ async def test_the_balance_check_at_and_over_the_free_balance(poor: Running) -> 
     assert isinstance(over, IntentRejected) and over.code == "risk.balance"
     assert "needs 1.00001 BTC; held 1 less 0 reserved" in over.reason
     assert isinstance(at, ExecutionCompleted) and at.status == "filled"
+
+
+async def test_a_venue_whose_reservations_fill_one_message_rejects_the_next_intent_with_the_reason(
+    stepped: Running,
+) -> None:
+    """The reservations of a venue's intents in flight are one KV value, and a value must fit one NATS message
+    (1 MB by default: about 7,000 intents). The intent that would not fit is rejected with the reason at
+    once, not failed in its handler until it is dead-lettered with no answer upstream."""
+    controls = await stepped.bus.controls()
+    far = time.time_ns() + 3_600 * 10**9
+    entry = Reservation(intent_id="filler-0000", symbol="BTC/USDT", currency="USDT", amount=D("0.01"),
+                        notional=D("0.01"), expires_ns=far)
+    size = len(encode(Reservations(entries=(entry, entry)))) - len(encode(Reservations(entries=(entry,))))
+    room = controls.max_payload - 1024 - len(encode(Reservations()))
+    fillers = tuple(msgspec.structs.replace(entry, intent_id=f"filler-{i:04}") for i in range(room // size))
+    await stepped.bus.buckets.controls.put("reserve.paper", encode(Reservations(entries=fillers)))
+
+    refused = await execute(stepped.bus, new_intent(qty=D("0.01")), timeout=15)
+
+    assert isinstance(refused, IntentRejected) and refused.code == DENY_IN_FLIGHT and refused.field == "risk"
+    assert f"{len(fillers) + 1} reservations of intents in flight" in refused.reason and "max_payload" in refused.reason
+    assert not stepped.recorder.of(IntentAccepted, refused.intent_id)
+    await stepped.bus.buckets.controls.put("reserve.paper", encode(Reservations(entries=fillers[:10])))
+    after = await execute(stepped.bus, new_intent(qty=D("0.01")), timeout=15)
+    assert isinstance(after, ExecutionCompleted) and after.status == "filled"
 
 
 # -- the shared order-rate budget ------------------------------------------------------------------------------

@@ -405,6 +405,40 @@ async def test_release_frees_and_an_unknown_release_changes_nothing(bus: Bus, ot
     await store.release("nowhere", "held")  # a venue with no reservations at all
 
 
+async def test_reservations_that_would_outgrow_one_message_refuse_the_new_intent_and_still_release(bus: Bus) -> None:
+    """One venue's reservations are one KV value, and a value must fit one NATS message (`max_payload`, 1 MB
+    by default: about 7,000 intents in flight). Past that the next intent gets a reason, not a handler
+    failure; a release in the same batch is written."""
+    store = await bus.controls()
+    empty = len(msgspec.json.encode(Reservations()))
+    entry = len(msgspec.json.encode(Reservations(entries=(buy("intent-00", "1"),)))) - empty
+    store.max_payload_override = 1024 + empty + 9 * entry + entry // 2  # room for nine (1024: for the headers)
+    granted = [await store.reserve(VENUE, r, lambda current: None) for r in (buy(f"intent-{i:02}", "1") for i in range(9))]
+    assert granted == [None] * 9
+    held = await store.reservations(VENUE)
+
+    # A batch with two more reservations and one release: the release is written, the new ones refused.
+    results = await asyncio.gather(
+        store.reserve(VENUE, buy("late-1", "1"), lambda current: None),
+        store.release(VENUE, "intent-00"),
+        store.reserve(VENUE, buy("late-2", "1"), lambda current: None),
+        return_exceptions=True,
+    )
+
+    refused = [r for r in (results[0], results[2]) if r is not None]
+    assert refused and all(isinstance(r, str) and "too many intents in flight on this venue" in r
+                           and "max_payload" in r for r in refused)
+    assert results[1] is None
+    after = await store.reservations(VENUE)
+    assert after.of("intent-00") is None  # the release went through
+    assert {r.intent_id for r in after.entries} <= {r.intent_id for r in held.entries} | {"late-1", "late-2"}
+    assert len(msgspec.json.encode(after)) <= store.max_payload - 1024
+    # Once some have finished, an intent fits again.
+    for r in held.entries[1:5]:
+        await store.release(VENUE, r.intent_id)
+    assert await store.reserve(VENUE, buy("later", "1"), lambda current: None) is None
+
+
 # -- the order-rate budget --------------------------------------------------------------------------------
 
 
