@@ -40,13 +40,13 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     the stream otherwise); 1 on a single server. Changing it later rescales the existing stream and buckets
     at the next start (upward only: a process with fewer never scales the log down). On a cluster a lost leader is replaced in 4-10 s (sometimes a second round): a
     `lease_ttl_s` much shorter makes every actor lose its leases at each election of the lease bucket."""
-    fetch_batch: int = 16
+    fetch_batch: int = 32
     """Per partition, how many of its messages a replica holds at most: pulled but not yet handled, plus the
     pull's outstanding credit (`bus.consumer.PullStream`). It is the back-pressure: what a busy replica cannot
-    take yet waits in the log. With 8 partitions an actor holds up to 128, every actor of `execbus up` (one
-    process) up to 768. Round two's throughput benchmark collapsed at 256 (thousands of handlers in the
-    event loop, lease renewals and KV requests timing out behind them) and ran clean at 8, 16 and 32, with
-    closed-loop rates alike (`bench/README.md`)."""
+    take yet waits in the log. With 8 partitions an actor holds up to 256, every actor of `execbus up` (one
+    process) up to 1,536. In round two's throughput benchmark 256 still collapsed at 2,000 intents/s offered
+    (thousands of handlers in the event loop; lease renewals and KV requests timed out behind them); 16 and
+    32 ran clean, and 32 kept the closed-loop rate of 256 (16 lost a fifth of it)."""
     retired_state_ttl_s: float = 86_400.0
     """How long KV keeps what is left of a finished intent: the tracker's last state (so a late fill still
     finds its report) and the other actors' deletion markers. Then JetStream drops it (per-message TTL), so
