@@ -63,7 +63,7 @@ class PullStream:
         durable: str,
         on_message: Callable[[Msg], None],
         *,
-        batch: int = 256,
+        batch: int = 32,
         expires_s: float = 5.0,
         heartbeat_s: float = 1.0,
         in_hand: Callable[[], int] | None = None,
@@ -87,25 +87,28 @@ class PullStream:
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_raw)
-        await self._pull(self._batch)
+        await self._pull(self._batch - self._in_hand())
         self._watchdog = asyncio.create_task(self._watch(), name=f"pull-watchdog-{self.durable}")
 
     async def stop(self) -> None:
+        sub, self._sub = self._sub, None  # (no refill asks for more from here on)
+        if self._refilling is not None:
+            self._refilling.cancel()
+            await asyncio.gather(self._refilling, return_exceptions=True)
         if self._watchdog is not None:
             self._watchdog.cancel()
             try:
                 await self._watchdog
             except asyncio.CancelledError:
                 pass
-        if self._sub is not None:
+        if sub is not None:
             try:
-                await self._sub.unsubscribe()
+                await sub.unsubscribe()
             except Exception:  # connection already closed: nothing left to unsubscribe
                 pass
-            self._sub = None
 
     async def _pull(self, n: int) -> None:
-        if n <= 0 or self._nc.is_closed:
+        if n <= 0 or self._nc.is_closed or self._sub is None:
             return
         self._pending += n
         request = {
@@ -119,7 +122,7 @@ class PullStream:
         self._last_seen = time.monotonic()
         status = msg.headers.get(_STATUS) if msg.headers else None
         if status is None:
-            self._pending -= 1
+            self._pending = max(self._pending - 1, 0)  # (after the watchdog's reset, late ones count nothing)
             self._on_message(msg)
         elif status == "100":
             return  # idle heartbeat: the request is alive
@@ -148,7 +151,8 @@ class PullStream:
 
     async def _refill(self) -> None:
         try:
-            await self._top_up()
+            if self._sub is not None:
+                await self._top_up()
         except Exception as exc:  # disconnected: the watchdog asks again
             log.debug("pull_refill_failed", durable=self.durable, error=repr(exc))
         finally:

@@ -423,40 +423,53 @@ class ControlStore:
     async def _write_batch(
         self, key: str, kind: type[Any], batch: list[tuple[Callable[[Any], Any], asyncio.Future[int | None], bool]]
     ) -> list[int | None | Exception]:
-        full: Exception | None = None
         for attempt in range(_MAX_CAS_TRIES):
             value, revision = await self._read(key, kind)
-            wrote: list[bool] = []
-            for change, _future, grows in batch:
-                if grows and full is not None:
-                    wrote.append(False)
-                    continue
-                updated = change(value)  # (run again on a retry: the changes are pure)
-                wrote.append(updated is not None)
-                if updated is not None:
-                    value = updated
-            if not any(wrote):
-                return [full if grows and full is not None else None for _c, _f, grows in batch]
-            payload = encode(value)
-            if len(payload) > self.max_payload - _HEADROOM and full is None and any(g for _c, _f, g in batch):
-                # Too big for one message: what would add to it is refused, with a reason the intent's
-                # rejection carries; what takes from it (a release) is written without it.
-                entries = len(getattr(value, "entries", ()))
-                full = ReservationsFull(
-                    f"{key}: {entries} reservations of intents in flight would take {len(payload):,} bytes, more "
-                    f"than one message of the NATS server holds (max_payload {self.max_payload:,}): too many "
-                    f"intents in flight on this venue; try again when some have finished"
-                )
-                continue
+            value, outcomes, payload = self._apply_batch(key, value, batch)
+            if not any(o is True for o in outcomes):
+                return [o if isinstance(o, Exception) else None for o in outcomes]
             headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
             try:
                 ack = await self._acks.publish(self._subject + key, payload, headers)
             except nats.js.errors.KeyWrongLastSequenceError:
                 await asyncio.sleep(random.uniform(0, min(_CAS_BACKOFF_MAX_S, _CAS_BACKOFF_S * 2**attempt)))
                 continue
-            return [full if grows and full is not None else (int(ack.seq) if w else None)
-                    for (_c, _f, grows), w in zip(batch, wrote)]
+            return [int(ack.seq) if o is True else o if isinstance(o, Exception) else None for o in outcomes]
         raise RuntimeError(f"controls key {key!r}: {_MAX_CAS_TRIES} writers in a row changed it first")
+
+    def _apply_batch(
+        self, key: str, start: Any, batch: list[tuple[Callable[[Any], Any], asyncio.Future[int | None], bool]]
+    ) -> tuple[Any, list[bool | Exception], bytes]:
+        """The batch's changes applied in order to `start` (True: changed it; False: wanted no write). When
+        the result would not fit one message, they are applied again one by one, and a change that grows
+        the value past it is refused (`ReservationsFull`): the others, releases first of all, still go in."""
+        limit = self.max_payload - _HEADROOM
+        value, outcomes = start, []
+        for change, _future, _grows in batch:
+            updated = change(value)  # (run again on a retry or a second pass: the changes are pure)
+            outcomes.append(updated is not None)
+            value = updated if updated is not None else value
+        payload = encode(value)
+        if len(payload) <= limit or not any(g for _c, _f, g in batch):
+            return value, outcomes, payload
+        value, outcomes, payload = start, [], encode(start)
+        for change, _future, grows in batch:
+            updated = change(value)
+            if updated is None:
+                outcomes.append(False)
+                continue
+            data = encode(updated)
+            if grows and len(data) > limit:
+                entries = len(getattr(updated, "entries", ()))
+                outcomes.append(ReservationsFull(
+                    f"{key}: {entries} reservations of intents in flight would take {len(data):,} bytes, more "
+                    f"than one message of the NATS server holds (max_payload {self.max_payload:,}): too many "
+                    f"intents in flight on this venue; try again when some have finished"
+                ))
+                continue
+            outcomes.append(True)
+            value, payload = updated, data
+        return value, outcomes, payload
 
     async def _update(self, key: str, kind: type[T], change: Callable[[T], T | None]) -> int | None:
         """Read, change, write back if nobody wrote in between (else again). Returns the new revision, or

@@ -149,18 +149,25 @@ class PartitionLeases:
     async def _round(self) -> None:
         # What we hold is renewed first, together with our membership heartbeat: under load every await
         # costs a turn of a busy event loop, and taking over partitions (each one's consumer, its stored
-        # intents) can take many, so a renewal behind them could outlast the trust window (`valid` false,
-        # steps skipped) although it would have succeeded.
-        await self._renew_all(sorted(self._held), self._kv.put(self._member_key(self._replica), self._replica.encode()))
+        # intents) or handing them over (draining their handlers) can take many, so a renewal behind them
+        # could outlast the trust window (`valid` false, steps skipped) although it would have succeeded.
+        # A renewal that fails does not stop the round: what is no longer ours is still handed over and
+        # what is ours taken; the round reports the failure at its end.
+        failures = await self._renew_all(
+            sorted(self._held), self._kv.put(self._member_key(self._replica), self._replica.encode())
+        )
         self.members = await self._live_members()
         for partition in range(self._partitions):
             owner = rendezvous_owner(partition, self.members)
             if partition in self._held and owner != self._replica:
                 await self._release(partition)
+                failures += await self._renew_all(self._due())
         for partition in range(self._partitions):
             if partition not in self._held and rendezvous_owner(partition, self.members) == self._replica:
                 await self._try_acquire(partition)
-                await self._renew_all(self._due())  # a long takeover must not starve what we already hold
+                failures += await self._renew_all(self._due())  # a long takeover must not starve the rest
+        if failures:
+            raise failures[0]
 
     def _due(self) -> list[int]:
         """Held partitions whose last renewal is a renewal interval old."""
@@ -168,13 +175,11 @@ class PartitionLeases:
         return [p for p, until in self._trusted_until.items()
                 if p in self._held and now >= until - self._ttl * LEASE_TRUST + interval]
 
-    async def _renew_all(self, partitions: list[int], *also: Awaitable[object]) -> None:
+    async def _renew_all(self, partitions: list[int], *also: Awaitable[object]) -> list[BaseException]:
         """Renewed together, not one after another (each await is a turn of the loop). Each renewal's
-        outcome is its own; a failure is raised after all have run."""
+        outcome is its own: the failures are returned, for the round to report once it is done."""
         outcomes = await asyncio.gather(*(self._renew(p) for p in partitions), *also, return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        return [o for o in outcomes if isinstance(o, BaseException)]
 
     async def _live_members(self) -> list[str]:
         prefix = f"member.{self._actor}."

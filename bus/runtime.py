@@ -45,7 +45,8 @@ from messages import BY_KIND, InvalidMessage, Message, decode_as, subjects
 __all__ = ["ActorHost"]
 
 STEP_RETRY_NS = 500_000_000
-_Work = tuple[str, Any]  # ("msg", Msg) | ("timer", None) | ("resume", None) | ("call", fn) | ("flush", None)
+_Work = tuple[Any, ...]
+"""("msg", Msg, partition it came from) | ("timer", None) | ("resume", None) | ("call", fn) | ("flush", None)"""
 
 
 class _Batch:
@@ -252,6 +253,7 @@ class ActorHost:
                     self._timer_at.pop(intent_id, None)
                     self._held_back.pop(intent_id, None)
             self._store.drop_partition(partition)
+            self._in_hand.pop(partition, None)  # (a stream taken again starts counting afresh)
             self._rebuilt.pop(partition, None)  # whoever holds it next rebuilds from the log
             self._taken_at_seq.pop(partition, None)
         finally:
@@ -287,7 +289,9 @@ class ActorHost:
             # A redelivery was counted when it first came: counting it again would hide a missing message.
             self._activity.begin(delivered=work[0] == "msg" and ack_info(work[1].reply).delivered == 1)
         if work[0] == "msg":
+            # Counted against the partition it came from, which is not the intent's own after a rescale.
             self._in_hand[partition] += 1
+            work = (*work, partition)
         queue = self._queues.get(intent_id)
         if queue is None:
             queue = self._queues[intent_id] = collections.deque()
@@ -308,7 +312,8 @@ class ActorHost:
         structlog.contextvars.bind_contextvars(intent_id=intent_id)
         try:
             while queue:
-                kind, payload = queue.popleft()
+                item = queue.popleft()
+                kind, payload = item[0], item[1]
                 try:
                     if kind == "msg":
                         await self._handle_message(intent_id, partition, payload, batch)
@@ -328,7 +333,7 @@ class ActorHost:
                     batch.reset()
                 finally:
                     if kind == "msg":
-                        self._handed_back(partition, 1)
+                        self._handed_back(item[2], 1)
                     if self._activity is not None:
                         self._activity.end()
         finally:
@@ -517,9 +522,11 @@ class ActorHost:
             return []
         items = list(queue)
         queue.clear()
-        messages = [payload for kind, payload in items if kind == "msg"]
+        messages = [item[1] for item in items if item[0] == "msg"]
         queue.extend(item for item in items if item[0] != "msg")
-        self._handed_back(self._intent_partition.get(intent_id, -1), len(messages))
+        for item in items:
+            if item[0] == "msg":
+                self._handed_back(item[2], 1)
         if self._activity is not None:
             for _ in messages:
                 self._activity.end()

@@ -56,10 +56,10 @@ DENY_OPEN_NOTIONAL = "risk.open_notional"
 DENY_ORDER_RATE = "risk.order_rate"
 DENY_BALANCE = "risk.balance"
 DENY_NO_PRICE = "risk.no_reference_price"
+"""The limits need a reference price and the book has none (empty on that side)."""
 DENY_IN_FLIGHT = "risk.in_flight"
 """The venue's reservations no longer fit one message of the NATS server (`max_payload`): too many intents
 in flight on one venue for the reservations document (about 7,000 at the default 1 MB)."""
-"""The limits need a reference price and the book has none (empty on that side)."""
 
 RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")]
 

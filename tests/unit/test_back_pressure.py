@@ -12,7 +12,7 @@ from bus.actor import Actor, IntentContext
 from bus.bus import Bus
 from bus.runtime import ActorHost
 from bus.server import EmbeddedNats
-from messages import SubmitIntent
+from messages import SubmitIntent, subjects
 from messages.base import Message
 from tests.helpers import fast_settings, new_intent, wait_until
 
@@ -40,6 +40,8 @@ class Busy(Actor[Seen]):
         self.most_working = 0
 
     async def handle(self, msg: Message, ctx: IntentContext[Seen]) -> None:
+        if ctx.intent_id.startswith("boom"):
+            raise RuntimeError("handler bug")  # retried, then dead-lettered
         self.started.append(ctx.intent_id)
         self.working += 1
         self.most_working = max(self.most_working, self.working)
@@ -104,5 +106,35 @@ async def test_an_overloaded_replica_keeps_its_leases_and_handles_everything_onc
             assert sorted(host.partitions) == list(range(8))
         assert sorted(actor.handled) == sorted(ids)  # each once, none lost
         assert actor.most_working <= 8 * 8
+    finally:
+        await bus.close()
+
+
+async def test_what_fails_is_dead_lettered_or_rejected_is_counted_off_and_the_pull_goes_on(nats_server: EmbeddedNats) -> None:
+    """Every way a message leaves the actor gives its credit back: handled, retried and dead-lettered after
+    its handler kept failing, undecodable and rejected. With a batch of 4, a single leak per partition
+    would soon stop the pull for good."""
+    settings = fast_settings(partitions=2, fetch_batch=4, max_deliveries=3)
+    bus = await Bus.connect(nats_server.url, settings)
+    actor = Busy()
+    letters: list[object] = []
+    try:
+        async with ActorHost(bus, actor) as host:
+
+            async def keep(msg: object) -> None:
+                letters.append(msg)
+
+            await bus.nc.subscribe(subjects.dead_letter("busy"), cb=keep)
+            await bus.nc.flush()
+            for i in range(3):
+                await bus.publish(new_intent(intent_id=f"boom-{i}"))
+                await bus.nc.publish(subjects.subject("submit_intent", "paper", "BTC/USDT", f"junk-{i}"), b"\xff{oops")
+            first = await _publish(bus, 20)
+            await wait_until(lambda: len(actor.handled) == 20 and len(letters) == 6, timeout=20)
+            await wait_until(lambda: not host._in_hand)  # every one of them counted off
+
+            later = await _publish(bus, 40)  # ten batches' worth: the pull still asks for more
+            await wait_until(lambda: len(actor.handled) == 60, timeout=20)
+        assert sorted(actor.handled) == sorted(first + later)
     finally:
         await bus.close()

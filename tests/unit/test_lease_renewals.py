@@ -9,7 +9,7 @@ from typing import Any
 
 import nats.js.errors
 
-from bus.partitions import PartitionLeases
+from bus.partitions import PartitionLeases, rendezvous_owner
 from tests.helpers import wait_until
 
 
@@ -115,8 +115,10 @@ async def test_what_is_held_is_renewed_before_a_slow_takeover_and_again_while_it
     leases = _leases(kv, [])
     del leases._held[7]
 
+    renewed_before: list[int] = []
+
     async def slow_takeover(partition: int) -> None:
-        assert renewed == [0, 1, 2, 3, 4, 5, 6]  # what we held was renewed before the takeover began
+        renewed_before.extend(renewed)
         taking_over.set()
         for p in list(leases._trusted_until):  # a renewal interval passes during the takeover
             leases._trusted_until[p] -= leases._ttl / 3
@@ -125,5 +127,54 @@ async def test_what_is_held_is_renewed_before_a_slow_takeover_and_again_while_it
     await leases._round()
 
     assert taking_over.is_set()
+    assert renewed_before == [0, 1, 2, 3, 4, 5, 6]  # what we held was renewed before the takeover began
     assert sorted(renewed[7:]) == [0, 1, 2, 3, 4, 5, 6, 7]  # renewed again right after it, the new one too
     assert leases.held == list(range(8)) and all(leases.valid(p) for p in range(8))
+
+
+async def test_a_failed_renewal_does_not_stop_the_round_from_handing_over_and_taking_over() -> None:
+    """One renewal timing out (a loaded server) must not keep a replica from handing over what a new
+    replica now owns, nor from taking what is newly its own; the round reports the failure at its end."""
+    kv = SlowKV()
+    kv.gate.set()
+    original = kv.update
+    created: list[str] = []
+
+    async def update(key: str, value: bytes, last: int) -> int:
+        if key == "lease.placer.2":
+            raise TimeoutError("nats: timeout")
+        return await original(key, value, last)
+
+    async def create(key: str, value: bytes) -> int:
+        created.append(key)
+        return 1
+
+    async def delete(key: str, last: int | None = None) -> None: ...
+
+    kv.update = update  # type: ignore[method-assign]
+    kv.create = create  # type: ignore[method-assign]
+    kv.delete = delete  # type: ignore[attr-defined]
+    released: list[int] = []
+    leases = _leases(kv, released)
+    del leases._held[7]  # ours by the hash, not yet taken
+    leases._epochs.pop(7)
+    members = ["r1", "r2"]  # a second replica has joined
+    moved = next(p for p in range(7) if rendezvous_owner(p, members) == "r2")
+
+    async def two() -> list[str]:
+        return members
+
+    leases._live_members = two  # type: ignore[method-assign]
+    mine = [p for p in range(8) if rendezvous_owner(p, members) == "r1"]
+
+    try:
+        await leases._round()
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("the round did not say a renewal failed")
+
+    assert moved in released  # handed over although a renewal failed first
+    assert all(p not in leases.held for p in range(8) if p not in mine)
+    if 7 in mine:
+        assert "lease.placer.7" in created  # and what is newly ours was taken
