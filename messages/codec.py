@@ -76,7 +76,7 @@ def _plain_decimals(value: Any) -> Any:
         return format(value, "f")
     if isinstance(value, dict):
         return {k: _plain_decimals(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):  # (`to_builtins` keeps a struct's tuples as tuples)
         return [_plain_decimals(v) for v in value]
     return value
 

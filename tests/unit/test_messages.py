@@ -663,3 +663,17 @@ def test_decimals_are_written_without_exponent_so_any_consumer_reads_them_as_the
     assert decode(encode(fill)) == fill
     assert json.loads(encode(new_like := fill))["msg_id"] == new_like.msg_id
     assert b"E-" not in encode({"a": [Decimal("0E-8"), Decimal("1E+3")]}) and encode({"a": Decimal("1E+3")}) == b'{"a":"1000"}'
+
+
+def test_decimals_inside_a_tuple_of_structs_are_written_without_exponent_too() -> None:
+    """A status answer lists its orders in a tuple of structs, and a dust fill there is 0.00000001 as well
+    (msgspec's `to_builtins` keeps tuples as tuples: the rewrite has to go into them)."""
+    from messages.ops import IntentStatus, OrderStatus
+
+    dust = OrderStatus(client_order_id="c-1", order_id="7", attempt=1, state="final", filled_qty=Decimal("1E-8"), fills=1)
+    status = IntentStatus(intent_id="i-1", known=True, filled_qty=Decimal("1E-8"), orders=(dust,))
+
+    body = json.loads(encode(status))
+
+    assert body["orders"][0]["filled_qty"] == "0.00000001" and body["filled_qty"] == "0.00000001"
+    assert msgspec.json.decode(encode(status), type=IntentStatus) == status
