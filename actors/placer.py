@@ -47,7 +47,7 @@ from messages import (
     PlaceOrder,
 )
 from messages.base import Message, routing
-from messages.controls import DENY_ORDER_RATE
+from messages.controls import DENY_ORDER_RATE, Reservation
 from venues.gateway import cancel_order, create_order, fetch_balance, fetch_order_book, fetch_order_by_client_id
 
 __all__ = ["Placer", "PlacerState"]
@@ -435,7 +435,7 @@ class Placer(Actor[PlacerState]):
             ctx.log.warning("create_refused", client_order_id=cid, error=error, reason=reason)
             await self._reject(cmd, ctx, error, reason, retryable=error == "StaleEpoch", state=state)
             return
-        halted, reservations = await self._halted(cmd)
+        halted, reservation = await self._halted(cmd)
         if halted is not None:  # (before any venue call: a halted venue may be the one that is down)
             self.stats["risk_denied"] += 1
             ctx.log.warning("create_denied", client_order_id=cid, error=halted.code, reason=halted.reason)
@@ -451,7 +451,7 @@ class Placer(Actor[PlacerState]):
             await self._unknown(cmd, state, ctx, f"book read failed: {type(exc).__name__}", created=False)
             return
         try:
-            denial = await self._risk_denial(exchange, cmd, check_price, reservations)
+            denial = await self._risk_denial(exchange, cmd, check_price, reservation)
         except ccxt.NetworkError as exc:
             await self._unknown(cmd, state, ctx, f"balance read failed: {type(exc).__name__}", created=False)
             return
@@ -534,17 +534,17 @@ class Placer(Actor[PlacerState]):
         if cancel_after:
             await self._cancel(cid, state.placed[cid], cmd.venue, cmd.symbol, state, ctx)
 
-    async def _halted(self, cmd: PlaceOrder) -> tuple[risk.Denial | None, Any]:
+    async def _halted(self, cmd: PlaceOrder) -> tuple[risk.Denial | None, Reservation | None]:
         """The trading state as stored now: a halt holds even if the supervisor that sent this is behind.
-        Also returns the venue's reservations (for `_risk_denial`), read in the same round trip."""
+        Also returns the intent's reservation (for `_risk_denial`), read in the same round trip."""
         controls = self._services.controls if self._services is not None else None
         if controls is None:
             return None, None
-        states, reservations = await asyncio.gather(controls.trading(), controls.reservations(cmd.venue))
+        states, reservation = await asyncio.gather(controls.trading(), controls.reservation(cmd.venue, cmd.intent_id))
         scope = states.effective(cmd.venue, cmd.symbol)
         if scope is None or scope.state != "HALTED":
-            return None, reservations
-        return risk.trading_denial(states, cmd.venue, cmd.symbol, cmd.side, cmd.qty, None), reservations
+            return None, reservation
+        return risk.trading_denial(states, cmd.venue, cmd.symbol, cmd.side, cmd.qty, None), reservation
 
     def _halted_cached(self, cmd: PlaceOrder) -> risk.Denial | None:
         controls = self._services.controls if self._services is not None else None
@@ -557,7 +557,7 @@ class Placer(Actor[PlacerState]):
         return risk.trading_denial(states, cmd.venue, cmd.symbol, cmd.side, cmd.qty, None)
 
     async def _risk_denial(
-        self, exchange: Any, cmd: PlaceOrder, price: Decimal | None, reservations: Any
+        self, exchange: Any, cmd: PlaceOrder, price: Decimal | None, reservation: Reservation | None
     ) -> risk.Denial | None:
         """The risk gate on this order: the trading state (read just before, in `_halted`), the notional
         bound and the intent's reservation."""
@@ -571,10 +571,9 @@ class Placer(Actor[PlacerState]):
         if scope is not None and scope.state == "REDUCING" and cmd.side == "sell":
             base, _quote = risk.base_and_quote(cmd.symbol)
             position = (await fetch_balance(exchange)).total.get(base)
-        reservation = reservations.of(cmd.intent_id) if limits.balance_check else None
         return risk.order_denial(
             limits, states, venue=cmd.venue, symbol=cmd.symbol, side=cmd.side, qty=cmd.qty, price=price,
-            reservation=reservation, position=position,
+            reservation=reservation if limits.balance_check else None, position=position,
         )
 
     async def _order_slot(self, cmd: PlaceOrder) -> float:

@@ -19,7 +19,7 @@ from messages.controls import (
     DENY_OPEN_NOTIONAL,
     DENY_REDUCING,
     Reservation,
-    Reservations,
+    ReservedTotals,
     RiskLimits,
     TradingStates,
 )
@@ -81,8 +81,7 @@ def intake_denial(
     symbol: str,
     qty: Decimal,
     ref_price: Decimal,
-    reservations: Reservations,
-    intent_id: str,
+    reservations: ReservedTotals,
     now_ns: int,
 ) -> Denial | None:
     """One intent's notional, and the notional in flight on its venue and symbol with it."""
@@ -90,7 +89,7 @@ def intake_denial(
     too_big = _notional_denial(limits, qty, ref_price, "notional")
     if too_big is not None:
         return too_big
-    in_flight = reservations.open_notional(symbol, now_ns, besides=intent_id)
+    in_flight = reservations.open_notional(symbol, now_ns)
     if in_flight + notional > limits.max_open_notional:
         return Denial(
             code=DENY_OPEN_NOTIONAL,
@@ -119,7 +118,7 @@ def reservation_for(
 
 
 def reservation_denial(
-    limits: RiskLimits, reservation: Reservation, free: Decimal | None, reservations: Reservations, now_ns: int
+    limits: RiskLimits, reservation: Reservation, free: Decimal | None, reservations: ReservedTotals, now_ns: int
 ) -> Denial | None:
     """The balance held (`free`: the account's total of the currency; the venue's own "free" leaves out what
     our resting orders lock, which their reservations count already), less what the other intents in flight
@@ -127,7 +126,7 @@ def reservation_denial(
     if not limits.balance_check:
         return None
     held = free if free is not None else Decimal(0)
-    others = reservations.reserved(reservation.currency, now_ns, besides=reservation.intent_id)
+    others = reservations.reserved(reservation.currency, now_ns)
     available = held - others
     if reservation.amount > available:
         return Denial(

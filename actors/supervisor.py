@@ -608,7 +608,7 @@ class Supervisor(Actor[SupervisorState]):
         refused = await self._services.controls.reserve(intent.venue, gate.reservation, decide)
         if found:
             return found[0].code, found[0].reason
-        # Not a limit: the venue's reservations are full (`ReservationsFull`); the intent is rejected with
+        # Not a limit: the venue's reservation totals are full (`ReservationsFull`); the intent is rejected with
         # that reason rather than failing its handler until it is dead-lettered with no answer upstream.
         return (DENY_IN_FLIGHT, refused) if refused else None
 
@@ -1217,7 +1217,7 @@ class _Gate(msgspec.Struct, kw_only=True):
         assert self.limits is not None and self.ref_price is not None and self.reservation is not None
         return risk.intake_denial(
             self.limits, symbol=intent.symbol, qty=intent.qty, ref_price=self.ref_price, reservations=current,
-            intent_id=intent.intent_id, now_ns=now_ns,
+            now_ns=now_ns,
         ) or risk.reservation_denial(self.limits, self.reservation, self.free, current, now_ns)
 
 

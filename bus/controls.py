@@ -3,7 +3,9 @@ balance reservations of in-flight intents and the shared order-rate budget.
 
     trading                 TradingStates: every scope that is not ACTIVE
     risk                    RiskLimits (absent: the defaults)
-    reserve.<venue>         Reservations of that venue's in-flight intents
+    reserve.<venue>.total   ReservedTotals: what that venue's in-flight intents hold, summed
+    reserve.<venue>.intent.<intent_id>
+                            Reservation: what that intent holds (expires by itself after its window)
     rate.<venue>.<second>   orders sent to the venue in that wall-clock second (expires after a minute)
 
 Every change is a compare-and-set on the key's last revision, retried on conflict, so two writers never
@@ -35,12 +37,13 @@ from messages.controls import (
     ANY_VENUE,
     CONTROL_INTENT,
     Reservation,
-    Reservations,
+    ReservedTotals,
     RiskLimits,
     ScopeState,
     TradingState,
     TradingStateChanged,
     TradingStates,
+    reservation_window,
 )
 
 __all__ = ["ControlStore", "RISK_KEYS", "ReservationsFull", "parse_limit"]
@@ -58,12 +61,19 @@ _CAS_BACKOFF_MAX_S = 0.05
 
 T = TypeVar("T", bound=msgspec.Struct)
 
+HOLD_GRACE_S = 60
+"""An intent's reservation key outlives the end of its window by this: a release that comes late still finds
+what to take off the totals (which no longer count it after the window either way)."""
+RELEASED_TTL_S = 10
+"""A released reservation's key keeps an empty value this long, so that a second release loses its
+compare-and-set instead of taking the amount off the totals twice; then it is gone."""
+
 _HEADROOM = 1024
 """Bytes of `max_payload` left for the write's headers."""
 
 
 class ReservationsFull(Exception):
-    """The venue's reservations with this one added would not fit one NATS message (`max_payload`)."""
+    """The venue's reservation totals with this one added would not fit one NATS message (`max_payload`)."""
 
 RISK_KEYS: dict[str, str] = {
     name: (field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type)))
@@ -142,8 +152,13 @@ class ControlStore:
             self.limits_cached, _rev = await self._read(RISK_KEY, RiskLimits)
         return self.limits_cached
 
-    async def reservations(self, venue: str) -> Reservations:
-        return (await self._read(_reserve_key(venue), Reservations))[0]
+    async def reserved_totals(self, venue: str) -> ReservedTotals:
+        """What the venue's intents in flight hold, summed (one KV read)."""
+        return (await self._read(_totals_key(venue), ReservedTotals))[0]
+
+    async def reservation(self, venue: str, intent_id: str) -> Reservation | None:
+        """What the intent holds now (one KV read of its own small key); None: nothing, or released."""
+        return (await self._read_hold(_hold_key(venue, intent_id)))[0]
 
     @property
     def watching(self) -> bool:
@@ -276,37 +291,72 @@ class ControlStore:
         return result
 
     async def reserve(
-        self, venue: str, reservation: Reservation, decide: Callable[[Reservations], str | None]
+        self, venue: str, reservation: Reservation, decide: Callable[[ReservedTotals], str | None]
     ) -> str | None:
-        """Add `reservation` (replacing the intent's own) unless `decide(current)` names a denial; atomic
-        with respect to every other reservation. Returns the denial, or None when reserved."""
+        """Add `reservation` to the venue's totals unless `decide(totals)` names a denial, atomic with respect
+        to every other reservation; then record it under the intent's own key. Returns the denial, or None
+        when reserved.
+
+        An intent that holds a live reservation already (an earlier delivery of the same submission) keeps
+        it: `decide` then sees the totals without it, and nothing is added twice. A crash between the two
+        writes leaves the totals counting an amount no key names: it holds back too much, never too little,
+        until its window ends."""
+        key = _hold_key(venue, reservation.intent_id)
+        held, revision = await self._read_hold(key)
+        kept = held if held is not None and held.expires_ns > time.time_ns() else None
         denial: str | None = None
 
-        def change(current: Reservations) -> Reservations | None:
+        def change(current: ReservedTotals) -> ReservedTotals | None:
             nonlocal denial
-            denial = decide(current)
-            if denial is not None:
-                return None
             now = time.time_ns()
-            kept = tuple(r for r in current.live(now) if r.intent_id != reservation.intent_id)
-            return Reservations(entries=(*kept, reservation))
+            if kept is not None:
+                denial = decide(current.removing(kept, now))
+                return None
+            denial = decide(current)
+            return None if denial is not None else current.adding(reservation, now)
 
         try:
-            await self._update_together(_reserve_key(venue), Reservations, change, grows=True)
+            await self._update_together(_totals_key(venue), ReservedTotals, change, grows=True)
         except ReservationsFull as exc:
             return str(exc)
-        return denial
+        if denial is not None or kept is not None:
+            return denial
+        ttl_s = max(1, -(-(reservation_window(reservation.expires_ns) - time.time_ns()) // 1_000_000_000)) + HOLD_GRACE_S
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision), "Nats-TTL": str(ttl_s)}
+        try:
+            await self._acks.publish(self._subject + key, encode(reservation), headers)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            # The same intent reserved at the same moment elsewhere (a fenced owner): its key stands, and the
+            # totals count this intent twice until the window ends (too much held back, never too little).
+            log.warning("reservation_raced", venue=venue, intent_id=reservation.intent_id)
+        return None
 
     async def release(self, venue: str, intent_id: str) -> None:
-        """Give back what the intent reserved (nothing if it reserved nothing)."""
+        """Give back what the intent reserved (nothing if it reserved nothing, or was released already).
 
-        def change(current: Reservations) -> Reservations | None:
-            if current.of(intent_id) is None:
-                return None
-            now = time.time_ns()
-            return Reservations(entries=tuple(r for r in current.live(now) if r.intent_id != intent_id))
+        The intent's key is emptied first, by compare-and-set: of two releases only one goes on to take the
+        amount off the totals. A crash in between leaves the totals holding it until its window ends."""
+        key = _hold_key(venue, intent_id)
+        for attempt in range(_MAX_CAS_TRIES):
+            held, revision = await self._read_hold(key)
+            if held is None:
+                return
+            headers = {"Nats-Expected-Last-Subject-Sequence": str(revision), "Nats-TTL": str(RELEASED_TTL_S)}
+            try:
+                await self._acks.publish(self._subject + key, b"", headers)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                await asyncio.sleep(random.uniform(0, min(_CAS_BACKOFF_MAX_S, _CAS_BACKOFF_S * 2**attempt)))
+                continue
+            break
+        else:
+            raise RuntimeError(f"controls key {key!r}: {_MAX_CAS_TRIES} writers in a row changed it first")
+        released = held
 
-        await self._update_together(_reserve_key(venue), Reservations, change)
+        def change(current: ReservedTotals) -> ReservedTotals | None:
+            after = current.removing(released, time.time_ns())
+            return None if after == current else after
+
+        await self._update_together(_totals_key(venue), ReservedTotals, change)
 
     async def take_order_slot(self, venue: str, per_second: int) -> float:
         """Count one new order against the venue's budget for this wall-clock second, shared by every
@@ -378,6 +428,21 @@ class ControlStore:
         except nats.js.errors.KeyNotFoundError as exc:
             return kind(), _marker_revision(exc)
         return _decode(entry.value, kind), entry.revision
+
+    async def _read_hold(self, key: str) -> tuple[Reservation | None, int]:
+        """An intent's reservation and its key's revision (to compare-and-set on); an empty value: released."""
+        try:
+            entry = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError as exc:
+            return None, _marker_revision(exc)
+        if not entry.value:
+            return None, entry.revision
+        try:
+            return msgspec.json.decode(entry.value, type=Reservation), entry.revision
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            # Written by hand and wrong: it holds nothing we can take off the totals (they expire by window).
+            log.error("controls_value_invalid", key=key, error=str(exc))
+            return None, entry.revision
 
     async def _update_together(
         self, key: str, kind: type[T], change: Callable[[T], T | None], *, grows: bool = False
@@ -460,11 +525,12 @@ class ControlStore:
                 continue
             data = encode(updated)
             if grows and len(data) > limit:
-                entries = len(getattr(updated, "entries", ()))
+                windows = len(getattr(updated, "windows", ()))
                 outcomes.append(ReservationsFull(
-                    f"{key}: {entries} reservations of intents in flight would take {len(data):,} bytes, more "
-                    f"than one message of the NATS server holds (max_payload {self.max_payload:,}): too many "
-                    f"intents in flight on this venue; try again when some have finished"
+                    f"{key}: the totals of intents in flight, over {windows} windows of expiry, would take "
+                    f"{len(data):,} bytes, more than one message of the NATS server holds (max_payload "
+                    f"{self.max_payload:,}): too many budgets spread too far on this venue; try again when some "
+                    f"have finished"
                 ))
                 continue
             outcomes.append(True)
@@ -503,8 +569,12 @@ class ControlStore:
             raise RuntimeError(f"controls key {key!r}: {_MAX_CAS_TRIES} writers in a row changed it first")
 
 
-def _reserve_key(venue: str) -> str:
-    return f"reserve.{venue}"
+def _totals_key(venue: str) -> str:
+    return f"reserve.{venue}.total"
+
+
+def _hold_key(venue: str, intent_id: str) -> str:
+    return f"reserve.{venue}.intent.{intent_id}"
 
 
 def _marker_revision(exc: nats.js.errors.KeyNotFoundError) -> int:

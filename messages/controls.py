@@ -37,7 +37,10 @@ __all__ = [
     "TradingStateChanged",
     "RiskLimits",
     "Reservation",
-    "Reservations",
+    "ReservedTotals",
+    "ReservedWindow",
+    "RESERVATION_WINDOW_NS",
+    "reservation_window",
 ]
 
 TradingState = Literal["ACTIVE", "REDUCING", "HALTED"]
@@ -58,8 +61,9 @@ DENY_BALANCE = "risk.balance"
 DENY_NO_PRICE = "risk.no_reference_price"
 """The limits need a reference price and the book has none (empty on that side)."""
 DENY_IN_FLIGHT = "risk.in_flight"
-"""The venue's reservations no longer fit one message of the NATS server (`max_payload`): too many intents
-in flight on one venue for the reservations document (about 7,000 at the default 1 MB)."""
+"""The venue's reservation totals no longer fit one message of the NATS server (`max_payload`). They grow with
+the windows of 10 s that in-flight intents' expiries span, not with the number of intents: only budgets
+spread over days could reach it."""
 
 RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")]
 
@@ -210,20 +214,87 @@ class Reservation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     never finished) stops counting after this."""
 
 
-class Reservations(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One venue's reservations (`reserve.<venue>` in the controls bucket), changed by compare-and-set so
-    two intents on different supervisor replicas cannot both take the same balance."""
+RESERVATION_WINDOW_NS = 10_000_000_000
+"""The venue's totals group reservations by the 10 s window their expiry falls in: a reservation that is never
+released counts until the end of its window (at most 10 s past its expiry), and then stops counting."""
 
-    entries: tuple[Reservation, ...] = ()
 
-    def live(self, now_ns: int) -> tuple[Reservation, ...]:
-        return tuple(r for r in self.entries if r.expires_ns > now_ns)
+def reservation_window(expires_ns: int) -> int:
+    """The end of the window `expires_ns` falls in."""
+    return -(-expires_ns // RESERVATION_WINDOW_NS) * RESERVATION_WINDOW_NS
 
-    def reserved(self, currency: str, now_ns: int, *, besides: str = "") -> Decimal:
-        return sum((r.amount for r in self.live(now_ns) if r.currency == currency and r.intent_id != besides), Decimal(0))
 
-    def open_notional(self, symbol: str, now_ns: int, *, besides: str = "") -> Decimal:
-        return sum((r.notional for r in self.live(now_ns) if r.symbol == symbol and r.intent_id != besides), Decimal(0))
+class ReservedWindow(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the intents whose reservations expire in one window hold together."""
 
-    def of(self, intent_id: str) -> Reservation | None:
-        return next((r for r in self.entries if r.intent_id == intent_id), None)
+    until_ns: int
+    count: int = 0
+    amounts: dict[str, Decimal] = {}
+    """By currency."""
+    notional: dict[str, Decimal] = {}
+    """By symbol, in its quote currency."""
+
+
+class ReservedTotals(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A venue's reservations summed (`reserve.<venue>.total` in the controls bucket), changed by
+    compare-and-set so two intents on different supervisor replicas cannot both take the same balance. Each
+    intent's own reservation is a key of its own (`reserve.<venue>.intent.<intent_id>`, a `Reservation`): the
+    totals stay a few hundred bytes however many intents are in flight, and nobody reads every intent's."""
+
+    windows: tuple[ReservedWindow, ...] = ()
+
+    def live(self, now_ns: int) -> tuple[ReservedWindow, ...]:
+        return tuple(w for w in self.windows if w.until_ns > now_ns)
+
+    def reserved(self, currency: str, now_ns: int) -> Decimal:
+        return sum((w.amounts.get(currency, Decimal(0)) for w in self.live(now_ns)), Decimal(0))
+
+    def open_notional(self, symbol: str, now_ns: int) -> Decimal:
+        return sum((w.notional.get(symbol, Decimal(0)) for w in self.live(now_ns)), Decimal(0))
+
+    def in_flight(self, now_ns: int) -> int:
+        return sum(w.count for w in self.live(now_ns))
+
+    def adding(self, reservation: Reservation, now_ns: int) -> ReservedTotals:
+        until = reservation_window(reservation.expires_ns)
+        windows = list(self.live(now_ns))
+        at = next((i for i, w in enumerate(windows) if w.until_ns == until), None)
+        window = windows[at] if at is not None else ReservedWindow(until_ns=until)
+        changed = _moved(window, reservation, +1)
+        if at is None:
+            windows.append(changed)
+            windows.sort(key=lambda w: w.until_ns)
+        else:
+            windows[at] = changed
+        return ReservedTotals(windows=tuple(windows))
+
+    def removing(self, reservation: Reservation, now_ns: int) -> ReservedTotals:
+        """Without `reservation` (nothing taken if its window has ended: it stopped counting then). Never
+        below zero: a total that a crash left counting an intent twice only ever holds back too much."""
+        until = reservation_window(reservation.expires_ns)
+        windows = []
+        for window in self.live(now_ns):
+            if window.until_ns == until:
+                window = _moved(window, reservation, -1)
+                if window.count == 0:
+                    continue
+            windows.append(window)
+        return ReservedTotals(windows=tuple(windows))
+
+
+def _moved(window: ReservedWindow, reservation: Reservation, sign: int) -> ReservedWindow:
+    def shifted(totals: dict[str, Decimal], key: str, by: Decimal) -> dict[str, Decimal]:
+        out = dict(totals)
+        value = max(out.get(key, Decimal(0)) + sign * by, Decimal(0))
+        if value:
+            out[key] = value
+        else:
+            out.pop(key, None)
+        return out
+
+    return ReservedWindow(
+        until_ns=window.until_ns,
+        count=max(window.count + sign, 0),
+        amounts=shifted(window.amounts, reservation.currency, reservation.amount),
+        notional=shifted(window.notional, reservation.symbol, reservation.notional),
+    )

@@ -42,7 +42,7 @@ from messages import (
     encode,
 )
 from messages.base import routing
-from messages.controls import DENY_IN_FLIGHT, Reservation, Reservations
+from messages.controls import DENY_IN_FLIGHT, RESERVATION_WINDOW_NS, Reservation, ReservedTotals
 from tests.e2e.conftest import Running, start_running, stepped_config, stop_running
 from tests.helpers import assert_invariants, new_intent, wait_until
 from venues.config import PaperVenueConfig
@@ -427,29 +427,44 @@ async def test_the_balance_check_at_and_over_the_free_balance(poor: Running) -> 
     assert isinstance(at, ExecutionCompleted) and at.status == "filled"
 
 
-async def test_a_venue_whose_reservations_fill_one_message_rejects_the_next_intent_with_the_reason(
+async def test_a_venue_whose_reservation_totals_fill_one_message_rejects_the_next_intent_with_the_reason(
     stepped: Running,
 ) -> None:
-    """The reservations of a venue's intents in flight are one KV value, and a value must fit one NATS message
-    (1 MB by default: about 7,000 intents). The intent that would not fit is rejected with the reason at
-    once, not failed in its handler until it is dead-lettered with no answer upstream."""
+    """A venue's reservation totals are one KV value, kept per window of expiry, and a value must fit one NATS
+    message (1 MB by default: budgets spread over most of a day). The intent that would not fit is rejected
+    with the reason at once, not failed in its handler until it is dead-lettered with no answer upstream."""
     controls = await stepped.bus.controls()
     far = time.time_ns() + 3_600 * 10**9
-    entry = Reservation(intent_id="filler-0000", symbol="BTC/USDT", currency="USDT", amount=D("0.01"),
-                        notional=D("0.01"), expires_ns=far)
-    size = len(encode(Reservations(entries=(entry, entry)))) - len(encode(Reservations(entries=(entry,))))
-    room = controls.max_payload - 1024 - len(encode(Reservations()))
-    fillers = tuple(msgspec.structs.replace(entry, intent_id=f"filler-{i:04}") for i in range(room // size))
-    await stepped.bus.buckets.controls.put("reserve.paper", encode(Reservations(entries=fillers)))
+
+    def filler(i: int) -> Reservation:  # each in a window of its own, an hour and more away
+        return Reservation(intent_id=f"filler-{i}", symbol="BTC/USDT", currency="USDT", amount=D("0.01"),
+                           notional=D("0.01"), expires_ns=far + i * RESERVATION_WINDOW_NS)
+
+    def totals(n: int) -> ReservedTotals:
+        out = ReservedTotals()
+        for i in range(n):
+            out = out.adding(filler(i), 0)
+        return out
+
+    size = len(encode(totals(2))) - len(encode(totals(1)))
+    fits = (controls.max_payload - 1024 - len(encode(totals(1)))) // size + 1
+    await stepped.bus.buckets.controls.put("reserve.paper.total", encode(totals(fits)))
 
     refused = await execute(stepped.bus, new_intent(qty=D("0.01")), timeout=15)
 
     assert isinstance(refused, IntentRejected) and refused.code == DENY_IN_FLIGHT and refused.field == "risk"
-    assert f"{len(fillers) + 1} reservations of intents in flight" in refused.reason and "max_payload" in refused.reason
+    assert f"over {fits + 1} windows of expiry" in refused.reason and "max_payload" in refused.reason
     assert not stepped.recorder.of(IntentAccepted, refused.intent_id)
-    await stepped.bus.buckets.controls.put("reserve.paper", encode(Reservations(entries=fillers[:10])))
+    assert await controls.reservation("paper", refused.intent_id) is None
+    await stepped.bus.buckets.controls.put("reserve.paper.total", encode(totals(10)))
     after = await execute(stepped.bus, new_intent(qty=D("0.01")), timeout=15)
     assert isinstance(after, ExecutionCompleted) and after.status == "filled"
+    # Its reservation was taken and given back (as its strategy finished): the totals are the ten fillers again.
+    async def given_back() -> bool:
+        return await controls.reserved_totals("paper") == totals(10)
+
+    await wait_until(given_back)
+    assert await controls.reservation("paper", after.intent_id) is None
 
 
 # -- the shared order-rate budget ------------------------------------------------------------------------------

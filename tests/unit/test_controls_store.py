@@ -17,17 +17,19 @@ from nats.aio.msg import Msg
 
 from actors.risk import reservation_denial, reservation_for
 from bus.bus import Bus
-from bus.controls import ControlStore
+from bus.controls import HOLD_GRACE_S, RELEASED_TTL_S, ControlStore
 from bus.server import EmbeddedNats
 from messages import decode
 from messages.controls import (
     CONTROL_INTENT,
     DENY_BALANCE,
+    RESERVATION_WINDOW_NS,
     Reservation,
-    Reservations,
+    ReservedTotals,
     RiskLimits,
     TradingStateChanged,
     TradingStates,
+    reservation_window,
 )
 from tests.helpers import fast_settings, wait_until
 
@@ -311,6 +313,7 @@ async def test_a_bad_limit_is_a_clear_error_that_changes_nothing(
 # -- reservations -----------------------------------------------------------------------------------------
 
 LIMITS = RiskLimits(balance_buffer_pct=D("0"))
+TOTAL = "reserve.paper.total"
 
 
 def buy(intent_id: str, qty: str, price: str = "100", expires_ns: int | None = None) -> Reservation:
@@ -320,14 +323,24 @@ def buy(intent_id: str, qty: str, price: str = "100", expires_ns: int | None = N
     )
 
 
-def against(free: Decimal, reservation: Reservation) -> Callable[[Reservations], str | None]:
+def against(free: Decimal, reservation: Reservation) -> Callable[[ReservedTotals], str | None]:
     """The supervisor's decision: the venue's free balance less what the others in flight reserved."""
 
-    def decide(current: Reservations) -> str | None:
+    def decide(current: ReservedTotals) -> str | None:
         denial = reservation_denial(LIMITS, reservation, free, current, time.time_ns())
         return None if denial is None else f"{denial.code}: {denial.reason}"
 
     return decide
+
+
+def anything(current: ReservedTotals) -> str | None:
+    return None
+
+
+async def held_by(store: ControlStore, intents: list[str]) -> dict[str, Decimal]:
+    """What each of `intents` holds by its own key (those that hold nothing left out)."""
+    found = {i: await store.reservation(VENUE, i) for i in intents}
+    return {i: r.amount for i, r in found.items() if r is not None}
 
 
 async def test_two_concurrent_intents_exceeding_the_balance_one_runs_one_is_denied(bus: Bus, other: Bus) -> None:
@@ -341,8 +354,10 @@ async def test_two_concurrent_intents_exceeding_the_balance_one_runs_one_is_deni
     assert len(granted) == 1 and len(denied) == 1
     assert denied[0].startswith(DENY_BALANCE)
     assert "needs 1000 USDT; held 1500 less 1000 reserved" in denied[0]
-    held = await mine.reservations(VENUE)
-    assert len(held.entries) == 1 and held.entries[0].amount == D("1000")
+    totals = await mine.reserved_totals(VENUE)
+    assert totals.reserved("USDT", time.time_ns()) == D("1000") and totals.in_flight(time.time_ns()) == 1
+    winner = "intent-a" if results[0] is None else "intent-b"
+    assert await held_by(theirs, ["intent-a", "intent-b"]) == {winner: D("1000")}
 
 
 async def test_concurrent_reservations_from_two_processes_never_over_commit(bus: Bus, other: Bus) -> None:
@@ -355,16 +370,18 @@ async def test_concurrent_reservations_from_two_processes_never_over_commit(bus:
 
     assert sum(r is None for r in results) == 10
     assert all(r.startswith(DENY_BALANCE) for r in results if r is not None)
-    held = await stores[1].reservations(VENUE)
+    totals = await stores[1].reserved_totals(VENUE)
     now = time.time_ns()
-    assert len(held.entries) == 10
-    assert held.reserved("USDT", now) == free
-    assert held.open_notional(SYMBOL, now) == free
-    assert {r.intent_id for r in held.entries} == {res.intent_id for res, r in zip(wanted, results) if r is None}
+    assert totals.in_flight(now) == 10
+    assert totals.reserved("USDT", now) == free
+    assert totals.open_notional(SYMBOL, now) == free
+    granted = [res.intent_id for res, r in zip(wanted, results) if r is None]
+    assert await held_by(stores[0], [r.intent_id for r in wanted]) == {i: D("100") for i in granted}
 
     # Released, the balance is free for the next one, and for no more than that.
-    await stores[0].release(VENUE, held.entries[0].intent_id)
-    assert len((await stores[1].reservations(VENUE)).entries) == 9
+    await stores[0].release(VENUE, granted[0])
+    assert await stores[1].reservation(VENUE, granted[0]) is None
+    assert (await stores[1].reserved_totals(VENUE)).reserved("USDT", time.time_ns()) == D("900")
     late = buy("late", "1")
     assert await stores[1].reserve(VENUE, late, against(free, late)) is None
     later = buy("later", "0.01")
@@ -372,74 +389,116 @@ async def test_concurrent_reservations_from_two_processes_never_over_commit(bus:
     assert denial is not None and denial.startswith(DENY_BALANCE)
 
 
-async def test_reserve_replaces_the_intents_own_and_drops_expired_ones(bus: Bus) -> None:
+async def test_an_intent_reserving_again_keeps_its_own_and_expired_windows_stop_counting(bus: Bus) -> None:
     store = await bus.controls()
     free = D("1000")
-    stale = buy("stale", "9", expires_ns=time.time_ns() - 1)
-    assert await store.reserve(VENUE, stale, lambda current: None) is None  # written as is, expired already
+    # Its window (10 s) ended before now: written as is, and it counts for nothing.
+    stale = buy("stale", "9", expires_ns=time.time_ns() - 2 * RESERVATION_WINDOW_NS)
+    assert await store.reserve(VENUE, stale, anything) is None
+    assert (await store.reserved_totals(VENUE)).reserved("USDT", time.time_ns()) == 0
 
     first = buy("mine", "6")
     assert await store.reserve(VENUE, first, against(free, first)) is None  # the expired 900 does not count
-    bigger = buy("mine", "10")
-    assert await store.reserve(VENUE, bigger, against(free, bigger)) is None  # its own 600 does not count
-    held = await store.reservations(VENUE)
-    assert [(r.intent_id, r.amount) for r in held.entries] == [("mine", D("1000"))]
+    # The same intent again (a redelivered submission): decided without its own 600, and not added twice.
+    again = buy("mine", "10")
+    seen: list[Decimal] = []
+
+    def decide(current: ReservedTotals) -> str | None:
+        seen.append(current.reserved("USDT", time.time_ns()))
+        return against(free, again)(current)
+
+    assert await store.reserve(VENUE, again, decide) is None
+    assert seen == [D("0")]
+    assert (await store.reserved_totals(VENUE)).reserved("USDT", time.time_ns()) == D("600")
+    assert await held_by(store, ["mine"]) == {"mine": D("600")}
+    # A denial on the second delivery is still a denial (the supervisor then releases what it holds).
+    too_big = buy("mine", "11")
+    assert (await store.reserve(VENUE, too_big, against(free, too_big)) or "").startswith(DENY_BALANCE)
 
     # Another venue's reservations are its own.
     elsewhere = buy("mine-too", "10")
     assert await store.reserve("binance", elsewhere, against(free, elsewhere)) is None
-    assert len((await store.reservations(VENUE)).entries) == 1
+    assert (await store.reserved_totals(VENUE)).in_flight(time.time_ns()) == 1
 
 
-async def test_release_frees_and_an_unknown_release_changes_nothing(bus: Bus, other: Bus) -> None:
+async def test_release_frees_once_and_an_unknown_release_writes_nothing(bus: Bus, other: Bus) -> None:
     store, theirs = await bus.controls(), await other.controls()
-    res = buy("held", "5")
-    assert await store.reserve(VENUE, res, against(D("500"), res)) is None
-    written = await revision(store, "reserve.paper")
+    for intent in ("held", "kept"):
+        res = buy(intent, "5")
+        assert await store.reserve(VENUE, res, against(D("1000"), res)) is None
+    written = await revision(store, TOTAL)
 
     await theirs.release(VENUE, "never-reserved")
-    assert await revision(store, "reserve.paper") == written
-    await theirs.release(VENUE, "held")
-    assert await store.reservations(VENUE) == Reservations()
-    await theirs.release(VENUE, "held")  # twice: nothing left to give back
+    assert await revision(store, TOTAL) == written
+    # Two releases of one intent at once, from two processes: only one takes it off the totals.
+    await asyncio.gather(theirs.release(VENUE, "held"), store.release(VENUE, "held"))
+    totals = await store.reserved_totals(VENUE)
+    assert totals.reserved("USDT", time.time_ns()) == D("500") and totals.in_flight(time.time_ns()) == 1
+    await theirs.release(VENUE, "held")  # again: nothing left to give back
+    assert await store.reserved_totals(VENUE) == totals
     await store.release("nowhere", "held")  # a venue with no reservations at all
+    await store.release(VENUE, "kept")
+    assert await store.reserved_totals(VENUE) == ReservedTotals()
 
 
-async def test_reservations_that_would_outgrow_one_message_refuse_the_new_intent_and_still_release(bus: Bus) -> None:
-    """One venue's reservations are one KV value, and a value must fit one NATS message (`max_payload`, 1 MB
-    by default: about 7,000 intents in flight). Past that the next intent gets a reason, not a handler
-    failure; the rest of its batch is written, each change admitted in turn while the value fits."""
+async def test_an_intents_key_expires_by_itself_and_the_totals_stay_small_however_many_are_in_flight(bus: Bus) -> None:
+    """The intent's own key carries a TTL past the end of its window (a supervisor that dies never leaves it
+    behind), a released one a short one; the totals are one small value for a thousand intents."""
     store = await bus.controls()
-    empty = len(msgspec.json.encode(Reservations()))
-    entry = len(msgspec.json.encode(Reservations(entries=(buy("intent-00", "1"),)))) - empty
-    store.max_payload_override = 1024 + empty + 9 * entry + entry // 2  # room for nine (1024: for the headers)
-    granted = [await store.reserve(VENUE, r, lambda current: None) for r in (buy(f"intent-{i:02}", "1") for i in range(9))]
+    stream = f"KV_{bus.settings.control_bucket}"
+    res = buy("ttl", "1")
+    assert await store.reserve(VENUE, res, anything) is None
+    stored = await bus.js.get_last_msg(stream, f"$KV.{bus.settings.control_bucket}.reserve.paper.intent.ttl")
+    ttl = int((stored.headers or {})["Nats-TTL"])
+    to_window_end = (reservation_window(res.expires_ns) - time.time_ns()) / 1e9
+    assert to_window_end + HOLD_GRACE_S - 2 <= ttl <= to_window_end + HOLD_GRACE_S + 2
+    await store.release(VENUE, "ttl")
+    stored = await bus.js.get_last_msg(stream, f"$KV.{bus.settings.control_bucket}.reserve.paper.intent.ttl")
+    assert not stored.data and (stored.headers or {})["Nats-TTL"] == str(RELEASED_TTL_S)
+
+    await asyncio.gather(*(store.reserve(VENUE, buy(f"many-{i}", "0.01"), anything) for i in range(1000)))
+    totals = await store.reserved_totals(VENUE)
+    assert totals.in_flight(time.time_ns()) == 1000 and totals.reserved("USDT", time.time_ns()) == D("1000")
+    assert len(msgspec.json.encode(totals)) < 400
+
+
+async def test_totals_that_would_outgrow_one_message_refuse_the_new_intent_and_still_release(bus: Bus) -> None:
+    """The totals grow with the windows of expiry in flight, and a value must fit one NATS message
+    (`max_payload`). Past that the next intent gets a reason, not a handler failure; the rest of its batch is
+    written, each change admitted in turn while the value fits."""
+    store = await bus.controls()
+    base = time.time_ns() + 60_000_000_000
+
+    def spread(intent_id: str, window: int) -> Reservation:  # each in a window of its own
+        return buy(intent_id, "1", expires_ns=base + window * RESERVATION_WINDOW_NS)
+
+    one = len(msgspec.json.encode(ReservedTotals().adding(spread("x", 0), 0)))
+    two = len(msgspec.json.encode(ReservedTotals().adding(spread("x", 0), 0).adding(spread("y", 1), 0)))
+    store.max_payload_override = 1024 + one + 8 * (two - one) + (two - one) // 2  # room for nine windows
+    granted = [await store.reserve(VENUE, spread(f"intent-{i:02}", i), anything) for i in range(9)]
     assert granted == [None] * 9
-    held = await store.reservations(VENUE)
 
-    # A batch of a reservation, a release and another reservation: each is admitted in turn while the value
-    # fits. The first would make ten (refused); the release makes eight; the second then fits.
+    # At once, one that would make a tenth window and one in a window that is there already: however they
+    # meet in a batch, the first is refused and the second goes in.
     results = await asyncio.gather(
-        store.reserve(VENUE, buy("late-1", "1"), lambda current: None),
-        store.release(VENUE, "intent-00"),
-        store.reserve(VENUE, buy("late-2", "1"), lambda current: None),
-        return_exceptions=True,
+        store.reserve(VENUE, spread("late-1", 20), anything), store.reserve(VENUE, spread("same-window", 3), anything)
     )
-
-    assert isinstance(results[0], str) and "too many intents in flight on this venue" in results[0]
-    assert "10 reservations of intents in flight" in results[0] and "max_payload" in results[0]
-    assert results[1] is None and results[2] is None
-    after = await store.reservations(VENUE)
-    assert sorted(r.intent_id for r in after.entries) == sorted(
-        [r.intent_id for r in held.entries if r.intent_id != "intent-00"] + ["late-2"]
-    )
+    assert isinstance(results[0], str) and "too many budgets spread too far on this venue" in results[0]
+    assert "over 10 windows of expiry" in results[0] and "max_payload" in results[0]
+    assert results[1] is None
+    assert await store.reservation(VENUE, "late-1") is None
+    after = await store.reserved_totals(VENUE)
+    assert after.in_flight(time.time_ns()) == 10 and len(after.windows) == 9
     assert len(msgspec.json.encode(after)) <= store.max_payload - 1024
+    # A release always goes in; then the tenth window fits.
+    await store.release(VENUE, "intent-00")
+    assert await store.reserve(VENUE, spread("late-2", 21), anything) is None
     # An intent that reserves again what it holds does not grow the value: it is not refused.
-    assert await store.reserve(VENUE, buy("late-2", "1"), lambda current: None) is None
+    assert await store.reserve(VENUE, spread("late-2", 21), anything) is None
     # Once some have finished, an intent fits again.
-    for r in held.entries[1:5]:
-        await store.release(VENUE, r.intent_id)
-    assert await store.reserve(VENUE, buy("later", "1"), lambda current: None) is None
+    for i in range(1, 5):
+        await store.release(VENUE, f"intent-{i:02}")
+    assert await store.reserve(VENUE, spread("later", 30), anything) is None
 
 
 # -- the order-rate budget --------------------------------------------------------------------------------

@@ -20,14 +20,16 @@ from actors.risk import (
     reservation_for,
     trading_denial,
 )
+from messages import encode
 from messages.controls import (
     DENY_BALANCE,
     DENY_HALTED,
     DENY_MAX_NOTIONAL,
     DENY_OPEN_NOTIONAL,
     DENY_REDUCING,
+    RESERVATION_WINDOW_NS,
     Reservation,
-    Reservations,
+    ReservedTotals,
     RiskLimits,
     ScopeState,
     TradingStates,
@@ -55,9 +57,17 @@ def reservation(intent_id: str, *, currency: str = "USDT", amount: str = "0", no
     )
 
 
-def intake(lim: RiskLimits, qty: Decimal, ref: Decimal, held: Reservations = Reservations(),
-           intent_id: str = "me", symbol: str = SYMBOL) -> Denial | None:
-    return intake_denial(lim, symbol=symbol, qty=qty, ref_price=ref, reservations=held, intent_id=intent_id, now_ns=NOW)
+def totals(*reservations: Reservation) -> ReservedTotals:
+    """A venue's totals with these reservations in them."""
+    out = ReservedTotals()
+    for r in reservations:
+        out = out.adding(r, 0)
+    return out
+
+
+def intake(lim: RiskLimits, qty: Decimal, ref: Decimal, held: ReservedTotals = ReservedTotals(),
+           symbol: str = SYMBOL) -> Denial | None:
+    return intake_denial(lim, symbol=symbol, qty=qty, ref_price=ref, reservations=held, now_ns=NOW)
 
 
 def assert_denied(denial: Denial | None, code: str, *numbers: str) -> Denial:
@@ -102,14 +112,14 @@ def open_limits() -> RiskLimits:
     return limits(max_intent_notional=D("100000"), max_open_notional=D("3000"))
 
 
-def in_flight() -> Reservations:
+def in_flight() -> ReservedTotals:
     """2000 of BTC/USDT in flight from two other intents, plus what does not count against BTC/USDT."""
-    return Reservations(entries=(
+    return totals(
         reservation("other-1", notional="1500"),
         reservation("other-2", notional="500"),
         reservation("eth", notional="99999", symbol="ETH/USDT"),
         reservation("stale", notional="99999", expires_ns=NOW),  # expired: at NOW no longer counts
-    ))
+    )
 
 
 def test_max_open_notional_counts_other_intents_in_flight_at_under_and_over() -> None:
@@ -122,22 +132,41 @@ def test_max_open_notional_counts_other_intents_in_flight_at_under_and_over() ->
 
 def test_an_expired_reservation_no_longer_counts_and_a_live_one_does() -> None:
     lim = open_limits()
-    expired = Reservations(entries=(reservation("gone", notional="2500", expires_ns=NOW - 1),))
+    expired = totals(reservation("gone", notional="2500", expires_ns=NOW - 1))
     assert intake(lim, D("3"), AT, expired) is None
-    live = Reservations(entries=(reservation("gone", notional="2500", expires_ns=NOW + 1),))
+    live = totals(reservation("gone", notional="2500", expires_ns=NOW + 1))
     assert_denied(intake(lim, D("3"), AT, live), DENY_OPEN_NOTIONAL, "2500", "3000")
 
 
-def test_the_intents_own_reservation_is_not_counted_against_itself() -> None:
-    lim = open_limits()
-    own = Reservations(entries=(reservation("me", notional="3000"),))
-    assert intake(lim, D("3"), AT, own, intent_id="me") is None
-    assert_denied(intake(lim, D("3"), AT, own, intent_id="someone-else"), DENY_OPEN_NOTIONAL, "3000 in flight")
+def test_a_reservation_counts_to_the_end_of_its_window_of_expiry_and_no_longer() -> None:
+    """Totals keep windows, not intents: one never released counts up to a window (10 s) past its expiry."""
+    held = totals(reservation("late", notional="2500", expires_ns=NOW + 1))
+    assert held.open_notional(SYMBOL, NOW + RESERVATION_WINDOW_NS - 1) == D("2500")
+    assert held.open_notional(SYMBOL, NOW + RESERVATION_WINDOW_NS) == 0
+    assert held.in_flight(NOW) == 1 and held.in_flight(NOW + RESERVATION_WINDOW_NS) == 0
+
+
+def test_removing_a_reservation_takes_off_exactly_it_and_never_goes_below_zero() -> None:
+    mine = reservation("me", amount="1000", notional="3000")
+    other = reservation("other", amount="0.00000001", notional="1")
+    held = totals(mine, other)
+    without = held.removing(mine, NOW)
+    assert without == totals(other)
+    assert (without.reserved("USDT", NOW), without.open_notional(SYMBOL, NOW)) == (D("0.00000001"), D("1"))
+    # Taken off twice (it never is: a release empties the intent's key first) it still does not go negative.
+    assert without.removing(mine, NOW).reserved("USDT", NOW) == 0
+    assert without.removing(other, NOW) == ReservedTotals()
+    # From a window that has ended there is nothing to take: it stopped counting then.
+    gone = reservation("gone", amount="5", expires_ns=NOW - 1)
+    assert totals(gone).removing(gone, NOW) == ReservedTotals()
+    # No exponent on the wire, however small the amounts.
+    wire = encode(without)  # (what the store writes)
+    assert b'"0.00000001"' in wire and not re.search(rb"\d[eE][+-]?\d", wire)
 
 
 def test_open_notional_of_another_symbol_does_not_count() -> None:
     lim = open_limits()
-    held = Reservations(entries=(reservation("eth", notional="3000", symbol="ETH/USDT"),))
+    held = totals(reservation("eth", notional="3000", symbol="ETH/USDT"))
     assert intake(lim, D("3"), AT, held) is None
 
 
@@ -176,9 +205,9 @@ def buy(qty: Decimal, ref: Decimal, *, buffer: str = "2", intent_id: str = "me")
 def test_balance_for_a_buy_at_under_and_over_the_free_quote() -> None:
     lim = limits()
     free = D("1020")  # 1000 x 1.02
-    assert reservation_denial(lim, buy(QTY, AT), free, Reservations(), NOW) is None
-    assert reservation_denial(lim, buy(QTY, UNDER), free, Reservations(), NOW) is None
-    assert_denied(reservation_denial(lim, buy(QTY, OVER), free, Reservations(), NOW), DENY_BALANCE,
+    assert reservation_denial(lim, buy(QTY, AT), free, ReservedTotals(), NOW) is None
+    assert reservation_denial(lim, buy(QTY, UNDER), free, ReservedTotals(), NOW) is None
+    assert_denied(reservation_denial(lim, buy(QTY, OVER), free, ReservedTotals(), NOW), DENY_BALANCE,
                   "1020.0102 USDT", "held 1020", "leaves 1020")
 
 
@@ -190,21 +219,20 @@ def test_balance_for_a_sell_at_under_and_over_the_free_base() -> None:
             lim, intent_id="me", symbol=SYMBOL, side="sell", qty=D(qty), ref_price=AT, expires_ns=LATER
         )
 
-    assert reservation_denial(lim, sell("0.5"), D("0.5"), Reservations(), NOW) is None
-    assert reservation_denial(lim, sell("0.49999999"), D("0.5"), Reservations(), NOW) is None
-    assert_denied(reservation_denial(lim, sell("0.50000001"), D("0.5"), Reservations(), NOW), DENY_BALANCE,
+    assert reservation_denial(lim, sell("0.5"), D("0.5"), ReservedTotals(), NOW) is None
+    assert reservation_denial(lim, sell("0.49999999"), D("0.5"), ReservedTotals(), NOW) is None
+    assert_denied(reservation_denial(lim, sell("0.50000001"), D("0.5"), ReservedTotals(), NOW), DENY_BALANCE,
                   "0.50000001 BTC", "held 0.5")
 
 
 def test_other_intents_reservations_subtract_from_the_free_balance() -> None:
     lim = limits()
-    others = Reservations(entries=(
+    others = totals(
         reservation("a", amount="600"),
         reservation("b", amount="400"),
         reservation("btc", currency="BTC", amount="50"),  # another currency: does not count
         reservation("old", amount="5000", expires_ns=NOW),  # expired: does not count
-        reservation("me", amount="5000"),  # the intent's own earlier reservation: replaced, not added
-    ))
+    )
     free = D("2020")  # 1000 reserved by others, 1020 left for 1000 x 1.02
     assert reservation_denial(lim, buy(QTY, AT), free, others, NOW) is None
     assert reservation_denial(lim, buy(QTY, UNDER), free, others, NOW) is None
@@ -213,15 +241,15 @@ def test_other_intents_reservations_subtract_from_the_free_balance() -> None:
 
 
 def test_no_balance_reported_is_no_balance_and_balance_check_off_denies_nothing() -> None:
-    assert_denied(reservation_denial(limits(), buy(QTY, AT), None, Reservations(), NOW), DENY_BALANCE, "held 0")
-    assert reservation_denial(limits(balance_check=False), buy(QTY, AT), None, Reservations(), NOW) is None
+    assert_denied(reservation_denial(limits(), buy(QTY, AT), None, ReservedTotals(), NOW), DENY_BALANCE, "held 0")
+    assert reservation_denial(limits(balance_check=False), buy(QTY, AT), None, ReservedTotals(), NOW) is None
 
 
 def test_two_intents_that_together_exceed_the_balance_one_fits_one_is_denied() -> None:
     lim, free = limits(balance_buffer_pct=D("0")), D("1500")
     first, second = buy(QTY, AT, buffer="0", intent_id="first"), buy(QTY, AT, buffer="0", intent_id="second")
-    assert reservation_denial(lim, first, free, Reservations(), NOW) is None
-    after_first = Reservations(entries=(first,))
+    assert reservation_denial(lim, first, free, ReservedTotals(), NOW) is None
+    after_first = totals(first)
     assert_denied(reservation_denial(lim, second, free, after_first, NOW), DENY_BALANCE, "leaves 500")
 
 
