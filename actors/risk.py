@@ -8,7 +8,7 @@ slipped past a supervisor that was behind is still stopped before the venue. Eve
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 import msgspec
 
@@ -113,8 +113,18 @@ def reservation_for(
     else:
         amount, currency = qty, base
     return Reservation(
-        intent_id=intent_id, symbol=symbol, currency=currency, amount=amount, notional=notional, expires_ns=expires_ns
+        intent_id=intent_id, symbol=symbol, currency=currency, amount=_up(amount), notional=_up(notional),
+        expires_ns=expires_ns,
     )
+
+
+_RESERVATION_STEP = Decimal("1e-12")
+
+
+def _up(value: Decimal) -> Decimal:
+    """Rounded up to 12 places: a sum of thousands of reservations then stays exact within Decimal's 28 digits
+    (so taking one off leaves exactly the others), and holds back a trillionth more, never less."""
+    return value.quantize(_RESERVATION_STEP, rounding=ROUND_CEILING).normalize() if value else value
 
 
 def reservation_denial(

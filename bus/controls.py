@@ -135,6 +135,8 @@ class ControlStore:
         self._together_writers: dict[str, asyncio.Task[None]] = {}
         self.max_payload_override: int | None = None
         """Tests set a small limit here instead of filling a megabyte."""
+        self._migrated: set[str] = set()
+        """Venues whose reservations this process has checked for the layout before the totals (`_migrate`)."""
         self._known: dict[str, tuple[Any, int]] = {}
         """key -> (value, revision) as we last wrote it: the next write tries it first, saving the read; a
         write by another process makes that try fail its compare-and-set, and the key is read again."""
@@ -297,38 +299,45 @@ class ControlStore:
         to every other reservation; then record it under the intent's own key. Returns the denial, or None
         when reserved.
 
-        An intent that holds a live reservation already (an earlier delivery of the same submission) keeps
-        it: `decide` then sees the totals without it, and nothing is added twice. A crash between the two
-        writes leaves the totals counting an amount no key names: it holds back too much, never too little,
-        until its window ends."""
+        An intent that holds a reservation already (an earlier delivery of the same submission, whose deadline
+        this one restarts) has it replaced: `decide` sees the totals without it; the new one is added, the
+        intent's key moved to it by compare-and-set, and only then the old one taken off. A crash between any
+        two of these writes leaves the totals counting an amount too many: it holds back too much, never too
+        little, until that amount's window ends."""
+        await self._migrate(venue)
         key = _hold_key(venue, reservation.intent_id)
         held, revision = await self._read_hold(key)
-        kept = held if held is not None and held.expires_ns > time.time_ns() else None
         denial: str | None = None
 
         def change(current: ReservedTotals) -> ReservedTotals | None:
             nonlocal denial
             now = time.time_ns()
-            if kept is not None:
-                denial = decide(current.removing(kept, now))
-                return None
-            denial = decide(current)
+            denial = decide(current.removing(held, now) if held is not None else current)
             return None if denial is not None else current.adding(reservation, now)
 
         try:
             await self._update_together(_totals_key(venue), ReservedTotals, change, grows=True)
         except ReservationsFull as exc:
             return str(exc)
-        if denial is not None or kept is not None:
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            # Written by hand and wrong: nothing can be decided against it (taking it for empty would let
+            # every intent spend the same balance). Refused, with the key to fix.
+            return f"{_totals_key(venue)} cannot be read ({exc}): fix or delete it in the controls bucket"
+        if denial is not None:
             return denial
         ttl_s = max(1, -(-(reservation_window(reservation.expires_ns) - time.time_ns()) // 1_000_000_000)) + HOLD_GRACE_S
         headers = {"Nats-Expected-Last-Subject-Sequence": str(revision), "Nats-TTL": str(ttl_s)}
         try:
             await self._acks.publish(self._subject + key, encode(reservation), headers)
         except nats.js.errors.KeyWrongLastSequenceError:
-            # The same intent reserved at the same moment elsewhere (a fenced owner): its key stands, and the
-            # totals count this intent twice until the window ends (too much held back, never too little).
+            # Changed since we read it: a release of this intent (it then took the old amount off) or the
+            # same intent reserving elsewhere (a fenced owner). The totals count ours once too many until its
+            # window ends; nothing is taken off on the strength of a key we did not write.
             log.warning("reservation_raced", venue=venue, intent_id=reservation.intent_id)
+            return None
+        if held is not None:
+            replaced = held
+            await self._update_together(_totals_key(venue), ReservedTotals, lambda c: _without(c, replaced))
         return None
 
     async def release(self, venue: str, intent_id: str) -> None:
@@ -336,6 +345,7 @@ class ControlStore:
 
         The intent's key is emptied first, by compare-and-set: of two releases only one goes on to take the
         amount off the totals. A crash in between leaves the totals holding it until its window ends."""
+        await self._migrate(venue)
         key = _hold_key(venue, intent_id)
         for attempt in range(_MAX_CAS_TRIES):
             held, revision = await self._read_hold(key)
@@ -351,12 +361,48 @@ class ControlStore:
         else:
             raise RuntimeError(f"controls key {key!r}: {_MAX_CAS_TRIES} writers in a row changed it first")
         released = held
+        try:
+            await self._update_together(_totals_key(venue), ReservedTotals, lambda c: _without(c, released))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            log.error("reservation_totals_unreadable", venue=venue, intent_id=intent_id, error=str(exc))
 
-        def change(current: ReservedTotals) -> ReservedTotals | None:
-            after = current.removing(released, time.time_ns())
-            return None if after == current else after
-
-        await self._update_together(_totals_key(venue), ReservedTotals, change)
+    async def _migrate(self, venue: str) -> None:
+        """Fold the layout before the totals (one `Reservations` document under `reserve.<venue>`) into this
+        one, once per venue and process: each live entry gets its own key (unless it has one) and is added to
+        the totals, then the old key is deleted. Two processes doing it at once count an entry twice (too much
+        held back until its window ends, never too little)."""
+        if venue in self._migrated:
+            return
+        old = f"reserve.{venue}"
+        try:
+            entry = await self._kv.get(old)
+        except nats.js.errors.KeyNotFoundError:
+            self._migrated.add(venue)
+            return
+        try:
+            entries = msgspec.json.decode(entry.value or b'{"entries":[]}', type=_OldReservations).entries
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            log.error("controls_value_invalid", key=old, error=str(exc))
+            entries = ()
+        now = time.time_ns()
+        for reservation in (r for r in entries if r.expires_ns > now):
+            key = _hold_key(venue, reservation.intent_id)
+            _held, revision = await self._read_hold(key)
+            if revision:
+                continue  # (moved already, or reserved again since)
+            ttl_s = max(1, -(-(reservation_window(reservation.expires_ns) - now) // 1_000_000_000)) + HOLD_GRACE_S
+            try:
+                await self._acks.publish(
+                    self._subject + key, encode(reservation),
+                    {"Nats-Expected-Last-Subject-Sequence": "0", "Nats-TTL": str(ttl_s)},
+                )
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            moved = reservation
+            await self._update_together(_totals_key(venue), ReservedTotals, lambda c: c.adding(moved, time.time_ns()))
+        await self._kv.delete(old)
+        log.info("reservations_migrated", venue=venue, entries=len(entries))
+        self._migrated.add(venue)
 
     async def take_order_slot(self, venue: str, per_second: int) -> float:
         """Count one new order against the venue's budget for this wall-clock second, shared by every
@@ -511,15 +557,18 @@ class ControlStore:
         limit = self.max_payload - _HEADROOM
         value, outcomes = start, []
         for change, _future, _grows in batch:
-            updated = change(value)  # (run again on a retry or a second pass: the changes are pure)
-            outcomes.append(updated is not None)
-            value = updated if updated is not None else value
+            updated = _applied(change, value)  # (run again on a retry or a second pass: the changes are pure)
+            outcomes.append(updated if isinstance(updated, Exception) else updated is not None)
+            value = updated if updated is not None and not isinstance(updated, Exception) else value
         payload = encode(value)
         if len(payload) <= limit or not any(g for _c, _f, g in batch):
             return value, outcomes, payload
         value, outcomes, payload = start, [], encode(start)
         for change, _future, grows in batch:
-            updated = change(value)
+            updated = _applied(change, value)
+            if isinstance(updated, Exception):
+                outcomes.append(updated)
+                continue
             if updated is None:
                 outcomes.append(False)
                 continue
@@ -567,6 +616,26 @@ class ControlStore:
                 self._known[key] = (updated, int(ack.seq))
                 return int(ack.seq)
             raise RuntimeError(f"controls key {key!r}: {_MAX_CAS_TRIES} writers in a row changed it first")
+
+
+def _applied(change: Callable[[Any], Any], value: Any) -> Any:
+    """`change(value)`, or the exception it raised: one change that fails (a value that makes no sense to it)
+    fails alone, and the rest of its batch is written."""
+    try:
+        return change(value)
+    except Exception as exc:
+        return exc
+
+
+class _OldReservations(msgspec.Struct):
+    """`reserve.<venue>` before the totals: every in-flight intent's reservation in one document."""
+
+    entries: tuple[Reservation, ...] = ()
+
+
+def _without(current: ReservedTotals, reservation: Reservation) -> ReservedTotals | None:
+    after = current.removing(reservation, time.time_ns())
+    return None if after == current else after
 
 
 def _totals_key(venue: str) -> str:

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from messages.base import Message, require_positive
+from messages.base import Message, require_non_negative, require_positive
 
 __all__ = [
     "TradingState",
@@ -213,6 +213,10 @@ class Reservation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """A reservation its intent never released (a supervisor that died at the wrong moment and an intent
     never finished) stops counting after this."""
 
+    def __post_init__(self) -> None:
+        require_non_negative("amount", self.amount)
+        require_non_negative("notional", self.notional)
+
 
 RESERVATION_WINDOW_NS = 10_000_000_000
 """The venue's totals group reservations by the 10 s window their expiry falls in: a reservation that is never
@@ -233,6 +237,13 @@ class ReservedWindow(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """By currency."""
     notional: dict[str, Decimal] = {}
     """By symbol, in its quote currency."""
+
+    def __post_init__(self) -> None:
+        if self.count < 0:
+            raise ValueError(f"`count` must be >= 0, got {self.count}")
+        for name, values in (("amounts", self.amounts), ("notional", self.notional)):
+            for value in values.values():
+                require_non_negative(name, value)
 
 
 class ReservedTotals(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -276,7 +287,7 @@ class ReservedTotals(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         for window in self.live(now_ns):
             if window.until_ns == until:
                 window = _moved(window, reservation, -1)
-                if window.count == 0:
+                if window.count == 0 and not window.amounts and not window.notional:
                     continue
             windows.append(window)
         return ReservedTotals(windows=tuple(windows))

@@ -42,7 +42,13 @@ from messages import (
     encode,
 )
 from messages.base import routing
-from messages.controls import DENY_IN_FLIGHT, RESERVATION_WINDOW_NS, Reservation, ReservedTotals
+from messages.controls import (
+    DENY_IN_FLIGHT,
+    RESERVATION_WINDOW_NS,
+    ReservedTotals,
+    ReservedWindow,
+    reservation_window,
+)
 from tests.e2e.conftest import Running, start_running, stepped_config, stop_running
 from tests.helpers import assert_invariants, new_intent, wait_until
 from venues.config import PaperVenueConfig
@@ -436,15 +442,12 @@ async def test_a_venue_whose_reservation_totals_fill_one_message_rejects_the_nex
     controls = await stepped.bus.controls()
     far = time.time_ns() + 3_600 * 10**9
 
-    def filler(i: int) -> Reservation:  # each in a window of its own, an hour and more away
-        return Reservation(intent_id=f"filler-{i}", symbol="BTC/USDT", currency="USDT", amount=D("0.01"),
-                           notional=D("0.01"), expires_ns=far + i * RESERVATION_WINDOW_NS)
-
-    def totals(n: int) -> ReservedTotals:
-        out = ReservedTotals()
-        for i in range(n):
-            out = out.adding(filler(i), 0)
-        return out
+    def totals(n: int) -> ReservedTotals:  # n windows of one reservation each, an hour and more away
+        return ReservedTotals(windows=tuple(
+            ReservedWindow(until_ns=reservation_window(far + i * RESERVATION_WINDOW_NS), count=1,
+                           amounts={"USDT": D("0.01")}, notional={"BTC/USDT": D("0.01")})
+            for i in range(n)
+        ))
 
     size = len(encode(totals(2))) - len(encode(totals(1)))
     fits = (controls.max_payload - 1024 - len(encode(totals(1)))) // size + 1
