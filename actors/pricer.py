@@ -10,8 +10,10 @@ price we already hold and loses queue place. The pricer learns the account's ope
 whoever placed them) from the venue: `fetch_open_orders` per market when first asked, then the account's
 `watch_orders` stream of that market (per symbol: a stream of its own, apart from the reconciler's
 account-wide one); when that stream has been silent for `own_orders_refresh_s` the list is fetched
-again before pricing (and every `own_orders_max_age_s` anyway), so a silently dead stream or a dropped
-event cannot leave stale orders in (or out of) the book for long.
+again (and every `own_orders_max_age_s` anyway), so a silently dead stream or a dropped event cannot leave
+stale orders in (or out of) the book for long. That fetch runs in the background, one at a time per market,
+and quotes meanwhile use what the stream keeps; only without a working stream does a quote wait for the
+list (one fetch shared by every quote waiting).
 """
 
 from __future__ import annotations
@@ -190,6 +192,8 @@ class Pricer(Actor[None]):
         dropped event must not keep a gone order out of the book for good)."""
         self._own: dict[tuple[str, str], OwnOrders] = {}
         self._own_watchers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._own_refreshes: dict[tuple[str, str], asyncio.Task[None]] = {}
+        """The open-order list fetch under way per venue and symbol: one at a time, however many quote."""
         self._venues = venues
         self._max_age_ns = int(max_age_s * 1e9)
         self._depth = depth
@@ -204,12 +208,13 @@ class Pricer(Actor[None]):
         self._services = services
 
     async def stop(self) -> None:
-        tasks = [*self._watchers.values(), *self._own_watchers.values()]
+        tasks = [*self._watchers.values(), *self._own_watchers.values(), *self._own_refreshes.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._watchers.clear()
         self._own_watchers.clear()
+        self._own_refreshes.clear()
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic_ns()
@@ -292,21 +297,39 @@ class Pricer(Actor[None]):
             for _ in range(3):  # let the watcher reach its subscription before the list is fetched
                 await asyncio.sleep(0)
         now = time.monotonic_ns()
-        if (
-            own.seeded_ns is None
-            or not streaming
-            or own.broken
-            or self._own_watchers[key].done()
-            or now - max(own.last_event_ns, own.seeded_ns) > self._own_refresh_ns
-            or now - own.seeded_ns > self._own_max_age_ns
-        ):
-            try:
-                own.replace(await fetch_open_orders(exchange, symbol), now)
-            except Exception as exc:
-                ctx.log.warning("own_orders_unknown", venue=venue, symbol=symbol, error=repr(exc))
-                if own.seeded_ns is None:
-                    return {}, {}
+        # Without a live stream the list is all we know: wait for one (shared by every request meanwhile).
+        # With one, the list is only a safety net for a dropped event: refresh it in the background and
+        # quote from what the stream keeps current. (Each request fetching its own list cost a pass over
+        # every resting order per quote: with thousands resting and sixty-four quotes at once, seconds.)
+        blind = own.seeded_ns is None or not streaming or own.broken or self._own_watchers[key].done()
+        due = blind or (
+            now - max(own.last_event_ns, own.seeded_ns or 0) > self._own_refresh_ns
+            or now - (own.seeded_ns or 0) > self._own_max_age_ns
+        )
+        if due:
+            refresh = self._own_refreshes.get(key)
+            if refresh is None or refresh.done():
+                refresh = self._own_refreshes[key] = asyncio.create_task(
+                    self._refresh_own(exchange, own, venue), name=f"own-list-{venue}-{symbol}"
+                )
+                refresh.add_done_callback(lambda t: t.cancelled() or t.exception())  # (logged in it already)
+            if blind:
+                try:
+                    await asyncio.shield(refresh)
+                except Exception as exc:
+                    ctx.log.warning("own_orders_unknown", venue=venue, symbol=symbol, error=repr(exc))
+                    if own.seeded_ns is None:
+                        return {}, {}
         return own.levels("buy"), own.levels("sell")
+
+    async def _refresh_own(self, exchange: Any, own: OwnOrders, venue: str) -> None:
+        """One fetch of the open-order list (what it does not show was closed before it was taken)."""
+        started = time.monotonic_ns()
+        try:
+            own.replace(await fetch_open_orders(exchange, own.symbol), started)
+        except Exception as exc:
+            log.warning("own_orders_refresh_failed", venue=venue, symbol=own.symbol, error=repr(exc))
+            raise
 
     async def _watch_own(self, exchange: Any, own: OwnOrders) -> None:
         backoff = 0.1

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
+from typing import Any
+
+from messages import PriceQuoted
+from tests.helpers import wait_until
 from venues.types import VenueOrder, order_from_ccxt
 
 D = Decimal
@@ -50,3 +55,84 @@ def test_an_order_the_stream_just_announced_survives_a_list_that_does_not_show_i
     assert own.levels("buy") == {D("99"): D("1")}
     own.replace([], fetched_ns=time.monotonic_ns() + 2 * OwnOrders.LIST_LAG_NS)
     assert own.levels("buy") == {}
+
+
+# -- the pricer with a paper venue: how often it lists the open orders ------------------------------------
+
+class _Pool:
+    """The one venue the pricer asks for, its `fetch_open_orders` counted and, when `hold` is clear, held."""
+
+    def __init__(self, exchange: Any) -> None:
+        self.exchange = exchange
+        self.lists = 0
+        self.hold = asyncio.Event()
+        self.hold.set()
+        listing = exchange.fetch_open_orders
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.lists += 1
+            await asyncio.sleep(0)  # (a venue across a network answers later, never within the call)
+            await self.hold.wait()
+            return await listing(*args, **kwargs)
+
+        exchange.fetch_open_orders = counted
+
+    def known(self, venue: str) -> bool:
+        return venue == "paper"
+
+    async def get(self, venue: str) -> Any:
+        return self.exchange
+
+
+async def _quotes(pricer: Any, kit: Any, n: int, start: int) -> list[Any]:
+    """`n` quotes at once, as a pricer replica takes a batch of requests."""
+    from messages import PriceRequested
+
+    requests = [PriceRequested(intent_id=f"q{start + i}", venue="paper", symbol="BTC/USDT", attempt=1, side="buy",
+                               mode="touch", qty=D("0.001")) for i in range(n)]
+    await asyncio.gather(*(pricer.handle(r, kit.context(r.intent_id)) for r in requests))
+    return [kit.of(PriceQuoted, r.intent_id)[-1] for r in requests]
+
+
+async def test_many_quotes_at_once_list_the_open_orders_once_and_a_due_refresh_runs_behind_them() -> None:
+    """With thousands of orders resting, each quote listing them itself was seconds of work for sixty-four
+    quotes at once. Before the first list, the quotes wait for one list together; later, a refresh that is
+    due (the stream's safety net) runs in the background and no quote waits for it."""
+    from actors.pricer import Pricer
+    from tests.actors.kit import ActorKit
+    from venues.paper import PaperExchange
+    from venues.config import PaperVenueConfig
+    from venues.simulator import PaperVenue
+
+    exchange = PaperExchange({"options": {"engine": PaperVenue(PaperVenueConfig(speed=0))}})  # (binance's ways)
+    await exchange.load_markets()
+    try:
+        book = await exchange.fetch_order_book("BTC/USDT", 5)
+        best_bid = Decimal(str(book["bids"][0][0]))
+        ours = await exchange.create_order("BTC/USDT", "limit", "buy", 0.01, float(best_bid - D("1")))
+
+        async def listed() -> bool:  # (like Binance, the venue lists a fresh order only after a while)
+            return any(o["id"] == ours["id"] for o in await exchange.fetch_open_orders("BTC/USDT"))
+
+        await wait_until(listed)
+        pool = _Pool(exchange)
+        pricer = Pricer(pool)
+        kit = await ActorKit(pricer).start()
+
+        first = await _quotes(pricer, kit, 32, 0)
+        assert pool.lists == 1 and len(first) == 32
+        own = pricer._own[("paper", "BTC/USDT")]
+        assert set(own.open) == {str(ours["id"])}  # (what every quote took out of the book)
+
+        pricer._own_max_age_ns = 0  # a refresh is due from now on
+        pool.hold.clear()  # and the list will not come back until the quotes are done
+        seeded = own.seeded_ns
+        later = await asyncio.wait_for(_quotes(pricer, kit, 32, 100), 10)  # (quotes that waited: never)
+        assert pool.lists == 2 and len(later) == 32 and own.seeded_ns == seeded  # (none waited for the list)
+        pool.hold.set()
+        await pricer._own_refreshes[("paper", "BTC/USDT")]
+        assert own.seeded_ns is not None and seeded is not None and own.seeded_ns > seeded
+        assert set(own.open) == {str(ours["id"])}
+        await pricer.stop()
+    finally:
+        await exchange.close()
