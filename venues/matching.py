@@ -61,6 +61,9 @@ class MarketState:
         self.taken: dict[bool, dict[Decimal, Decimal]] = {True: {}, False: {}}
         self.own: dict[bool, dict[Decimal, list[SimOrder]]] = {True: {}, False: {}}
         self.own_prices: dict[bool, list[Decimal]] = {True: [], False: []}
+        self.own_qty: dict[bool, dict[Decimal, Decimal]] = {True: {}, False: {}}
+        """What our resting orders at a level have left, kept as they rest, fill and close: a book view must
+        not walk every order (ten thousand of ours resting at one price made each view a pass over them)."""
         self.traded: dict[bool, dict[Decimal, Decimal]] = {True: {}, False: {}}
         self.open: Decimal | None = None
         self.high: Decimal | None = None
@@ -92,7 +95,15 @@ class MarketState:
         return None
 
     def level_qty(self, is_bid: bool, price: Decimal) -> Decimal:
-        return self.eff(is_bid, price) + sum((o.remaining for o in self.own[is_bid].get(price, ())), _D0)
+        return self.eff(is_bid, price) + self.own_qty[is_bid].get(price, _D0)
+
+    def own_changed(self, is_bid: bool, price: Decimal, by: Decimal) -> None:
+        level = self.own_qty[is_bid]
+        left = level.get(price, _D0) + by
+        if left > 0 and self.own[is_bid].get(price):
+            level[price] = left
+        else:
+            level.pop(price, None)
 
 
 def _level_plan(orders: list[SimOrder], market_qty: Decimal, volume: Decimal, queue: bool = True
@@ -482,6 +493,8 @@ class MatchingEngine:
             acct.add(spec.base, total=-qty, used=-release)
             acct.add(spec.quote, total=quote_amt - (_D0 if third else fee))
         o.filled += qty
+        if o.resting:
+            ms.own_changed(o.is_buy, o.price, -qty)  # type: ignore[arg-type]
         o.cost += quote_amt
         o.fee += fee
         o.last_trade_ts = o.update_ts = self.now_ns
@@ -507,6 +520,7 @@ class MatchingEngine:
             insort(ms.own_prices[is_bid], o.price)
         else:
             level.append(o)
+        ms.own_changed(is_bid, o.price, o.remaining)
 
     def _close(self, ms: MarketState, o: SimOrder, status: str) -> None:
         o.status = status
@@ -517,6 +531,7 @@ class MatchingEngine:
             side = ms.own[o.is_buy]
             level = side[o.price]  # type: ignore[index]
             level.remove(o)
+            ms.own_changed(o.is_buy, o.price, -o.remaining)  # type: ignore[arg-type]
             if not level:
                 del side[o.price]  # type: ignore[arg-type]
                 prices = ms.own_prices[o.is_buy]

@@ -1,7 +1,8 @@
 """Property tests of the matching engine on the recorded data: random order flows from two accounts.
 
 Invariants checked after every action: no order overfills; balances are conserved (fees included)
-and reservations equal what open orders hold; every maker fill respects price-time priority among our
+and reservations equal what open orders hold; the book's count of our resting quantity per level equals the
+sum over those orders; every maker fill respects price-time priority among our
 own orders; and the same flow gives identical fills twice (determinism). Examples are derandomized so
 the suite is deterministic.
 """
@@ -115,6 +116,11 @@ class Run:
                 assert acct.total[ccy] == expect[ccy], f"{name} {ccy} not conserved"
                 assert acct.used.get(ccy, D(0)) == held[ccy], f"{name} {ccy} reservation drift"
                 assert acct.free(ccy) >= 0 and acct.used.get(ccy, D(0)) >= 0
+        # The book shows, at each level, what our resting orders there have left (kept as they change).
+        for ms in self.eng.markets.values():
+            for is_bid in (True, False):
+                walked = {p: sum((o.remaining for o in level), D(0)) for p, level in ms.own[is_bid].items()}
+                assert ms.own_qty[is_bid] == {p: q for p, q in walked.items() if q > 0}
         assert not self.violations, self.violations
 
 
@@ -155,3 +161,24 @@ def test_a_busy_flow_exercises_makers_takers_and_cancels() -> None:
     run.check()
     assert {f.maker for f in run.fills} == {True, False}
     assert any(o.status == "canceled" for o in run.orders) and ms.prints > 100
+
+
+def test_the_book_shows_what_our_resting_orders_have_left_after_a_partial_fill() -> None:
+    """Two of ours alone at a level inside the spread; a market sell fills part of the first: the book's
+    level (and the count kept for it) is what both have left, and it goes once both are gone."""
+    run = Run()
+    ms = run.eng.markets[SYMBOL]
+    bid, ask = ms.best(True), ms.best(False)
+    assert bid is not None and ask is not None
+    price = bid + TICK if ask - bid > TICK else bid
+    first = run.eng.create_order("a", SYMBOL, "limit", "buy", D("0.01"), price)
+    second = run.eng.create_order("a", SYMBOL, "limit", "buy", D("0.02"), price)
+    run.eng.create_order("b", SYMBOL, "market", "sell", D("0.004") + (ms.eff(True, price) if price == bid else 0))
+    assert first.filled > 0 and first.status == "open", first
+    run.check()
+    left = first.remaining + second.remaining + ms.eff(True, price)
+    assert [D(q) for p, q in run.eng.order_book(SYMBOL, 50)["bids"] if D(p) == price] == [left]
+    run.eng.cancel_order("a", first.id)
+    run.eng.cancel_order("a", second.id)
+    run.check()
+    assert price not in ms.own_qty[True]
