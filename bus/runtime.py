@@ -99,6 +99,9 @@ class ActorHost:
         self._in_hand: collections.Counter[int] = collections.Counter()
         """Partition -> its log messages queued here and not yet handled: the pull's back-pressure."""
         self._queues: dict[str, collections.deque[_Work]] = {}
+        self._event_slots = asyncio.Semaphore(max(1, self._settings.event_steps))
+        """Steps from outside the log (venue events, timers, resumes) running at once (`event_steps`): log
+        messages are bounded by the pull's credit, these by this."""
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._intent_partition: dict[str, int] = {}
         self._batches: dict[str, _Batch] = {}
@@ -321,7 +324,8 @@ class ActorHost:
                         batch.flush = None
                         await self._commit(intent_id, partition, batch)
                     else:
-                        await self._run_step(intent_id, partition, kind, payload, batch)
+                        async with self._event_slots:
+                            await self._run_step(intent_id, partition, kind, payload, batch)
                     if not queue and batch.pending:
                         await self._commit_later(intent_id, partition, batch)
                 except Exception:

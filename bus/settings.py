@@ -47,6 +47,11 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     process) up to 1,536. In round two's throughput benchmark 256 still collapsed at 2,000 intents/s offered
     (thousands of handlers in the event loop; lease renewals and KV requests timed out behind them); 16 and
     32 ran clean, and 32 kept the closed-loop rate of 256 (16 lost a fifth of it)."""
+    event_steps: int = 64
+    """Per replica, how many steps that come from outside the log (venue events, timers, resumes after a
+    takeover) run at once; the rest wait their turn. A venue reply listing a thousand fills, or ten thousand
+    attempt timers due in one second, must not put a thousand steps into one turn of the event loop (in
+    `bench scale`'s drain they did: lease renewals and KV requests timed out behind them)."""
     retired_state_ttl_s: float = 86_400.0
     """How long KV keeps what is left of a finished intent: the tracker's last state (so a late fill still
     finds its report) and the other actors' deletion markers. Then JetStream drops it (per-message TTL), so

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import msgspec
 from bus.actor import Actor, IntentContext
@@ -136,5 +137,43 @@ async def test_what_fails_is_dead_lettered_or_rejected_is_counted_off_and_the_pu
             later = await _publish(bus, 40)  # ten batches' worth: the pull still asks for more
             await wait_until(lambda: len(actor.handled) == 60, timeout=20)
         assert sorted(actor.handled) == sorted(first + later)
+    finally:
+        await bus.close()
+
+
+async def test_a_burst_of_venue_events_runs_a_bounded_number_of_steps_at_once(nats_server: EmbeddedNats) -> None:
+    """A venue reply listing a thousand fills becomes a thousand steps outside the log (`run_for_intent`):
+    they run `event_steps` at a time, every one of them, and the replica's leases hold meanwhile."""
+    settings = fast_settings(partitions=1, event_steps=16, lease_ttl_s=1.0)
+    bus = await Bus.connect(nats_server.url, settings)
+    actor = Busy()
+    running = most = 0
+    done: list[str] = []
+
+    def event(intent_id: str) -> Any:
+        async def step(ctx: IntentContext[Seen]) -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            for _ in range(5):  # (a fill's bookkeeping between its awaits)
+                until = time.perf_counter() + 0.0001
+                while time.perf_counter() < until:
+                    pass
+                await asyncio.sleep(0)
+            ctx.save(Seen(n=(ctx.state.n if ctx.state else 0) + 1))
+            done.append(intent_id)
+            running -= 1
+
+        return step
+
+    try:
+        async with ActorHost(bus, actor) as host:
+            await wait_until(lambda: list(host.partitions) == [0])
+            ids = [f"fill-{i}" for i in range(1000)]
+            for intent_id in ids:
+                host.run_for_intent(intent_id, 0, event(intent_id))
+            await wait_until(lambda: len(done) == 1000, timeout=60)
+            assert host.stats["lapsed"] == 0
+        assert sorted(done) == sorted(ids) and 1 < most <= 16
     finally:
         await bus.close()
