@@ -345,6 +345,10 @@ class ActorHost:
             self._workers.pop(intent_id, None)
             if batch.pending:
                 self._batches[intent_id] = batch
+            elif intent_id not in self._timer_at and intent_id not in self._held_back:
+                # Nothing of it left here for a release to find: an entry per intent ever handled would grow
+                # without end (a day of intents, six actors).
+                self._intent_partition.pop(intent_id, None)
 
     def _handed_back(self, partition: int, n: int) -> None:
         """`n` of the partition's messages are handled (or handed back): its stream may pull again."""

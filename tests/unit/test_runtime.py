@@ -172,6 +172,23 @@ async def test_messages_of_one_intent_are_handled_in_order_while_other_intents_p
     assert [q for i, q in actor.handled if i == "slow-1"] == ["1", "2", "3"]
 
 
+async def test_an_intent_whose_work_is_done_leaves_no_bookkeeping_in_the_runtime(bus: Bus) -> None:
+    """A replica runs for days: what it keeps per intent to find that intent's work on a release (its
+    partition) must go when there is none left, or it grows by one entry per intent ever handled."""
+    actor = Recording()
+    async with ActorHost(bus, actor) as host:
+        intents = [new_intent() for _ in range(50)]
+        for intent in intents:
+            await bus.publish(intent)
+        await bus.publish(new_intent(intent_id="timer-kept"))
+        await wait_until(lambda: len(actor.handled) == 51)
+        # Committed (the flush delay), nothing queued: only the intent with a timer armed is still known.
+        await wait_until(lambda: not host._batches and not host._workers)
+        assert set(host._intent_partition) <= {"timer-kept"}
+        await wait_until(lambda: actor.timers == ["timer-kept"])
+        await wait_until(lambda: not host._intent_partition)
+
+
 async def test_a_timer_fires_at_its_absolute_deadline_and_state_survives_a_restart(bus: Bus) -> None:
     first = Recording()
     async with ActorHost(bus, first):
