@@ -58,6 +58,10 @@ def _args(quick: bool, argv: list[str]) -> argparse.Namespace:
     p.add_argument("--venue-history", type=int, default=VENUE_HISTORY,
                    help="trades/closed orders the paper venue keeps per account (its own default: 100000)")
     p.add_argument("--timeout", type=float, default=120.0 if quick else 240.0, help="give up accepting/draining")
+    p.add_argument("--trace-memory", action="store_true",
+                   help="the actors' live objects by type while open (a census once all are open; with "
+                        "PYTHONTRACEMALLOC=1 set by hand, allocation sites instead, but that slows the actors "
+                        "until their leases lapse)")
     p.add_argument("--venue-apart", action="store_true",
                    help="run the paper venue (the exchange) in a process of its own, so the actors' RSS is "
                         "execbus's alone (default: one process with all actors and the venue, as `execbus up`)")
@@ -246,6 +250,7 @@ async def run(quick: bool, argv: list[str]) -> BenchResult:
                     for k in cpu_idle if k in cpu_open}
         status_open["idle_reached"] = all(s["intents_in_flight"] == 0 for s in status_open["actors"].values())
         profile = await _profile_open(cluster, 5.0)
+        sites = (await cluster.call("sys", "memory", {"top": 30}, timeout=300))["sites"] if args.trace_memory else []
         await _server_snapshot(cluster, args, "open", server_memory)
         # Thousands of open orders make a reply of several MB: the venue splits it (venues/chunks.py).
         venue_open = len(await control.fetch_open_orders(SYMBOL))
@@ -258,6 +263,11 @@ async def run(quick: bool, argv: list[str]) -> BenchResult:
     result.results["worker_log_warnings"] = cluster.log_summary
     result.results["worker_log_errors"] = cluster.log_examples[:6]
     result.results["profile_while_open"] = profile
+    if sites:
+        result.results["actors_memory_sites_open"] = sites
+        result.tables.append(Table("the actors' process while open: live objects by type (or allocation sites)",
+                                   ["type or site", "MB", "count"], sites))
+        result.variant = "-".join(v for v in (result.variant, "trace-memory") if v)
     if args.nats_env or args.nats_config or args.duplicate_window is not None:
         result.params["nats_server_trial"] = {"env": args.nats_env, "config": args.nats_config,
                                               "duplicate_window_s": args.duplicate_window}
