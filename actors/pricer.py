@@ -10,10 +10,9 @@ price we already hold and loses queue place. The pricer learns the account's ope
 whoever placed them) from the venue: `fetch_open_orders` per market when first asked, then the account's
 `watch_orders` stream of that market (per symbol: a stream of its own, apart from the reconciler's
 account-wide one); when that stream has been silent for `own_orders_refresh_s` the list is fetched
-again (and every `own_orders_max_age_s` anyway), so a silently dead stream or a dropped event cannot leave
-stale orders in (or out of) the book for long. That fetch runs in the background, one at a time per market,
-and quotes meanwhile use what the stream keeps; only without a working stream does a quote wait for the
-list (one fetch shared by every quote waiting).
+again before pricing, one fetch shared by every quote waiting (and every `own_orders_max_age_s` anyway, in
+the background while the stream delivers), so a silently dead stream or a dropped event cannot leave stale
+orders in (or out of) the book for long.
 """
 
 from __future__ import annotations
@@ -176,6 +175,10 @@ def sweep_average(levels: list[Level], qty: Decimal) -> Decimal | None:
     return None
 
 
+OWN_LIST_TIMEOUT_S = 30.0
+"""A list fetch that never returns must not hold every later one back (one runs at a time per market)."""
+
+
 class Pricer(Actor[None]):
     name = "pricer"
     consumes = (PriceRequested,)
@@ -294,25 +297,20 @@ class Pricer(Actor[None]):
         streaming = bool(exchange.has.get("watchOrders"))
         if streaming and key not in self._own_watchers:
             self._own_watchers[key] = asyncio.create_task(self._watch_own(exchange, own), name=f"own-{venue}-{symbol}")
-            for _ in range(3):  # let the watcher reach its subscription before the list is fetched
-                await asyncio.sleep(0)
+            self._start_refresh(key, exchange, own, venue, settle=True)
         now = time.monotonic_ns()
-        # Without a live stream the list is all we know: wait for one (shared by every request meanwhile).
-        # With one, the list is only a safety net for a dropped event: refresh it in the background and
-        # quote from what the stream keeps current. (Each request fetching its own list cost a pass over
-        # every resting order per quote: with thousands resting and sixty-four quotes at once, seconds.)
-        blind = own.seeded_ns is None or not streaming or own.broken or self._own_watchers[key].done()
-        due = blind or (
-            now - max(own.last_event_ns, own.seeded_ns or 0) > self._own_refresh_ns
-            or now - (own.seeded_ns or 0) > self._own_max_age_ns
+        # Without a live stream the list is all we know: wait for one, shared by every quote meanwhile. A
+        # stream silent for `own_orders_refresh_s` may be dead without saying so: that counts as none. With
+        # one that delivers, the list is only the safety net for a dropped event (`own_orders_max_age_s`):
+        # refreshed in the background, quotes meanwhile use what the stream keeps current. (Each quote
+        # fetching its own list was a pass over every resting order per quote: with thousands resting and
+        # sixty-four quotes at once, seconds of the event loop.)
+        blind = (
+            own.seeded_ns is None or not streaming or own.broken or self._own_watchers[key].done()
+            or now - max(own.last_event_ns, own.seeded_ns) > self._own_refresh_ns
         )
-        if due:
-            refresh = self._own_refreshes.get(key)
-            if refresh is None or refresh.done():
-                refresh = self._own_refreshes[key] = asyncio.create_task(
-                    self._refresh_own(exchange, own, venue), name=f"own-list-{venue}-{symbol}"
-                )
-                refresh.add_done_callback(lambda t: t.cancelled() or t.exception())  # (logged in it already)
+        if blind or now - (own.seeded_ns or 0) > self._own_max_age_ns:
+            refresh = self._start_refresh(key, exchange, own, venue)
             if blind:
                 try:
                     await asyncio.shield(refresh)
@@ -322,11 +320,29 @@ class Pricer(Actor[None]):
                         return {}, {}
         return own.levels("buy"), own.levels("sell")
 
-    async def _refresh_own(self, exchange: Any, own: OwnOrders, venue: str) -> None:
-        """One fetch of the open-order list (what it does not show was closed before it was taken)."""
+    def _start_refresh(
+        self, key: tuple[str, str], exchange: Any, own: OwnOrders, venue: str, *, settle: bool = False
+    ) -> asyncio.Task[None]:
+        """The list fetch under way for the market, or a new one: one at a time, however many quote."""
+        refresh = self._own_refreshes.get(key)
+        if refresh is None or refresh.done():
+            refresh = self._own_refreshes[key] = asyncio.create_task(
+                self._refresh_own(exchange, own, venue, settle=settle), name=f"own-list-{venue}-{own.symbol}"
+            )
+            refresh.add_done_callback(lambda t: t.cancelled() or t.exception())  # (logged in it already)
+        return refresh
+
+    async def _refresh_own(self, exchange: Any, own: OwnOrders, venue: str, *, settle: bool = False) -> None:
+        """One fetch of the open-order list (what it does not show was closed before it was taken). The first
+        lets the new order stream reach its subscription first: an event between the list and the
+        subscription would be lost until the next list."""
+        if settle:
+            for _ in range(3):
+                await asyncio.sleep(0)
         started = time.monotonic_ns()
         try:
-            own.replace(await fetch_open_orders(exchange, own.symbol), started)
+            orders = await asyncio.wait_for(fetch_open_orders(exchange, own.symbol), OWN_LIST_TIMEOUT_S)
+            own.replace(orders, started)
         except Exception as exc:
             log.warning("own_orders_refresh_failed", venue=venue, symbol=own.symbol, error=repr(exc))
             raise

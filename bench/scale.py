@@ -265,7 +265,9 @@ async def run(quick: bool, argv: list[str]) -> BenchResult:
     result.results["profile_while_open"] = profile
     if sites:
         result.results["actors_memory_sites_open"] = sites
-        result.tables.append(Table("the actors' process while open: live objects by type (or allocation sites)",
+        result.tables.append(Table(("the actors' process" if args.venue_apart else "the actors + venue process")
+                                   + " while open: objects the collector tracks, by type, own sizes only (str, "
+                                   "bytes, Decimal are not tracked; or allocation sites under tracemalloc)",
                                    ["type or site", "MB", "count"], sites))
         result.variant = "-".join(v for v in (result.variant, "trace-memory") if v)
     if args.nats_env or args.nats_config or args.duplicate_window is not None:
@@ -331,7 +333,8 @@ def _result(args: argparse.Namespace, base: dict[str, float], accept: dict[str, 
             ["accept all (every OrderPlaced), s", accept["accept_all_s"]],
             ["accepted per s", accept["accepted_per_s"]],
             ["orders open at the venue (its own count)", venue_open],
-            ["CPU while all open, nothing asked (the actors' process), cores", idle_cpu.get("worker:sys")],
+            ["CPU while all open, nothing asked (the actors' process" + ("" if args.venue_apart else " with the venue")
+             + "), cores", idle_cpu.get("worker:sys")],
             ["actors had caught up before that (no intent queued)", status.get("idle_reached")],
             ["drain all after the market move (every ExecutionCompleted), s", drain["drain_all_s"]],
             ["completed per s while draining", drain["completed_per_s"]],

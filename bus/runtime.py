@@ -49,6 +49,53 @@ _Work = tuple[Any, ...]
 """("msg", Msg, partition it came from) | ("timer", None) | ("resume", None) | ("call", fn) | ("flush", None)"""
 
 
+class _Slots:
+    """A semaphore whose waiters can be told to stop waiting (`wake`): a step of a partition being released
+    must not wait behind the other partitions' steps, as the release waits for it."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def take(self, excused: Callable[[], bool]) -> bool:
+        """True once a slot is ours (`give` it back); False, without one, once `excused()` holds."""
+        while not excused():
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return True
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                self._waiters.remove(waiter)
+                self._next()  # (a slot it was woken for goes to the next)
+                raise
+            self._waiters.remove(waiter)
+            if self._free > 0 and not excused():
+                self._free -= 1
+                self._next()  # (more may be free: a wake let every waiter look)
+                return True
+        self._next()
+        return False
+
+    def give(self) -> None:
+        self._free += 1
+        self._next()
+
+    def wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _next(self) -> None:
+        if self._free > 0:
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+
+
 class _Batch:
     """What an intent's steps did since its last commit."""
 
@@ -99,7 +146,7 @@ class ActorHost:
         self._in_hand: collections.Counter[int] = collections.Counter()
         """Partition -> its log messages queued here and not yet handled: the pull's back-pressure."""
         self._queues: dict[str, collections.deque[_Work]] = {}
-        self._event_slots = asyncio.Semaphore(max(1, self._settings.event_steps))
+        self._event_slots = _Slots(max(1, self._settings.event_steps))
         """Steps from outside the log (venue events, timers, resumes) running at once (`event_steps`): log
         messages are bounded by the pull's credit, these by this."""
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -233,6 +280,7 @@ class ActorHost:
     async def _release(self, partition: int) -> None:
         """Stop pulling, let the partition's intents finish what they took, commit what they hold, forget."""
         self._releasing.add(partition)
+        self._event_slots.wake()  # (its steps waiting for a slot go now: the release must not wait behind others')
         try:
             for intent_id, batch in self._batches.items():
                 if self._intent_partition.get(intent_id) == partition and batch.flush is not None:
@@ -323,9 +371,13 @@ class ActorHost:
                     elif kind == "flush":
                         batch.flush = None
                         await self._commit(intent_id, partition, batch)
-                    else:
-                        async with self._event_slots:
+                    elif await self._event_slots.take(lambda: partition in self._releasing):
+                        try:
                             await self._run_step(intent_id, partition, kind, payload, batch)
+                        finally:
+                            self._event_slots.give()
+                    else:  # its partition is being let go: the release waits for it, not behind the others
+                        await self._run_step(intent_id, partition, kind, payload, batch)
                     if not queue and batch.pending:
                         await self._commit_later(intent_id, partition, batch)
                 except Exception:
@@ -671,6 +723,10 @@ class ActorHost:
                 elif self._leases is not None and partition in self._leases.held:
                     # The partition is being taken over and its stream is still starting: keep the deadline.
                     self._arm(intent_id, partition, now + 50_000_000)
+                else:  # no longer ours: its owner has the deadline (from the state); nothing of it stays here
+                    del self._timer_at[intent_id]
+                    if intent_id not in self._workers and intent_id not in self._batches:
+                        self._intent_partition.pop(intent_id, None)
             self._timer_wakeup.clear()
             await self.clock.sleep_until(self.next_deadline(), self._timer_wakeup)
 

@@ -177,3 +177,35 @@ async def test_a_burst_of_venue_events_runs_a_bounded_number_of_steps_at_once(na
         assert sorted(done) == sorted(ids) and 1 < most <= 16
     finally:
         await bus.close()
+
+
+async def test_a_partition_let_go_does_not_wait_behind_other_partitions_steps(nats_server: EmbeddedNats) -> None:
+    """Its steps waiting for one of the `event_steps` slots go at once when the partition is released: the
+    release (and with it the lease round) must not wait for the other partitions' queue to drain."""
+    settings = fast_settings(partitions=2, event_steps=1)
+    bus = await Bus.connect(nats_server.url, settings)
+    actor = Busy()
+    gate = asyncio.Event()
+    ran: list[str] = []
+
+    def step(name: str, wait: bool) -> Any:
+        async def run(ctx: IntentContext[Seen]) -> None:
+            if wait:
+                await gate.wait()
+            ran.append(name)
+
+        return run
+
+    try:
+        async with ActorHost(bus, actor) as host:
+            await wait_until(lambda: sorted(host.partitions) == [0, 1])
+            host.run_for_intent("holds-the-slot", 0, step("holds-the-slot", True))
+            host.run_for_intent("queued", 1, step("queued", False))
+            await wait_until(lambda: "queued" in host._workers and "holds-the-slot" in host._workers)
+            await asyncio.wait_for(host._release(1), 10)  # the one slot is still taken
+            assert ran == ["queued"]
+            gate.set()
+            await wait_until(lambda: ran == ["queued", "holds-the-slot"])
+    finally:
+        gate.set()
+        await bus.close()

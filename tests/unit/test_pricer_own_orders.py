@@ -133,6 +133,16 @@ async def test_many_quotes_at_once_list_the_open_orders_once_and_a_due_refresh_r
         await pricer._own_refreshes[("paper", "BTC/USDT")]
         assert own.seeded_ns is not None and seeded is not None and own.seeded_ns > seeded
         assert set(own.open) == {str(ours["id"])}
+
+        # A stream silent for longer than the refresh interval may be dead without saying so: then the
+        # quotes wait for a list, one list for all of them.
+        pricer._own_refresh_ns = 0
+        pool.hold.clear()
+        waiting = asyncio.ensure_future(_quotes(pricer, kit, 32, 200))
+        await wait_until(lambda: pool.lists == 3)
+        assert not waiting.done()
+        pool.hold.set()
+        assert len(await asyncio.wait_for(waiting, 10)) == 32 and pool.lists == 3
         await pricer.stop()
     finally:
         await exchange.close()
