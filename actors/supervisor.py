@@ -466,7 +466,9 @@ class Supervisor(Actor[SupervisorState]):
             # Taken under compare-and-set: of two intents on two replicas reading the same balance, one wins.
             # Before the intent id is claimed, so a denied id may be submitted again later. (A second
             # submission of a running intent's id never gets here: it finds that intent's state first.)
-            problem = await self._reserve(intent, gate)
+            # A first delivery with no state of it here reserves without reading the intent's key first (no
+            # earlier delivery can have reserved; a round trip less on the path to the order).
+            problem = await self._reserve(intent, gate, fresh=ctx.delivered == 1 and state is None)
             if problem is not None:
                 await self._deny(intent, problem, state, ctx)
                 return
@@ -594,7 +596,7 @@ class Supervisor(Actor[SupervisorState]):
         )
         return gate  # (the limits that count the intents in flight are checked as it reserves)
 
-    async def _reserve(self, intent: SubmitIntent, gate: _Gate) -> tuple[str, str] | None:
+    async def _reserve(self, intent: SubmitIntent, gate: _Gate, *, fresh: bool = False) -> tuple[str, str] | None:
         assert self._services is not None and gate.reservation is not None
         found: list[risk.Denial] = []
 
@@ -605,7 +607,7 @@ class Supervisor(Actor[SupervisorState]):
                 found.append(denial)
             return None if denial is None else denial.reason
 
-        refused = await self._services.controls.reserve(intent.venue, gate.reservation, decide)
+        refused = await self._services.controls.reserve(intent.venue, gate.reservation, decide, fresh=fresh)
         if found:
             return found[0].code, found[0].reason
         # Not a limit: the venue's reservation totals are full (`ReservationsFull`); the intent is rejected with

@@ -293,7 +293,8 @@ class ControlStore:
         return result
 
     async def reserve(
-        self, venue: str, reservation: Reservation, decide: Callable[[ReservedTotals], str | None]
+        self, venue: str, reservation: Reservation, decide: Callable[[ReservedTotals], str | None], *,
+        fresh: bool = False,
     ) -> str | None:
         """Add `reservation` to the venue's totals unless `decide(totals)` names a denial, atomic with respect
         to every other reservation; then record it under the intent's own key. Returns the denial, or None
@@ -303,10 +304,14 @@ class ControlStore:
         this one restarts) has it replaced: `decide` sees the totals without it; the new one is added, the
         intent's key moved to it by compare-and-set, and only then the old one taken off. A crash between any
         two of these writes leaves the totals counting an amount too many: it holds back too much, never too
-        little, until that amount's window ends."""
+        little, until that amount's window ends.
+
+        `fresh`: the caller knows no earlier delivery reserved (a first delivery): the key is not read first,
+        only created. Should it exist after all, it is read then and replaced as above (the decision having
+        counted both: too cautious, never too bold)."""
         await self._migrate(venue)
         key = _hold_key(venue, reservation.intent_id)
-        held, revision = await self._read_hold(key)
+        held, revision = (None, 0) if fresh else await self._read_hold(key)
         denial: str | None = None
 
         def change(current: ReservedTotals) -> ReservedTotals | None:
@@ -326,15 +331,20 @@ class ControlStore:
         if denial is not None:
             return denial
         ttl_s = max(1, -(-(reservation_window(reservation.expires_ns) - time.time_ns()) // 1_000_000_000)) + HOLD_GRACE_S
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision), "Nats-TTL": str(ttl_s)}
-        try:
-            await self._acks.publish(self._subject + key, encode(reservation), headers)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            # Changed since we read it: a release of this intent (it then took the old amount off) or the
-            # same intent reserving elsewhere (a fenced owner). The totals count ours once too many until its
-            # window ends; nothing is taken off on the strength of a key we did not write.
-            log.warning("reservation_raced", venue=venue, intent_id=reservation.intent_id)
-            return None
+        for attempt in range(2):
+            headers = {"Nats-Expected-Last-Subject-Sequence": str(revision), "Nats-TTL": str(ttl_s)}
+            try:
+                await self._acks.publish(self._subject + key, encode(reservation), headers)
+                break
+            except nats.js.errors.KeyWrongLastSequenceError:
+                if fresh and attempt == 0:
+                    held, revision = await self._read_hold(key)  # (there after all: replace it)
+                    continue
+                # Changed since we read it: a release of this intent (it then took the old amount off) or
+                # the same intent reserving elsewhere (a fenced owner). The totals count ours once too many
+                # until its window ends; nothing is taken off on the strength of a key we did not write.
+                log.warning("reservation_raced", venue=venue, intent_id=reservation.intent_id)
+                return None
         if held is not None:
             replaced = held
             await self._update_together(_totals_key(venue), ReservedTotals, lambda c: _without(c, replaced))

@@ -425,6 +425,38 @@ async def test_an_intent_reserving_again_replaces_its_own_and_expired_windows_st
     assert (await store.reserved_totals(VENUE)).in_flight(time.time_ns()) == 1
 
 
+async def test_a_first_delivery_reserves_without_reading_and_still_meets_a_key_that_is_there(bus: Bus) -> None:
+    """`fresh` (a first delivery) skips the read of the intent's key: no key, a released one and, should it
+    be there after all, a live one (replaced as on a redelivery) all end with the totals counting it once."""
+    store = await bus.controls()
+    reads: list[str] = []
+
+    async def count(msg: Any) -> None:
+        reads.append(msg.subject + " " + msg.data.decode())  # (the key is in the request's body)
+
+    await bus.nc.subscribe("$JS.API.DIRECT.GET.>", cb=count)
+    await bus.nc.subscribe("$JS.API.STREAM.MSG.GET.>", cb=count)
+    await bus.nc.flush()
+    await store.reserved_totals(VENUE)  # (the totals' first read, and the old layout's, out of the way)
+    await store.reserve(VENUE, buy("warm", "1"), anything)
+    await bus.nc.flush()
+    reads.clear()
+
+    assert await store.reserve(VENUE, buy("new", "2"), anything, fresh=True) is None
+    await bus.nc.flush()
+    assert not any("reserve.paper.intent" in r for r in reads), reads
+    assert await store.reserve(VENUE, buy("other", "0.01"), anything) is None  # (not fresh: it reads the key)
+    await bus.nc.flush()
+    assert any("reserve.paper.intent.other" in r for r in reads), reads
+    await store.release(VENUE, "other")
+    await store.release(VENUE, "new")
+    assert await store.reserve(VENUE, buy("new", "3"), anything, fresh=True) is None  # over its released key
+    assert await store.reserve(VENUE, buy("new", "4"), anything, fresh=True) is None  # over its live key
+    assert await store.reservation(VENUE, "new") == buy("new", "4", expires_ns=(await store.reservation(VENUE, "new")).expires_ns)
+    totals = await store.reserved_totals(VENUE)
+    assert totals.reserved("USDT", time.time_ns()) == D("500") and totals.in_flight(time.time_ns()) == 2
+
+
 async def test_unreadable_totals_refuse_reservations_and_a_bad_change_fails_alone(bus: Bus) -> None:
     """Totals written by hand and wrong cannot be decided on (taken for empty, every intent could spend the
     same balance): a reservation is refused naming the key, a release is logged, neither crashes."""
