@@ -330,7 +330,7 @@ class ControlStore:
             return f"{_totals_key(venue)} cannot be read ({exc}): fix or delete it in the controls bucket"
         if denial is not None:
             return denial
-        ttl_s = max(1, -(-(reservation_window(reservation.expires_ns) - time.time_ns()) // 1_000_000_000)) + HOLD_GRACE_S
+        ttl_s = _hold_ttl_s(reservation)
         for attempt in range(2):
             headers = {"Nats-Expected-Last-Subject-Sequence": str(revision), "Nats-TTL": str(ttl_s)}
             try:
@@ -400,7 +400,7 @@ class ControlStore:
             _held, revision = await self._read_hold(key)
             if revision:
                 continue  # (moved already, or reserved again since)
-            ttl_s = max(1, -(-(reservation_window(reservation.expires_ns) - now) // 1_000_000_000)) + HOLD_GRACE_S
+            ttl_s = _hold_ttl_s(reservation)
             try:
                 await self._acks.publish(
                     self._subject + key, encode(reservation),
@@ -646,6 +646,12 @@ class _OldReservations(msgspec.Struct):
 def _without(current: ReservedTotals, reservation: Reservation) -> ReservedTotals | None:
     after = current.removing(reservation, time.time_ns())
     return None if after == current else after
+
+
+def _hold_ttl_s(reservation: Reservation) -> int:
+    """Seconds the intent's key lives: to the end of its window (whole seconds, rounded up), plus the grace."""
+    to_window_end_ns = reservation_window(reservation.expires_ns) - time.time_ns()
+    return max(1, -(-to_window_end_ns // 1_000_000_000)) + HOLD_GRACE_S
 
 
 def _totals_key(venue: str) -> str:
